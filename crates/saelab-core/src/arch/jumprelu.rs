@@ -2,6 +2,7 @@
 
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
+use crate::kernels::affine;
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
@@ -25,8 +26,18 @@ impl Architecture for JumpRelu {
     fn init(&self, _dims: Dims, _rng: &mut Rng) -> ParamSet {
         unimplemented!()
     }
-    fn encode(&self, _p: &ParamSet, _x_enc: &Matrix) -> Latents {
-        unimplemented!()
+    fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
+        let mut pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
+        let theta = &p.get("threshold").data;
+        for row in pre.data.chunks_mut(theta.len()) {
+            for (v, &t) in row.iter_mut().zip(theta) {
+                // SAELens: ReLU(pre) · 1[pre > θ]
+                if !(*v > t && *v > 0.0) {
+                    *v = 0.0;
+                }
+            }
+        }
+        Latents::from_dense(&pre)
     }
     fn train_step(
         &mut self,

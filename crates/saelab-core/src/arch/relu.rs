@@ -2,6 +2,7 @@
 
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
+use crate::kernels::affine;
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
@@ -25,8 +26,10 @@ impl Architecture for Relu {
     fn init(&self, _dims: Dims, _rng: &mut Rng) -> ParamSet {
         unimplemented!()
     }
-    fn encode(&self, _p: &ParamSet, _x_enc: &Matrix) -> Latents {
-        unimplemented!()
+    fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
+        let mut pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
+        pre.data.iter_mut().for_each(|v| *v = v.max(0.0));
+        Latents::from_dense(&pre)
     }
     fn train_step(
         &mut self,

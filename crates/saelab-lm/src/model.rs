@@ -1,0 +1,1 @@
+//! Hooked transformer forward. (Being written.)

@@ -1,0 +1,1 @@
+//! Text sources and context packing. (Being written.)
