@@ -15,8 +15,13 @@ pub mod error;
 pub mod io;
 pub mod kernels;
 pub mod latents;
+pub mod metrics;
+pub mod optim;
 pub mod rng;
+pub mod schedule;
+pub mod synth;
 pub mod tensor;
+pub mod train;
 
 pub use config::{ArchConfig, Dims, SaeConfig};
 pub use error::{Error, Result};
