@@ -1,1 +1,103 @@
-fn main() {}
+//! `saelab`: train, evaluate and inspect sparse autoencoders from the command line.
+//!
+//! Every subcommand lives in its own module under `cmd/`. Errors are printed as one
+//! line (`saelab: <file>: <problem>`) with a non-zero exit status; Ctrl-C stops long
+//! jobs at a safe point (training writes a checkpoint first) and exits with 130.
+
+mod cmd;
+mod progress;
+mod runfile;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand};
+
+/// Set by Ctrl-C; long-running commands poll it and stop at a safe point.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Sparse autoencoders for language-model interpretability.
+#[derive(Parser)]
+#[command(name = "saelab", version, about, propagate_version = true)]
+struct Cli {
+    /// More log output (-v: info, -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate synthetic activations with a known dictionary.
+    Synth(cmd::synth::Args),
+    /// Train an SAE on activation files (or resume a run).
+    Train(cmd::train::Args),
+    /// Evaluate an SAE on activation files: reconstruction and sparsity metrics.
+    Eval(cmd::eval::Args),
+    /// Show the architecture, shapes, dtypes and metadata of an SAE.
+    Inspect(cmd::inspect::Args),
+    /// Convert an SAE (SAELens, sparsify, Gemma Scope) to saelab's SAELens v6 layout.
+    Convert(cmd::convert::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SAELAB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!("saelab: interrupted twice, exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("saelab: stopping at the next safe point (Ctrl-C again to quit at once)");
+    });
+    let result = match cli.command {
+        Command::Synth(a) => cmd::synth::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let interrupted = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref(), Some(saelab_core::Error::Interrupted)));
+            eprintln!("saelab: {}", one_line(&e));
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause already quoted
+/// in its parent's message.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out.replace('\n', " ")
+}

@@ -12,6 +12,8 @@
 pub mod arch;
 pub mod config;
 pub mod error;
+pub mod evaluate;
+pub mod fit;
 pub mod io;
 pub mod kernels;
 pub mod latents;

@@ -75,29 +75,35 @@ pub fn feature_frequencies(cfg: &SynthConfig) -> Vec<f64> {
         .collect()
 }
 
-/// Generates `rows` samples from the distribution `cfg`.
+/// Generates a dictionary and `rows` samples from the distribution `cfg`.
 pub fn generate(cfg: &SynthConfig, rows: usize) -> Result<SynthData> {
-    if cfg.d == 0 || cfg.n_features == 0 || rows == 0 {
-        return Err(Error::config(
-            "synth: d, n_features and rows must be positive",
-        ));
-    }
-    if !(cfg.avg_active > 0.0 && cfg.avg_active <= cfg.n_features as f64) {
-        return Err(Error::config(
-            "synth: avg_active must be in (0, n_features]",
-        ));
-    }
-    if !(cfg.mag_min >= 0.0 && cfg.mag_max >= cfg.mag_min) {
-        return Err(Error::config("synth: need 0 <= mag_min <= mag_max"));
-    }
+    validate(cfg, rows)?;
     let mut rng = Rng::new(cfg.seed);
     let mut dict = Matrix::zeros(cfg.n_features, cfg.d);
     for f in 0..cfg.n_features {
         dict.row_mut(f).copy_from_slice(&rng.unit_vector(cfg.d));
     }
-    let freqs = feature_frequencies(cfg);
+    let x = generate_samples(cfg, &dict, rows, cfg.seed.wrapping_add(1))?;
+    Ok(SynthData {
+        x,
+        freqs: feature_frequencies(cfg),
+        dictionary: dict,
+    })
+}
+
+/// `rows` further samples `[rows, d]` from the distribution `cfg` with the given
+/// dictionary `[F, d]`, using `seed` (e.g. an independent held-out set).
+pub fn generate_samples(cfg: &SynthConfig, dict: &Matrix, rows: usize, seed: u64) -> Result<Matrix> {
+    validate(cfg, rows)?;
+    if (dict.rows, dict.cols) != (cfg.n_features, cfg.d) {
+        return Err(Error::Shape(format!(
+            "dictionary is [{}, {}], the config needs [{}, {}]",
+            dict.rows, dict.cols, cfg.n_features, cfg.d
+        )));
+    }
+    let rng = Rng::new(seed);
     let mut x = Matrix::zeros(rows, cfg.d);
-    for (f, &p) in freqs.iter().enumerate() {
+    for (f, &p) in feature_frequencies(cfg).iter().enumerate() {
         let mut frng = rng.fork(f as u64 + 1);
         let mut row = next_gap(&mut frng, p);
         while row < rows {
@@ -112,11 +118,20 @@ pub fn generate(cfg: &SynthConfig, rows: usize) -> Result<SynthData> {
             *v += cfg.noise_std * nrng.normal() as f32;
         }
     }
-    Ok(SynthData {
-        x,
-        dictionary: dict,
-        freqs,
-    })
+    Ok(x)
+}
+
+fn validate(cfg: &SynthConfig, rows: usize) -> Result<()> {
+    if cfg.d == 0 || cfg.n_features == 0 || rows == 0 {
+        return Err(Error::config("synth: d, n_features and rows must be positive"));
+    }
+    if !(cfg.avg_active > 0.0 && cfg.avg_active <= cfg.n_features as f64) {
+        return Err(Error::config("synth: avg_active must be in (0, n_features]"));
+    }
+    if !(cfg.mag_min >= 0.0 && cfg.mag_max >= cfg.mag_min) {
+        return Err(Error::config("synth: need 0 <= mag_min <= mag_max"));
+    }
+    Ok(())
 }
 
 /// Number of inactive samples before the next active one, for activity probability `p`

@@ -1,0 +1,7 @@
+//! One module per `saelab` subcommand.
+
+pub mod convert;
+pub mod eval;
+pub mod inspect;
+pub mod synth;
+pub mod train;

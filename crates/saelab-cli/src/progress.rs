@@ -1,0 +1,16 @@
+//! Progress bars (indicatif) in one style for every long-running command.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A bar over `total` units named `unit` (e.g. "steps", "tokens"), showing rate and ETA.
+/// Hidden when stderr is not a terminal, so logs stay clean.
+pub fn bar(total: u64, unit: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}}) {{msg}}"
+        ))
+        .expect("valid template"),
+    );
+    pb
+}
