@@ -16,6 +16,7 @@ pub mod io;
 pub mod kernels;
 pub mod latents;
 pub mod rng;
+pub mod store;
 pub mod tensor;
 
 pub use config::{ArchConfig, Dims, SaeConfig};
