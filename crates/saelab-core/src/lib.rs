@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod optim;
 pub mod rng;
 pub mod schedule;
+pub mod store;
 pub mod synth;
 pub mod tensor;
 pub mod train;
