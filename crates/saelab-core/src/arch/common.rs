@@ -51,6 +51,14 @@ pub fn subtract_bias(x: &Matrix, b_dec: &[f32]) -> Matrix {
     out
 }
 
+/// Euclidean norm of each `[d]` row of `w` (`[n, d]` row-major) → `[n]` (decoder row
+/// norms for the norm-weighted sparsity penalties).
+pub fn row_norms(w: &[f32], d: usize) -> Vec<f32> {
+    w.chunks(d.max(1))
+        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect()
+}
+
 /// The MSE term `mean over rows of ‖x̂ − x‖²`: returns `(Σ‖x̂ − x‖², ∂term/∂x̂)`,
 /// the gradient being `2 (x̂ − x) / B`.
 pub fn mse_and_grad(x_hat: &Matrix, x: &Matrix) -> (f64, Matrix) {

@@ -28,8 +28,9 @@
 //! Parameters (training and file form, SAELens names): `W_enc [d_in, n]`, `b_gate [n]`,
 //! `r_mag [n]`, `b_mag [n]`, `W_dec [n, d_out]`, `b_dec [d_out]`; no `b_enc`.
 
-use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, Kernels, DENSE_DENSITY};
-use super::relu::row_norms;
+use super::common::{
+    init_tied, mse_and_grad, row_norms, sub_assign, subtract_bias, Kernels, DENSE_DENSITY,
+};
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
 use crate::kernels::{affine, dot};

@@ -168,10 +168,11 @@ impl Architecture for JumpRelu {
         let mut g_theta = vec![0.0f32; n];
         for r in 0..x.rows {
             let row = pre.row(r);
-            for e in pattern.indptr[r]..pattern.indptr[r + 1] {
-                let j = pattern.idx[e] as usize;
+            let (lo, hi) = (pattern.indptr[r], pattern.indptr[r + 1]);
+            for (&j, &g) in pattern.idx[lo..hi].iter().zip(&g_f[lo..hi]) {
+                let j = j as usize;
                 if (row[j] - theta[j]).abs() < half {
-                    g_theta[j] -= (theta[j] / eps) * g_f[e] + l0_per_token / eps;
+                    g_theta[j] -= (theta[j] / eps) * g + l0_per_token / eps;
                 }
             }
         }
@@ -315,18 +316,24 @@ mod tests {
             .map(|&v| (v as f64).exp())
             .collect();
         let bf = rows as f64;
-        let mut pre = vec![vec![0.0f64; n]; rows];
+        let mut pre_row = vec![0.0f64; n];
         let mut want = vec![0.0f64; n];
         let (mut mse, mut l0, mut in_band) = (0.0f64, 0.0f64, 0);
         for r in 0..rows {
             for j in 0..n {
-                pre[r][j] = b_enc[j] as f64
+                pre_row[j] = b_enc[j] as f64
                     + (0..d)
                         .map(|i| (x.row(r)[i] - b_dec[i]) as f64 * w_enc[i * n + j] as f64)
                         .sum::<f64>();
             }
             let f: Vec<f64> = (0..n)
-                .map(|j| if pre[r][j] > theta[j] { pre[r][j] } else { 0.0 })
+                .map(|j| {
+                    if pre_row[j] > theta[j] {
+                        pre_row[j]
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             l0 += f.iter().filter(|&&v| v != 0.0).count() as f64;
             let err: Vec<f64> = (0..d)
@@ -337,7 +344,7 @@ mod tests {
                 .collect();
             mse += err.iter().map(|e| e * e).sum::<f64>();
             for j in 0..n {
-                if ((pre[r][j] - theta[j]) / eps as f64).abs() < 0.5 {
+                if ((pre_row[j] - theta[j]) / eps as f64).abs() < 0.5 {
                     in_band += 1;
                     let g_f: f64 = (0..d)
                         .map(|i| 2.0 * err[i] * w_dec[j * d + i] as f64 / bf)

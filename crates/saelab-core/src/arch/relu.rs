@@ -20,7 +20,9 @@
 //! kernels while the batch's latent density is below [`DENSE_DENSITY`] and the dense
 //! ones above it (early in training, about half the latents are on).
 
-use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, Kernels, DENSE_DENSITY};
+use super::common::{
+    init_tied, mse_and_grad, row_norms, sub_assign, subtract_bias, Kernels, DENSE_DENSITY,
+};
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
 use crate::kernels::affine;
@@ -49,13 +51,6 @@ impl Relu {
             dense_above: DENSE_DENSITY,
         }
     }
-}
-
-/// Euclidean norm of each `[d]` row of `w` (`[n, d]` row-major) → `[n]`.
-pub(crate) fn row_norms(w: &[f32], d: usize) -> Vec<f32> {
-    w.chunks(d.max(1))
-        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
-        .collect()
 }
 
 impl Architecture for Relu {
