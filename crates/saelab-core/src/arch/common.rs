@@ -1,8 +1,10 @@
 //! Pieces every architecture shares: tied initialisation, the encoder input, the MSE
-//! term, and the choice between fast and reference kernels.
+//! term, the choice between fast and reference kernels, and the AuxK loss of the
+//! TopK family.
 
+use super::StepContext;
 use crate::config::Dims;
-use crate::kernels::{self, reference};
+use crate::kernels::{self, reference, select::topk_rows};
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet, Tensor};
@@ -49,6 +51,14 @@ pub fn subtract_bias(x: &Matrix, b_dec: &[f32]) -> Matrix {
     out
 }
 
+/// Euclidean norm of each `[d]` row of `w` (`[n, d]` row-major) → `[n]` (decoder row
+/// norms for the norm-weighted sparsity penalties).
+pub fn row_norms(w: &[f32], d: usize) -> Vec<f32> {
+    w.chunks(d.max(1))
+        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect()
+}
+
 /// The MSE term `mean over rows of ‖x̂ − x‖²`: returns `(Σ‖x̂ − x‖², ∂term/∂x̂)`,
 /// the gradient being `2 (x̂ − x) / B`.
 pub fn mse_and_grad(x_hat: &Matrix, x: &Matrix) -> (f64, Matrix) {
@@ -70,7 +80,22 @@ pub struct Kernels {
     pub reference: bool,
 }
 
+/// Latent density (stored entries / (rows · n)) above which [`Kernels::for_density`]
+/// picks the dense kernels: beyond it a dense product does less work per useful entry
+/// than the gather/scatter kernels. A rough CPU crossover, to be tuned with benchmarks.
+pub const DENSE_DENSITY: f64 = 1.0 / 16.0;
+
 impl Kernels {
+    /// The dense kernels when `reference` is asked for or when `latents` (`[B, n]`) is
+    /// denser than `dense_above` (fraction of stored entries); the sparse ones otherwise.
+    /// For activations such as ReLU whose sparsity is learned rather than fixed.
+    pub fn for_density(reference: bool, latents: &Latents, dense_above: f64) -> Kernels {
+        let cells = (latents.rows() * latents.n).max(1) as f64;
+        Kernels {
+            reference: reference || latents.nnz() as f64 > dense_above * cells,
+        }
+    }
+
     /// See [`kernels::decode`].
     pub fn decode(&self, l: &Latents, w_dec: &[f32], b_dec: &[f32]) -> Matrix {
         if self.reference {
@@ -119,5 +144,82 @@ impl Kernels {
 pub fn sub_assign(a: &mut [f32], b: &[f32]) {
     for (x, y) in a.iter_mut().zip(b) {
         *x -= y;
+    }
+}
+
+/// The forward quantities of a TopK-style step that [`AuxK`] reuses.
+#[derive(Clone, Copy, Debug)]
+pub struct Forward<'a> {
+    /// Input batch `x [B, d_in]` (normalised, `b_dec` not subtracted).
+    pub x: &'a Matrix,
+    /// Encoder input `x − b_dec` `[B, d_in]`.
+    pub x_enc: &'a Matrix,
+    /// Dense pre-activations `[B, n]`.
+    pub pre: &'a Matrix,
+    /// Reconstruction `x̂ [B, d_out]` of the main path.
+    pub x_hat: &'a Matrix,
+}
+
+/// The AuxK loss of "Scaling and evaluating sparse autoencoders" (Gao et al. 2024), shared
+/// by TopK and BatchTopK: per token, the `k` largest positive pre-activations among the
+/// *dead* latents, decoded without `b_dec`, reconstruct the residual `e = x − x̂`:
+/// `aux = coefficient · mean_tokens ‖e − ReLU(TopK_k,dead(pre)) W_dec‖²`.
+/// The target `e` carries no gradient (it is treated as a constant).
+#[derive(Clone, Copy, Debug)]
+pub struct AuxK {
+    /// Dead latents used per token (0 disables the term).
+    pub k: usize,
+    /// Coefficient of the term.
+    pub coefficient: f32,
+}
+
+impl AuxK {
+    /// Adds the gradient of the AuxK term into `grads` (names `W_enc`, `b_enc`, `W_dec`,
+    /// `b_dec` of `p`; `b_dec` only through the encoder input) and returns the term's
+    /// value, or `None` when it is disabled or no latent is dead.
+    pub fn add_loss_and_grad(
+        &self,
+        p: &ParamSet,
+        fwd: Forward,
+        ctx: &StepContext,
+        grads: &mut ParamSet,
+    ) -> Option<f64> {
+        if self.k == 0 || self.coefficient <= 0.0 || !ctx.dead.iter().any(|&d| d) {
+            return None;
+        }
+        let kern = Kernels {
+            reference: ctx.reference,
+        };
+        let (w_enc, w_dec) = (&p.get("W_enc").data, &p.get("W_dec").data);
+        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec] =
+            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec"]);
+        let aux = topk_rows(fwd.pre, self.k, Some(ctx.dead));
+        let no_bias = vec![0.0f32; fwd.x_hat.cols];
+        let e_hat = kern.decode(&aux, w_dec, &no_bias);
+        let mut resid = fwd.x.clone();
+        for (r, h) in resid.data.iter_mut().zip(&fwd.x_hat.data) {
+            *r -= h;
+        }
+        let (aux_sq, mut g_aux) = mse_and_grad(&e_hat, &resid);
+        let c = self.coefficient;
+        g_aux.data.iter_mut().for_each(|g| *g *= c);
+        let mut unused_bias_grad = no_bias.clone();
+        let g_fa = kern.decode_backward(
+            &aux,
+            &g_aux,
+            w_dec,
+            &mut g_w_dec.data,
+            &mut unused_bias_grad,
+        );
+        let s = kern.encode_backward(
+            &aux,
+            &g_fa,
+            fwd.x_enc,
+            w_enc,
+            &mut g_w_enc.data,
+            Some(&mut g_b_enc.data),
+        );
+        sub_assign(&mut g_b_dec.data, &s);
+        Some(c as f64 * aux_sq / fwd.x.rows.max(1) as f64)
     }
 }

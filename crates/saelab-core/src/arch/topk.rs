@@ -5,7 +5,7 @@
 //! through e) and `ê = ReLU(TopK_{k_aux} over dead latents) · W_dec` — the AuxK term
 //! that gives dead latents a gradient. Decoder rows are kept at unit norm.
 
-use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, Kernels};
+use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, AuxK, Forward, Kernels};
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
 use crate::kernels::{affine, select::topk_rows};
@@ -92,35 +92,17 @@ impl Architecture for TopK {
         sub_assign(&mut g_b_dec.data, &s);
 
         // AuxK: reconstruct the residual e = x − x̂ from the top dead latents.
-        if self.aux_k > 0 && self.aux_coefficient > 0.0 && ctx.dead.iter().any(|&d| d) {
-            let aux = topk_rows(&pre, self.aux_k, Some(ctx.dead));
-            let no_bias = vec![0.0f32; b_dec.len()];
-            let e_hat = kern.decode(&aux, w_dec, &no_bias);
-            let mut resid = x.clone();
-            for (r, h) in resid.data.iter_mut().zip(&x_hat.data) {
-                *r -= h;
-            }
-            let (aux_sq, mut g_aux) = mse_and_grad(&e_hat, &resid);
-            let c = self.aux_coefficient;
-            g_aux.data.iter_mut().for_each(|g| *g *= c);
-            let mut unused_bias_grad = no_bias.clone();
-            let g_fa = kern.decode_backward(
-                &aux,
-                &g_aux,
-                w_dec,
-                &mut g_w_dec.data,
-                &mut unused_bias_grad,
-            );
-            let s = kern.encode_backward(
-                &aux,
-                &g_fa,
-                &x_enc,
-                w_enc,
-                &mut g_w_enc.data,
-                Some(&mut g_b_enc.data),
-            );
-            sub_assign(&mut g_b_dec.data, &s);
-            let aux_loss = c as f64 * aux_sq / b;
+        let aux = AuxK {
+            k: self.aux_k,
+            coefficient: self.aux_coefficient,
+        };
+        let fwd = Forward {
+            x,
+            x_enc: &x_enc,
+            pre: &pre,
+            x_hat: &x_hat,
+        };
+        if let Some(aux_loss) = aux.add_loss_and_grad(p, fwd, ctx, grads) {
             terms.push(("aux", aux_loss));
             loss += aux_loss;
         }
