@@ -12,13 +12,16 @@
 pub mod arch;
 pub mod config;
 pub mod error;
+pub mod format;
 pub mod io;
 pub mod kernels;
 pub mod latents;
 pub mod rng;
+pub mod sae;
 pub mod tensor;
 
 pub use config::{ArchConfig, Dims, SaeConfig};
 pub use error::{Error, Result};
 pub use latents::Latents;
+pub use sae::{Encoded, Sae};
 pub use tensor::{Matrix, ParamSet, Tensor};
