@@ -114,6 +114,12 @@ impl ArchConfig {
         }
     }
 
+    /// Whether saelab can train this architecture. GroupMax is read from sparsify files
+    /// for inference only; a training run must refuse a config for which this is false.
+    pub fn trainable(&self) -> bool {
+        !matches!(self, ArchConfig::Groupmax { .. })
+    }
+
     /// Default hyperparameters for the architecture called `name`.
     pub fn default_for(name: &str, k: usize) -> Result<ArchConfig> {
         let v = serde_json::json!({ "architecture": name, "k": k });
