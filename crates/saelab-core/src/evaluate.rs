@@ -9,8 +9,8 @@ use crate::store::ActivationStore;
 /// Rows per evaluation batch.
 pub const EVAL_BATCH: usize = 4096;
 
-/// Metrics of `sae` on rows `rows` of `store`, with every latent's log10 firing
-/// density (for `sparsity.safetensors`). `on_batch` is called with the rows done so far.
+/// Metrics of `sae` on rows `rows` of `store`, with every latent's firing fraction
+/// (for `sparsity.safetensors`). `on_batch` is called with the rows done so far.
 pub fn evaluate_store(
     sae: &Sae,
     store: &ActivationStore,
@@ -27,5 +27,5 @@ pub fn evaluate_store(
         start = end;
         on_batch(start - rows.start);
     }
-    Ok((acc.finish(), acc.log10_density()))
+    Ok((acc.finish(), acc.firing_fractions()))
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::evaluate::evaluate_store;
-use crate::format::save_sae;
+use crate::format::{save_sae, save_sae_with};
 use crate::io;
 use crate::metrics::ReconMetrics;
 use crate::sae::Sae;
@@ -229,12 +229,12 @@ pub fn fit(
     // the checkpoint and the SAE.
     for (i, run) in runs.iter().enumerate() {
         let eval_rows = if split.val.is_empty() { split.train.start..split.train.start.saturating_add(MAX_VAL_ROWS).min(split.train.end) } else { split.val.clone() };
-        let (metrics, density) = evaluate_trainer(&run.trainer, store, eval_rows)?;
+        let (metrics, firing) = evaluate_trainer(&run.trainer, store, eval_rows)?;
         append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
         on_event(Event::Eval { run: i, step, metrics: &metrics });
         let sae = export_sae(&run.trainer)?;
         write_checkpoint(run, &sampler)?;
-        save_sae(&sae, &run.dir.join("sae"), Some(&density))?;
+        save_sae(&sae, &run.dir.join("sae"), Some(&firing))?;
     }
     Ok(())
 }
@@ -262,10 +262,7 @@ fn write_checkpoint(run: &Run, sampler: &BatchSampler) -> Result<()> {
     let sae = export_sae(&run.trainer)?;
     let extra = serde_json::json!({ "sampler": sampler.state() });
     let ck = run.dir.join("checkpoint");
-    io::write_dir_atomic(&ck, |tmp| {
-        save_sae(&sae, tmp, None)?;
-        run.trainer.write_state(tmp, extra)
-    })
+    save_sae_with(&sae, &ck, None, |tmp| run.trainer.write_state(tmp, extra))
 }
 
 fn step_record(r: &StepReport) -> serde_json::Value {

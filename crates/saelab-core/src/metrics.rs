@@ -119,17 +119,11 @@ impl MetricsAccumulator {
         &self.fires
     }
 
-    /// log10 of each latent's firing fraction (SAELens `sparsity.safetensors`);
-    /// latents that never fired get log10 of a tenth of one token's fraction.
-    pub fn log10_density(&self) -> Vec<f32> {
+    /// Fraction of tokens on which each latent fired (SAELens stores log10 of this in
+    /// `sparsity.safetensors`).
+    pub fn firing_fractions(&self) -> Vec<f32> {
         let t = self.tokens.max(1) as f64;
-        self.fires
-            .iter()
-            .map(|&c| {
-                let f = if c == 0 { 0.1 / t } else { c as f64 / t };
-                f.log10() as f32
-            })
-            .collect()
+        self.fires.iter().map(|&c| (c as f64 / t) as f32).collect()
     }
 
     /// The metrics over everything added so far.
