@@ -449,11 +449,13 @@ fn describe_reports_every_fixture() {
         .iter()
         .any(|t| t.name == "encoder.weight" && t.shape == [64, 16]));
     let text = d.to_string();
+    eprintln!("{text}");
     assert!(
         text.contains("groupmax") && text.contains("encoder.weight"),
         "{text}"
     );
     let d = format::describe(&fx.join("saelens/skip_transcoder/cfg.json")).unwrap();
+    eprintln!("{d}");
     assert_eq!(d.file_architecture, "skip_transcoder");
     assert!(d.has_skip && d.d_out == 12);
     let d = format::describe(&fx.join("gemmascope/layer_0/width_64/average_l0_29")).unwrap();
@@ -559,6 +561,9 @@ fn write_then_read_gives_identical_outputs_for_every_architecture() {
         let log = format::read_log_sparsity(&dir).unwrap().unwrap();
         assert_eq!(log.len(), sae.cfg.d_sae);
         assert!((log[0] - (-10.0)).abs() < 1e-4 && (log[32] - 0.5f32.log10()).abs() < 1e-5);
+        let s = format::describe(&dir).unwrap().sparsity.unwrap();
+        // fractions j/64: one never fires, j >= 7 fire on more than 10 % of tokens
+        assert_eq!((s.n, s.dead, s.dense), (40, 1, 33), "{name}");
         eprintln!("round trip {name}: ok");
     }
 }

@@ -328,27 +328,17 @@ impl fmt::Display for SaeDescription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "path          {}", self.path.display())?;
         writeln!(f, "format        {}", self.format)?;
-        let hyper = serde_json::to_value(&self.arch)
-            .ok()
-            .and_then(|v| v.as_object().cloned())
-            .map(|m| {
-                m.iter()
-                    .filter(|(k, _)| *k != "architecture")
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
+        let k = match self.arch {
+            crate::config::ArchConfig::Topk { k, .. }
+            | crate::config::ArchConfig::Batchtopk { k, .. }
+            | crate::config::ArchConfig::Groupmax { k } => format!(" k={k}"),
+            _ => String::new(),
+        };
         writeln!(
             f,
-            "architecture  {} (file: {}){}",
+            "architecture  {}{k} (file: {})",
             self.arch.name(),
-            self.file_architecture,
-            if hyper.is_empty() {
-                String::new()
-            } else {
-                format!(" [{hyper}]")
-            }
+            self.file_architecture
         )?;
         writeln!(
             f,
@@ -367,11 +357,16 @@ impl fmt::Display for SaeDescription {
         for t in &self.tensors {
             writeln!(f, "  {:<16} {:<6} {:?}", t.name, t.dtype, t.shape)?;
         }
-        let meta = serde_json::to_value(&self.metadata).unwrap_or_default();
+        // The file's own metadata object (SAELens v6) shows everything it holds;
+        // otherwise saelab's reading of the provenance fields.
+        let meta = match self.raw_config.get("metadata") {
+            Some(m @ serde_json::Value::Object(_)) => m.clone(),
+            _ => serde_json::to_value(&self.metadata).unwrap_or_default(),
+        };
         if let Some(m) = meta.as_object().filter(|m| !m.is_empty()) {
             writeln!(f, "metadata")?;
             for (k, v) in m {
-                writeln!(f, "  {k:<20} {v}")?;
+                writeln!(f, "  {k:<26} {v}")?;
             }
         }
         if let Some(s) = &self.sparsity {

@@ -127,10 +127,9 @@ pub(crate) fn read(dir: &Path) -> Result<Loaded> {
         apply_b_dec_to_input: !transcode,
         input_norm: InputNorm::None,
         rescale_acts_by_decoder_norm: false,
-        metadata: SaeMetadata {
-            hook_name: dir.file_name().map(|s| s.to_string_lossy().into_owned()),
-            ..SaeMetadata::default()
-        },
+        // sparsify names the hook point by the directory (`layers.6.mlp`), a module path
+        // rather than a hook name; it is left to the caller.
+        metadata: SaeMetadata::default(),
     };
     check_config(&cfg).map_err(|m| Error::bad_file(&cfg_path, m))?;
 
