@@ -169,8 +169,14 @@ mod tests {
         });
         assert!(err.is_err());
         assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0);
-        write_dir_atomic(&dir, |tmp| Ok(fs::write(tmp.join("a"), b"1").unwrap())).unwrap();
-        write_dir_atomic(&dir, |tmp| Ok(fs::write(tmp.join("b"), b"2").unwrap())).unwrap();
+        write_dir_atomic(&dir, |tmp| {
+            fs::write(tmp.join("a"), b"1").map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
+        write_dir_atomic(&dir, |tmp| {
+            fs::write(tmp.join("b"), b"2").map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
         assert!(!dir.join("a").exists() && dir.join("b").exists());
         assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1);
     }

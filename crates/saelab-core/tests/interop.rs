@@ -2,8 +2,8 @@
 //! sparsify, Gemma Scope as SAELens loads it), write → read round trips, and clear
 //! errors on bad SAE files.
 //!
-//! Fixtures live in `/work/shared/fixtures` (override with `SAELAB_FIXTURES`); tests
-//! that need them print a message and pass when they are absent.
+//! Fixtures are vendored in `tests/fixtures` (written by SAELens 6.54.12 and
+//! eai-sparsify 1.3.3; see its README); `SAELAB_FIXTURES` points elsewhere.
 
 use std::collections::HashMap;
 use std::fs;
@@ -22,16 +22,13 @@ use safetensors::tensor::{Dtype, TensorView};
 fn fixtures() -> Option<PathBuf> {
     let p = std::env::var_os("SAELAB_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/fixtures"));
-    if p.join("README.md").is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: interop fixtures not found at {} (set SAELAB_FIXTURES)",
-            p.display()
-        );
-        None
-    }
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    assert!(
+        p.join("README.md").is_file(),
+        "interop fixtures missing at {}",
+        p.display()
+    );
+    Some(p)
 }
 
 enum Arr {

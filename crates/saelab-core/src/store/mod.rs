@@ -598,17 +598,17 @@ mod tests {
     }
 
     /// The interop fixtures (files written by numpy and by the Python safetensors
-    /// library): `$SAELAB_FIXTURES`, else `shared/fixtures` beside or inside the checkout.
+    /// library), vendored under `tests/fixtures`; `$SAELAB_FIXTURES` overrides.
     fn fixtures() -> Option<PathBuf> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        std::env::var_os("SAELAB_FIXTURES")
+        let p = std::env::var_os("SAELAB_FIXTURES")
             .map(PathBuf::from)
-            .into_iter()
-            .chain([
-                root.join("../shared/fixtures"),
-                root.join("shared/fixtures"),
-            ])
-            .find(|p| p.join("gemmascope").is_dir())
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+        assert!(
+            p.join("gemmascope").is_dir(),
+            "interop fixtures missing at {}",
+            p.display()
+        );
+        Some(p)
     }
 
     #[test]
