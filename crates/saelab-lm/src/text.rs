@@ -11,8 +11,7 @@ pub mod pack;
 pub mod source;
 
 pub use pack::{
-    count_tokens, pack_all, tokenize_documents, Context, ContextStream, PackConfig,
-    NOT_IN_DOCUMENT,
+    count_tokens, pack_all, tokenize_documents, Context, ContextStream, PackConfig, NOT_IN_DOCUMENT,
 };
 pub use source::{Corpus, Document, HeldOut, LoadOptions, Part};
 

@@ -199,9 +199,9 @@ impl Tokenizer {
         })?;
         let add_prefix_space = match md.get("tokenizer.ggml.add_space_prefix") {
             None => false,
-            Some(v) => v
-                .to_bool()
-                .map_err(|_| bad("metadata `tokenizer.ggml.add_space_prefix` is not a bool".into()))?,
+            Some(v) => v.to_bool().map_err(|_| {
+                bad("metadata `tokenizer.ggml.add_space_prefix` is not a bool".into())
+            })?,
         };
 
         let tokens: Vec<&String> = get_array("tokenizer.ggml.tokens")?
@@ -311,7 +311,10 @@ impl Tokenizer {
             .filter(|&i| types[i as usize] == GGUF_TOKEN_CONTROL)
             .collect();
         let mut tok = Self::assemble(hf, bos, eos, tokens.len(), special_ids, path);
-        tok.unrepresentable = unrepresentable.iter().any(|&m| m).then_some(unrepresentable);
+        tok.unrepresentable = unrepresentable
+            .iter()
+            .any(|&m| m)
+            .then_some(unrepresentable);
         Ok(tok)
     }
 
@@ -440,7 +443,10 @@ impl Tokenizer {
         match text.bytes().position(|b| mask[b as usize]) {
             None => Ok(()),
             Some(at) => {
-                let start = (0..=at).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+                let start = (0..=at)
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
                 let c = text[start..].chars().next().unwrap_or('\u{fffd}');
                 Err(Error::tokenizer(format!(
                     "character U+{:04X} at byte {start} cannot be represented by the \

@@ -213,7 +213,9 @@ impl<'a> ContextStream<'a> {
                 .collect::<Result<_>>()?;
             for (doc, ids) in self.docs[start..end].iter().zip(encoded) {
                 let n = ids.len() + 1;
-                let last_pos = u32::try_from(ids.len()).ok().filter(|&p| p < NOT_IN_DOCUMENT);
+                let last_pos = u32::try_from(ids.len())
+                    .ok()
+                    .filter(|&p| p < NOT_IN_DOCUMENT);
                 if last_pos.is_none() {
                     return Err(Error::config(format!(
                         "{}: document has {} tokens, more than positions can count",
@@ -287,7 +289,9 @@ impl Iterator for ContextStream<'_> {
 /// Prefixes a tokenizer error with the document it happened in.
 fn in_document(d: &Document, e: Error) -> Error {
     match e {
-        Error::Tokenizer(msg) => Error::Tokenizer(format!("{} (document {}): {msg}", d.source, d.id)),
+        Error::Tokenizer(msg) => {
+            Error::Tokenizer(format!("{} (document {}): {msg}", d.source, d.id))
+        }
         e => e,
     }
 }

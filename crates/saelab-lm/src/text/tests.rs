@@ -59,7 +59,10 @@ fn small_corpus() -> Corpus {
         "é and ü and 日本",
     ];
     let corpus = Corpus::from_texts(
-        texts.iter().enumerate().map(|(i, t)| (format!("doc{i}"), *t)),
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("doc{i}"), *t)),
         &LoadOptions::default(),
     );
     // Empty and whitespace-only texts are skipped and ids stay contiguous.
@@ -84,9 +87,7 @@ fn expected_stream(tok: &Tokenizer, docs: &[&Document], bos: u32) -> Vec<(u32, u
 
 fn flatten(ctxs: &[Context]) -> Vec<(u32, u32, u32)> {
     ctxs.iter()
-        .flat_map(|c| {
-            (0..c.len()).map(move |i| (c.tokens[i], c.doc_ids[i], c.positions[i]))
-        })
+        .flat_map(|c| (0..c.len()).map(move |i| (c.tokens[i], c.doc_ids[i], c.positions[i])))
         .collect()
 }
 
@@ -106,7 +107,10 @@ fn check_packing(tok: &Tokenizer, docs: &[&Document], cfg: &PackConfig) -> Vec<C
             assert!(c.positions[0] == 0 || c.positions[0] == NOT_IN_DOCUMENT);
             assert_eq!(
                 c.tokens.iter().filter(|&&t| t == bos).count(),
-                c.positions.iter().filter(|&&p| p == 0 || p == NOT_IN_DOCUMENT).count(),
+                c.positions
+                    .iter()
+                    .filter(|&&p| p == 0 || p == NOT_IN_DOCUMENT)
+                    .count(),
                 "BOS appears only at document starts and context starts"
             );
             // A prepended BOS belongs to the document of the token after it.
@@ -220,10 +224,14 @@ fn bad_pack_config_errors() {
     };
     assert!(ContextStream::new(&tok, corpus.documents(), cfg).is_ok());
     let no_bos = tok.clone().with_special_ids(None, None);
-    let err = PackConfig::for_tokenizer(8, &no_bos).unwrap_err().to_string();
+    let err = PackConfig::for_tokenizer(8, &no_bos)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tiny.gguf") && err.contains("BOS"), "{err}");
     // Packing nothing yields nothing.
-    assert!(pack_all(&tok, [], PackConfig::new(8, 0)).unwrap().is_empty());
+    assert!(pack_all(&tok, [], PackConfig::new(8, 0))
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -235,13 +243,7 @@ fn held_out_split_rule() {
     assert!(HeldOut::new(0, 0).is_err());
     let h = HeldOut::new(3, 0).unwrap();
     let corpus = small_corpus();
-    let ids = |p| {
-        corpus
-            .part(p, h)
-            .iter()
-            .map(|d| d.id)
-            .collect::<Vec<_>>()
-    };
+    let ids = |p| corpus.part(p, h).iter().map(|d| d.id).collect::<Vec<_>>();
     assert_eq!(ids(Part::HeldOut), vec![0, 3]);
     assert_eq!(ids(Part::Train), vec![1, 2, 4, 5]);
     assert_eq!(ids(Part::All), vec![0, 1, 2, 3, 4, 5]);
@@ -285,7 +287,10 @@ fn source_errors_name_the_path() {
     std::fs::create_dir(&empty).unwrap();
     write(&empty.join("readme.md"), b"not text");
     let err = Corpus::load(&empty, &opts).unwrap_err().to_string();
-    assert!(err.contains("empty") && err.contains("no *.txt documents found"), "{err}");
+    assert!(
+        err.contains("empty") && err.contains("no *.txt documents found"),
+        "{err}"
+    );
 
     let blank = root.join("blank");
     write(&blank.join("one.txt"), b"  \n");
@@ -298,8 +303,13 @@ fn source_errors_name_the_path() {
 
     let latin1 = root.join("latin1/old.txt");
     write(&latin1, b"caf\xe9");
-    let err = Corpus::load(latin1.parent().unwrap(), &opts).unwrap_err().to_string();
-    assert!(err.contains("old.txt") && err.contains("UTF-8") && err.contains("offset 3"), "{err}");
+    let err = Corpus::load(latin1.parent().unwrap(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("old.txt") && err.contains("UTF-8") && err.contains("offset 3"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -324,8 +334,13 @@ fn jsonl_records_and_errors() {
     assert_eq!(Corpus::load(&body, &opts).unwrap().documents()[0].text, "x");
 
     let missing = dir.path().join("missing_field.jsonl");
-    write(&missing, b"{\"text\": \"ok\"}\n{\"content\": \"no\", \"meta\": 2}\n");
-    let err = Corpus::load(&missing, &LoadOptions::default()).unwrap_err().to_string();
+    write(
+        &missing,
+        b"{\"text\": \"ok\"}\n{\"content\": \"no\", \"meta\": 2}\n",
+    );
+    let err = Corpus::load(&missing, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("missing_field.jsonl")
             && err.contains("line 2")
@@ -336,18 +351,33 @@ fn jsonl_records_and_errors() {
 
     let not_str = dir.path().join("num.jsonl");
     write(&not_str, b"{\"text\": 5}\n");
-    let err = Corpus::load(&not_str, &LoadOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("line 1") && err.contains("not a string"), "{err}");
+    let err = Corpus::load(&not_str, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 1") && err.contains("not a string"),
+        "{err}"
+    );
 
     let broken = dir.path().join("broken.jsonl");
     write(&broken, b"{\"text\": \"a\"}\n{\"text\": \n");
-    let err = Corpus::load(&broken, &LoadOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("broken.jsonl") && err.contains("line 2: invalid JSON"), "{err}");
+    let err = Corpus::load(&broken, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("broken.jsonl") && err.contains("line 2: invalid JSON"),
+        "{err}"
+    );
 
     let empty = dir.path().join("empty.jsonl");
     write(&empty, b"\n\n");
-    let err = Corpus::load(&empty, &LoadOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("empty.jsonl") && err.contains("no non-empty records"), "{err}");
+    let err = Corpus::load(&empty, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("empty.jsonl") && err.contains("no non-empty records"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -357,7 +387,11 @@ fn real_corpus_split_and_token_counts() {
     // Loading twice gives the same documents in the same (sorted) order.
     let again = real_corpus().unwrap();
     assert_eq!(corpus, again);
-    let sources: Vec<&str> = corpus.documents().iter().map(|d| d.source.as_str()).collect();
+    let sources: Vec<&str> = corpus
+        .documents()
+        .iter()
+        .map(|d| d.source.as_str())
+        .collect();
     let mut sorted = sources.clone();
     sorted.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
     assert_eq!(sources, sorted);
@@ -399,8 +433,14 @@ fn tokenizer_errors_name_the_document() {
     );
     let mut s = ContextStream::new(&tok, corpus.documents(), PackConfig::new(4, 1)).unwrap();
     let err = s.next().unwrap().unwrap_err().to_string();
-    assert!(err.contains("bad.txt (document 1)") && err.contains("U+0006"), "{err}");
+    assert!(
+        err.contains("bad.txt (document 1)") && err.contains("U+0006"),
+        "{err}"
+    );
     assert!(s.next().is_none(), "the stream ends after an error");
     let docs: Vec<&Document> = corpus.documents().iter().collect();
-    assert!(count_tokens(&tok, &docs).unwrap_err().to_string().contains("bad.txt"));
+    assert!(count_tokens(&tok, &docs)
+        .unwrap_err()
+        .to_string()
+        .contains("bad.txt"));
 }

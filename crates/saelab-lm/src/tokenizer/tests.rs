@@ -49,8 +49,14 @@ fn id(tok: &Tokenizer, piece: &str) -> u32 {
 fn metadata_facts() {
     let Some(tok) = smollm2() else { return };
     assert_eq!(tok.vocab_size(), 49152);
-    assert_eq!(tok.token_piece(tok.bos_id().unwrap()).unwrap(), "<|im_start|>");
-    assert_eq!(tok.token_piece(tok.eos_id().unwrap()).unwrap(), "<|im_end|>");
+    assert_eq!(
+        tok.token_piece(tok.bos_id().unwrap()).unwrap(),
+        "<|im_start|>"
+    );
+    assert_eq!(
+        tok.token_piece(tok.eos_id().unwrap()).unwrap(),
+        "<|im_end|>"
+    );
     // GGUF token type 3 (control) marks exactly ids 0..=16 in this file.
     assert_eq!(tok.special_ids(), (0..17).collect::<Vec<u32>>().as_slice());
     assert!(tok.is_special(0) && !tok.is_special(17));
@@ -67,7 +73,17 @@ fn known_tokenizations() {
     assert_eq!(tok.encode(" the").unwrap(), vec![id(&tok, "Ġthe")]);
     // Digits are split one per token, and the space before a number stands alone.
     let pieces = [
-        "In", "Ġ", "1", "7", "7", "6", ",", "Ġ", "1", "3", "Ġcolonies",
+        "In",
+        "Ġ",
+        "1",
+        "7",
+        "7",
+        "6",
+        ",",
+        "Ġ",
+        "1",
+        "3",
+        "Ġcolonies",
     ];
     let want: Vec<u32> = pieces.iter().map(|p| id(&tok, p)).collect();
     assert_eq!(tok.encode("In 1776, 13 colonies").unwrap(), want);
@@ -129,7 +145,10 @@ fn roundtrip_whole_corpus() {
             ids.len()
         })
         .sum();
-    eprintln!("round trip exact over {} documents, {total} tokens", corpus.len());
+    eprintln!(
+        "round trip exact over {} documents, {total} tokens",
+        corpus.len()
+    );
     // CORPUS.md: about 4 M tokens for about 19 MB of English.
     assert!((3_000_000..6_000_000).contains(&total), "{total} tokens");
 }
@@ -147,7 +166,8 @@ fn naive_bpe(word: &str, ranks: &HashMap<(String, String), usize>) -> Vec<String
         let mut out = Vec::with_capacity(syms.len());
         let mut i = 0;
         while i < syms.len() {
-            if i + 1 < syms.len() && ranks.get(&(syms[i].clone(), syms[i + 1].clone())) == Some(&best)
+            if i + 1 < syms.len()
+                && ranks.get(&(syms[i].clone(), syms[i + 1].clone())) == Some(&best)
             {
                 out.push(format!("{}{}", syms[i], syms[i + 1]));
                 i += 2;
@@ -265,7 +285,10 @@ fn bad_files_name_the_path() {
     std::fs::write(&json, b"{\"model\": 3}").unwrap();
     let err = Tokenizer::from_file(&json).unwrap_err();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
-    assert!(err.to_string().contains("not a valid tokenizer.json"), "{err}");
+    assert!(
+        err.to_string().contains("not a valid tokenizer.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -276,17 +299,23 @@ fn unsupported_gguf_tokenizers_are_refused() {
     md.insert("tokenizer.ggml.model".into(), V::String("llama".into()));
     md.insert("tokenizer.ggml.tokens".into(), strs(&["a", "b"]));
     md.insert("tokenizer.ggml.merges".into(), strs(&[]));
-    let err = Tokenizer::from_gguf_metadata(&md, "m.gguf").unwrap_err().to_string();
+    let err = Tokenizer::from_gguf_metadata(&md, "m.gguf")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("m.gguf") && err.contains("`llama`"), "{err}");
 
     md.insert("tokenizer.ggml.model".into(), V::String("gpt2".into()));
     md.insert("tokenizer.ggml.pre".into(), V::String("qwen2".into()));
-    let err = Tokenizer::from_gguf_metadata(&md, "m.gguf").unwrap_err().to_string();
+    let err = Tokenizer::from_gguf_metadata(&md, "m.gguf")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`qwen2`"), "{err}");
 
     // A vocabulary without the 256 byte symbols would silently drop characters.
     md.insert("tokenizer.ggml.pre".into(), V::String("smollm".into()));
-    let err = Tokenizer::from_gguf_metadata(&md, "m.gguf").unwrap_err().to_string();
+    let err = Tokenizer::from_gguf_metadata(&md, "m.gguf")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("byte-level symbol"), "{err}");
 }
 
