@@ -75,10 +75,12 @@ fn main() -> ExitCode {
             let interrupted = e
                 .chain()
                 .any(|c| matches!(c.downcast_ref(), Some(saelab_core::Error::Interrupted)));
-            eprintln!("saelab: {}", one_line(&e));
             if interrupted {
+                // The outermost context says where to resume; the cause adds nothing.
+                eprintln!("saelab: {e}");
                 ExitCode::from(130)
             } else {
+                eprintln!("saelab: {}", one_line(&e));
                 ExitCode::FAILURE
             }
         }

@@ -113,10 +113,85 @@ pub fn read_data_spec(dir: &Path) -> Result<DataSpec> {
         .map_err(|e| Error::bad_file(&path, format!("no valid `data` entry: {e}")))
 }
 
-/// Restores a run from `dir/checkpoint`. Returns the run and the sampler state to
-/// continue from. Metric lines logged after the checkpoint are dropped, so the log
-/// matches the restored state.
-pub fn resume_run(dir: &Path) -> Result<(Run, SamplerState)> {
+/// Where training batches come from: shuffled rows of stored activations
+/// ([`StoreSource`]), or activations streamed from a model (in `saelab-lm`).
+pub trait BatchSource {
+    /// Width of the rows.
+    fn d(&self) -> usize;
+    /// Fills `out` with the next training batch `[batch_size, d]` (raw activations).
+    fn next_batch(&mut self, out: &mut Matrix) -> Result<()>;
+    /// The position in the data, for checkpoints; restoring it must make the source
+    /// yield exactly the batches it would have yielded next.
+    fn state(&self) -> serde_json::Value;
+}
+
+/// Shuffled batches from the training rows of an [`ActivationStore`].
+pub struct StoreSource<'a> {
+    store: &'a ActivationStore,
+    sampler: BatchSampler,
+    rows: Vec<usize>,
+}
+
+impl<'a> StoreSource<'a> {
+    /// Batches of `batch_size` rows from `split.train`, shuffled with `seed`, or
+    /// continuing from a saved `state` (see [`BatchSource::state`]).
+    pub fn new(
+        store: &'a ActivationStore,
+        split: &Split,
+        batch_size: usize,
+        seed: u64,
+        state: Option<&serde_json::Value>,
+    ) -> Result<Self> {
+        if split.train.len() < batch_size {
+            return Err(Error::config(format!(
+                "only {} training rows, fewer than one batch of {batch_size}",
+                split.train.len()
+            )));
+        }
+        let sampler = match state {
+            Some(v) => {
+                let s: SamplerState = serde_json::from_value(v.clone()).map_err(|e| {
+                    Error::config(format!("invalid data position in checkpoint: {e}"))
+                })?;
+                BatchSampler::from_state(split.train.clone(), batch_size, s)?
+            }
+            None => BatchSampler::new(split.train.clone(), batch_size, seed)?,
+        };
+        Ok(StoreSource {
+            store,
+            sampler,
+            rows: Vec::with_capacity(batch_size),
+        })
+    }
+}
+
+impl BatchSource for StoreSource<'_> {
+    fn d(&self) -> usize {
+        self.store.d()
+    }
+
+    fn next_batch(&mut self, out: &mut Matrix) -> Result<()> {
+        self.sampler.next_batch_into(&mut self.rows);
+        self.store.read_rows(&self.rows, out)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(self.sampler.state()).expect("serialisable")
+    }
+}
+
+/// Held-out activations evaluated during and after training.
+pub struct Validation<'a> {
+    /// The store holding them.
+    pub store: &'a ActivationStore,
+    /// The rows to evaluate.
+    pub rows: std::ops::Range<usize>,
+}
+
+/// Restores a run from `dir/checkpoint`. Returns the run and the saved data position
+/// (see [`BatchSource::state`]). Metric lines logged after the checkpoint are dropped,
+/// so the log matches the restored state.
+pub fn resume_run(dir: &Path) -> Result<(Run, serde_json::Value)> {
     let ck = dir.join("checkpoint");
     if !ck.join("trainer_state.json").exists() {
         return Err(Error::bad_file(
@@ -125,29 +200,51 @@ pub fn resume_run(dir: &Path) -> Result<(Run, SamplerState)> {
         ));
     }
     let (trainer, extra) = Trainer::read_state(&ck)?;
-    let sampler: SamplerState = serde_json::from_value(extra["sampler"].clone()).map_err(|e| {
-        Error::bad_file(
-            ck.join("trainer_state.json"),
-            format!("no sampler state: {e}"),
-        )
-    })?;
     truncate_log(&dir.join("metrics.jsonl"), trainer.step_count())?;
     Ok((
         Run {
             trainer,
             dir: dir.to_path_buf(),
         },
-        sampler,
+        extra["data"].clone(),
     ))
+}
+
+/// Trains on a store: the common case of [`fit`]. The validation split is the store's
+/// last `val_fraction` rows (at most [`MAX_VAL_ROWS`] of them during training).
+pub fn fit_store(
+    store: &ActivationStore,
+    runs: &mut [Run],
+    data_state: Option<&serde_json::Value>,
+    stop: &AtomicBool,
+    on_event: impl FnMut(Event),
+) -> Result<()> {
+    let Some(first) = runs.first() else {
+        return Ok(());
+    };
+    let cfg = first.trainer.train_config().clone();
+    let split = Split::new(store.rows(), cfg.val_fraction)?;
+    let mut source = StoreSource::new(store, &split, cfg.batch_size, cfg.seed, data_state)?;
+    let val = if split.val.is_empty() {
+        None
+    } else {
+        Some(Validation {
+            store,
+            rows: split.val.clone(),
+        })
+    };
+    fit(&mut source, val.as_ref(), runs, stop, on_event)
 }
 
 /// Trains every run to completion (or until `stop` is set, after which a checkpoint is
 /// written and [`Error::Interrupted`] returned). All runs must share the batch size,
-/// seed, validation fraction and step count: they consume the same batches.
+/// step count and position: they consume the same batches from `source`. Runs are
+/// evaluated on `val` every `eval_every` steps (at most [`MAX_VAL_ROWS`] rows) and at
+/// the end (all its rows, which also give the latent densities saved with the SAE).
 pub fn fit(
-    store: &ActivationStore,
+    source: &mut dyn BatchSource,
+    val: Option<&Validation>,
     runs: &mut [Run],
-    sampler_state: Option<SamplerState>,
     stop: &AtomicBool,
     mut on_event: impl FnMut(Event),
 ) -> Result<()> {
@@ -158,35 +255,21 @@ pub fn fit(
     for r in runs.iter() {
         let c = r.trainer.train_config();
         if c.batch_size != cfg.batch_size
-            || c.seed != cfg.seed
-            || c.val_fraction != cfg.val_fraction
             || c.total_tokens != cfg.total_tokens
             || r.trainer.step_count() != first.trainer.step_count()
         {
             return Err(Error::config(
-                "runs trained in one pass must share batch_size, seed, val_fraction, total_tokens and position",
+                "runs trained in one pass must share batch_size, total_tokens and position",
             ));
         }
-        if r.trainer.sae_config().d_in != store.d() {
+        if r.trainer.sae_config().d_in != source.d() {
             return Err(Error::Shape(format!(
                 "the activations have d = {}, the SAE expects d_in = {}",
-                store.d(),
+                source.d(),
                 r.trainer.sae_config().d_in
             )));
         }
     }
-    let split = Split::new(store.rows(), cfg.val_fraction)?;
-    if split.train.len() < cfg.batch_size {
-        return Err(Error::config(format!(
-            "only {} training rows, fewer than one batch of {}",
-            split.train.len(),
-            cfg.batch_size
-        )));
-    }
-    let mut sampler = match sampler_state {
-        Some(s) => BatchSampler::from_state(split.train.clone(), cfg.batch_size, s)?,
-        None => BatchSampler::new(split.train.clone(), cfg.batch_size, cfg.seed)?,
-    };
     let mut logs = runs
         .iter()
         .map(|r| {
@@ -198,19 +281,16 @@ pub fn fit(
                 .map_err(|e| Error::io(&p, e))
         })
         .collect::<Result<Vec<_>>>()?;
-    let val_rows = split.val.start..split.val.end.min(split.val.start + MAX_VAL_ROWS);
     let total = cfg.total_steps();
-    let mut batch = Matrix::zeros(cfg.batch_size, store.d());
-    let mut rows = Vec::with_capacity(cfg.batch_size);
+    let mut batch = Matrix::zeros(cfg.batch_size, source.d());
     let mut step = first.trainer.step_count();
     while step < total {
         if stop.load(Ordering::SeqCst) {
-            checkpoint_all(runs, &sampler)?;
+            checkpoint_all(runs, source)?;
             on_event(Event::Checkpoint { step });
             return Err(Error::Interrupted);
         }
-        sampler.next_batch_into(&mut rows);
-        store.read_rows(&rows, &mut batch)?;
+        source.next_batch(&mut batch)?;
         for (i, run) in runs.iter_mut().enumerate() {
             let report = run.trainer.step(&batch)?;
             if report.step % cfg.log_every.max(1) == 0 || report.step == total {
@@ -223,9 +303,11 @@ pub fn fit(
         }
         step += 1;
         let eval_now = cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < total;
-        if eval_now && !val_rows.is_empty() {
+        if let Some(v) = val.filter(|_| eval_now) {
+            let rows = v.rows.start..v.rows.end.min(v.rows.start + MAX_VAL_ROWS);
             for (i, run) in runs.iter().enumerate() {
-                let metrics = evaluate_trainer(&run.trainer, store, val_rows.clone())?.0;
+                let metrics =
+                    evaluate_store(&export_sae(&run.trainer)?, v.store, rows.clone(), |_| {})?.0;
                 append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
                 on_event(Event::Eval {
                     run: i,
@@ -235,33 +317,29 @@ pub fn fit(
             }
         }
         if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < total {
-            checkpoint_all(runs, &sampler)?;
+            checkpoint_all(runs, source)?;
             on_event(Event::Checkpoint { step });
         }
     }
-    // Final: evaluate on the validation split (whole split, for the density), then write
-    // the checkpoint and the SAE.
+    // The end: evaluate on the whole validation set (its firing fractions are saved
+    // with the SAE), then write the final checkpoint and the SAE.
     for (i, run) in runs.iter().enumerate() {
-        let eval_rows = if split.val.is_empty() {
-            split.train.start
-                ..split
-                    .train
-                    .start
-                    .saturating_add(MAX_VAL_ROWS)
-                    .min(split.train.end)
-        } else {
-            split.val.clone()
-        };
-        let (metrics, firing) = evaluate_trainer(&run.trainer, store, eval_rows)?;
-        append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
-        on_event(Event::Eval {
-            run: i,
-            step,
-            metrics: &metrics,
-        });
         let sae = export_sae(&run.trainer)?;
-        write_checkpoint(run, &sampler)?;
-        save_sae(&sae, &run.dir.join("sae"), Some(&firing))?;
+        let firing = match val {
+            Some(v) => {
+                let (metrics, firing) = evaluate_store(&sae, v.store, v.rows.clone(), |_| {})?;
+                append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
+                on_event(Event::Eval {
+                    run: i,
+                    step,
+                    metrics: &metrics,
+                });
+                Some(firing)
+            }
+            None => None,
+        };
+        write_checkpoint(run, source)?;
+        save_sae(&sae, &run.dir.join("sae"), firing.as_deref())?;
     }
     Ok(())
 }
@@ -272,22 +350,14 @@ pub fn export_sae(trainer: &Trainer) -> Result<Sae> {
     Sae::new(cfg, params)
 }
 
-fn evaluate_trainer(
-    trainer: &Trainer,
-    store: &ActivationStore,
-    rows: std::ops::Range<usize>,
-) -> Result<(ReconMetrics, Vec<f32>)> {
-    evaluate_store(&export_sae(trainer)?, store, rows, |_| {})
-}
-
-fn checkpoint_all(runs: &[Run], sampler: &BatchSampler) -> Result<()> {
-    runs.iter().try_for_each(|r| write_checkpoint(r, sampler))
+fn checkpoint_all(runs: &[Run], source: &dyn BatchSource) -> Result<()> {
+    runs.iter().try_for_each(|r| write_checkpoint(r, source))
 }
 
 /// Writes `dir/checkpoint` atomically: the SAE so far (SAELens files) and the state.
-fn write_checkpoint(run: &Run, sampler: &BatchSampler) -> Result<()> {
+fn write_checkpoint(run: &Run, source: &dyn BatchSource) -> Result<()> {
     let sae = export_sae(&run.trainer)?;
-    let extra = serde_json::json!({ "sampler": sampler.state() });
+    let extra = serde_json::json!({ "data": source.state() });
     let ck = run.dir.join("checkpoint");
     save_sae_with(&sae, &ck, None, |tmp| run.trainer.write_state(tmp, extra))
 }

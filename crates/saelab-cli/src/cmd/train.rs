@@ -75,7 +75,7 @@ pub fn run(a: Args) -> Result<()> {
     let stop_after = a.stop_after;
     let (mut runs, store, sampler) = match &a.resume {
         Some(dir) => {
-            let (run, sampler) = fit::resume_run(dir)?;
+            let (run, data_state) = fit::resume_run(dir)?;
             let store = fit::read_data_spec(dir)?.open()?;
             eprintln!(
                 "resuming {} at step {} of {}",
@@ -83,7 +83,7 @@ pub fn run(a: Args) -> Result<()> {
                 run.trainer.step_count(),
                 run.trainer.train_config().total_steps()
             );
-            (vec![run], store, Some(sampler))
+            (vec![run], store, Some(data_state))
         }
         None => {
             let (trainer, data, store) = new_trainer(&a)?;
@@ -97,7 +97,7 @@ pub fn run(a: Args) -> Result<()> {
     let pb = progress::bar(total, "steps");
     pb.set_position(start);
     let mut last_val = None;
-    let result = fit::fit(&store, &mut runs, sampler, &STOP, |ev| match ev {
+    let result = fit::fit_store(&store, &mut runs, sampler.as_ref(), &STOP, |ev| match ev {
         Event::Step { report, .. } => {
             pb.set_position(report.step);
             if report.step % 10 == 0 || report.step == total {
@@ -122,11 +122,11 @@ pub fn run(a: Args) -> Result<()> {
     pb.finish_and_clear();
     let dir = &runs[0].dir;
     if let Err(saelab_core::Error::Interrupted) = result {
-        bail!(
+        return Err(anyhow::Error::new(saelab_core::Error::Interrupted).context(format!(
             "interrupted at step {}; checkpoint saved — continue with: saelab train --resume {}",
             runs[0].trainer.step_count(),
             dir.display()
-        );
+        )));
     }
     result?;
     if let Some(m) = last_val {
