@@ -5,9 +5,13 @@
 //! capture `blocks.15.hook_resid_post` (stops after block 15), capture the residual after
 //! the last block, and all-position logits.
 //!
+//! With `--baseline`, the same batches also run through candle-transformers' f32 LLaMA
+//! (`models::llama`, plain candle ops, all 30 blocks + last-position logits) on the model
+//! exported to the Hugging Face layout, for a same-run ratio on a noisy machine.
+//!
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p saelab-lm --example extract_speed -- \
-//!     [--model data/models/SmolLM2-135M-Instruct.Q4_1.gguf] [--batches 6]
+//!     [--model data/models/SmolLM2-135M-Instruct.Q4_1.gguf] [--batches 6] [--baseline]
 //! ```
 
 #[path = "../tests/common/gguf_bpe.rs"]
@@ -22,12 +26,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut model_path = root.join("data/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let mut n_batches = 6usize;
+    let mut baseline = false;
     let (batch, seq) = (8usize, 128usize);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--model" => model_path = PathBuf::from(args.next().ok_or("--model needs a path")?),
             "--batches" => n_batches = args.next().ok_or("--batches needs a number")?.parse()?,
+            "--baseline" => baseline = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -66,6 +72,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rayon::current_num_threads()
     );
 
+    let cpu0 = cpu_seconds();
+    let wall0 = Instant::now();
     let last = format!("blocks.{}.hook_resid_post", model.n_layers() - 1);
     let workloads: Vec<(String, ForwardOptions)> = vec![
         (
@@ -82,23 +90,94 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     for (name, opts) in &workloads {
-        // first batch is warm-up
-        model.forward(batches[0], opts)?;
-        let mut times = Vec::new();
-        for b in &batches[1..] {
+        let times = time_batches(&batches, |b| {
+            std::hint::black_box(model.forward(b, opts)?);
+            Ok(())
+        })?;
+        report(name, &times, batch * seq);
+    }
+    println!(
+        "process CPU time / wall time over the saelab workloads: {:.2} (2.00 = both cores busy)",
+        (cpu_seconds() - cpu0) / wall0.elapsed().as_secs_f64()
+    );
+
+    if baseline {
+        use candle_core::{DType, Device, Tensor};
+        use candle_transformers::models::llama;
+        let dir = tempfile::tempdir()?;
+        model.save_hf_dir(dir.path())?;
+        let cfg: llama::LlamaConfig =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json"))?)?;
+        let cfg = cfg.into_config(false);
+        let files = vec![dir.path().join("model.safetensors")];
+        // SAFETY: the file was just written and is not modified while mapped.
+        let vb = unsafe {
+            candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu)?
+        };
+        let reference = llama::Llama::load(vb, &cfg)?;
+        let ours_opts = ForwardOptions::new().logits(Logits::Last);
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        // Interleave the two so that both see the same machine load.
+        for b in &batches {
             let t = Instant::now();
-            let out = model.forward(b, opts)?;
-            times.push(t.elapsed().as_secs_f64());
-            std::hint::black_box(out);
+            std::hint::black_box(model.forward(b, &ours_opts)?);
+            ours.push(t.elapsed().as_secs_f64());
+            let ids = Tensor::new(b.to_vec(), &Device::Cpu)?;
+            let mut cache = llama::Cache::new(false, DType::F32, &cfg, &Device::Cpu)?;
+            let t = Instant::now();
+            std::hint::black_box(reference.forward(&ids, 0, &mut cache)?);
+            theirs.push(t.elapsed().as_secs_f64());
         }
-        times.sort_by(f64::total_cmp);
-        let med = times[times.len() / 2];
+        let (ours, theirs) = (&ours[1..], &theirs[1..]);
+        let mo = report("saelab, all blocks + last logits", ours, batch * seq);
+        let mt = report(
+            "candle-transformers llama f32, same work",
+            theirs,
+            batch * seq,
+        );
         println!(
-            "{name}: median {:.3}s per batch, {:.0} tokens/s (best {:.0})",
-            med,
-            (batch * seq) as f64 / med,
-            (batch * seq) as f64 / times[0]
+            "speed-up over candle ops (same run, interleaved): {:.2}x",
+            mt / mo
         );
     }
     Ok(())
+}
+
+/// Run `f` on every batch (the first is a warm-up); seconds per timed batch.
+fn time_batches(
+    batches: &[&[Vec<u32>]],
+    mut f: impl FnMut(&[Vec<u32>]) -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    f(batches[0])?;
+    let mut times = Vec::new();
+    for b in &batches[1..] {
+        let t = Instant::now();
+        f(b)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
+/// Print median and best tokens/s; returns the median seconds per batch.
+fn report(name: &str, times: &[f64], tokens: usize) -> f64 {
+    let mut t = times.to_vec();
+    t.sort_by(f64::total_cmp);
+    let med = t[t.len() / 2];
+    println!(
+        "{name}: median {med:.3}s per batch, {:.0} tokens/s (best {:.0})",
+        tokens as f64 / med,
+        tokens as f64 / t[0]
+    );
+    med
+}
+
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the ')'
+    (ticks(11) + ticks(12)) / 100.0
 }

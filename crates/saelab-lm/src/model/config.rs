@@ -54,19 +54,23 @@ impl LlamaConfig {
                 self.n_layers, self.d_model, self.n_heads, self.vocab_size
             ));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_heads.checked_rem(self.n_kv_heads) != Some(0) {
             return bad(format!(
                 "{} query heads are not a multiple of {} key/value heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || self.head_dim & 1 == 1 {
             return bad(format!("head width {} must be even and > 0", self.head_dim));
         }
         if self.d_ffn == 0 {
             return bad("MLP width is 0".into());
         }
-        if !(self.rope_base > 0.0) || !(self.rms_eps >= 0.0) {
+        if self.rope_base.is_nan()
+            || self.rope_base <= 0.0
+            || self.rms_eps.is_nan()
+            || self.rms_eps < 0.0
+        {
             return bad(format!(
                 "invalid RoPE base {} or RMSNorm epsilon {}",
                 self.rope_base, self.rms_eps
@@ -150,7 +154,7 @@ impl LlamaConfig {
         let n_kv_heads = int("llama.attention.head_count_kv")?
             .map(|v| v as usize)
             .unwrap_or(n_heads);
-        let head_dim = if n_heads > 0 { d_model / n_heads } else { 0 };
+        let head_dim = d_model.checked_div(n_heads).unwrap_or(0);
         if let Some(rope_dim) = int("llama.rope.dimension_count")? {
             if rope_dim as usize != head_dim {
                 return Err(Error::bad_file(

@@ -146,6 +146,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Shapes of one attention call.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
@@ -184,7 +191,6 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
     (0..batch * n_heads).into_par_iter().for_each_init(
         || vec![0f32; QUERY_TILE.min(t) * t],
         |scores, task| {
-            let out_ptr = out_ptr;
             let (b, h) = (task / n_heads, task % n_heads);
             let g = h / group;
             let base = b * t * stride;
@@ -235,7 +241,7 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
                         stride as isize,
                         1,
                         0.0,
-                        out_ptr.0.add((b * t + i0) * out_stride + h * hd),
+                        out_ptr.get().add((b * t + i0) * out_stride + h * hd),
                         out_stride as isize,
                         1,
                     );

@@ -31,7 +31,7 @@ mod hooks;
 pub mod kernels;
 mod weights;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -60,6 +60,14 @@ pub fn candle_err(e: candle_core::Error) -> Error {
 pub(crate) fn candle_msg(e: &candle_core::Error) -> String {
     let s = e.to_string();
     s.lines().next().unwrap_or("").to_string()
+}
+
+/// The hooks of one forward, resolved: what to capture, what to patch (in order), and
+/// how many blocks to run.
+struct Plan<'o, 'a> {
+    captures: BTreeSet<HookPoint>,
+    patches: BTreeMap<HookPoint, Vec<&'o PatchFn<'a>>>,
+    n_blocks: usize,
 }
 
 /// A LLaMA-family decoder with f32 weights and hook points.
@@ -247,33 +255,27 @@ impl HookedModel {
         self.forward_flat(&flat, batch, seq_len, opts)
     }
 
-    /// Resolve the hooks of `opts`: captures by hook, patches by hook (in order), and the
-    /// number of blocks to run.
-    fn plan<'o, 'a>(
-        &self,
-        opts: &'o ForwardOptions<'a>,
-    ) -> Result<(
-        BTreeMap<HookPoint, ()>,
-        BTreeMap<HookPoint, Vec<&'o PatchFn<'a>>>,
-        usize,
-    )> {
-        let mut captures = BTreeMap::new();
-        let mut patches: BTreeMap<HookPoint, Vec<&PatchFn<'a>>> = BTreeMap::new();
-        let mut blocks = 0;
+    /// Resolve the hook names of `opts` against this model.
+    fn plan<'o, 'a>(&self, opts: &'o ForwardOptions<'a>) -> Result<Plan<'o, 'a>> {
+        let mut plan = Plan {
+            captures: BTreeSet::new(),
+            patches: BTreeMap::new(),
+            n_blocks: 0,
+        };
         for name in &opts.captures {
             let hp = self.hook(name)?;
-            blocks = blocks.max(hp.layer + 1);
-            captures.insert(hp, ());
+            plan.n_blocks = plan.n_blocks.max(hp.layer + 1);
+            plan.captures.insert(hp);
         }
         for (name, f) in &opts.patches {
             let hp = self.hook(name)?;
-            blocks = blocks.max(hp.layer + 1);
-            patches.entry(hp).or_default().push(f);
+            plan.n_blocks = plan.n_blocks.max(hp.layer + 1);
+            plan.patches.entry(hp).or_default().push(f);
         }
         if opts.needs_head() {
-            blocks = self.config.n_layers;
+            plan.n_blocks = self.config.n_layers;
         }
-        Ok((captures, patches, blocks))
+        Ok(plan)
     }
 
     fn forward_flat(
@@ -309,7 +311,11 @@ impl HookedModel {
                 "the next-token loss needs sequences of at least 2 tokens".into(),
             ));
         }
-        let (captures, patches, n_blocks) = self.plan(opts)?;
+        let Plan {
+            captures,
+            patches,
+            n_blocks,
+        } = self.plan(opts)?;
 
         let (d, n) = (cfg.d_model, batch * seq_len);
         let (hq, hkv, hd, f) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ffn);
@@ -361,14 +367,14 @@ impl HookedModel {
                     *buf = v;
                 }
             }
-            if captures.contains_key(&hp) {
+            if captures.contains(&hp) {
                 let t =
                     Tensor::from_slice(buf.as_slice(), shape3, &Device::Cpu).map_err(candle_err)?;
                 out.captures.insert(hp.name(), t);
             }
             Ok(())
         };
-        let wants = |hp: &HookPoint| captures.contains_key(hp) || patches.contains_key(hp);
+        let wants = |hp: &HookPoint| captures.contains(hp) || patches.contains_key(hp);
 
         for (layer, bw) in self.weights.blocks.iter().enumerate().take(n_blocks) {
             let hook = |kind| HookPoint { layer, kind };
