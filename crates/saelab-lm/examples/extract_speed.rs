@@ -96,6 +96,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
         report(name, &times, batch * seq);
     }
+    // The dense products alone (same shapes as the 16 blocks up to block 15), interleaved
+    // with the forward, to show how much of the forward is matrix product time.
+    {
+        use saelab_lm::model::kernels::linear;
+        let c = model.config();
+        let n = batch * seq;
+        let (d, q, f) = (c.d_model, c.qkv_dim(), c.d_ffn);
+        let shapes = [(d, q), (c.n_heads * c.head_dim, d), (d, 2 * f), (f, d)];
+        let ws: Vec<Vec<f32>> = shapes.iter().map(|&(i, o)| vec![0.01; i * o]).collect();
+        let x = vec![0.5f32; n * 2 * f];
+        let mut y = vec![0f32; n * 2 * f];
+        let opts = ForwardOptions::new().capture("blocks.15.hook_resid_post");
+        let (mut tf, mut tg) = (Vec::new(), Vec::new());
+        for b in &batches {
+            let t = Instant::now();
+            std::hint::black_box(model.forward(b, &opts)?);
+            tf.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            for _ in 0..16 {
+                for (&(i, o), w) in shapes.iter().zip(&ws) {
+                    linear(&x[..n * i], n, w, i, o, &mut y[..n * o]);
+                }
+            }
+            tg.push(t.elapsed().as_secs_f64());
+        }
+        let flops: f64 = 16.0
+            * shapes
+                .iter()
+                .map(|&(i, o)| 2.0 * (n * i * o) as f64)
+                .sum::<f64>();
+        let mf = report(
+            "to block 15 (again, interleaved with products)",
+            &tf[1..],
+            n,
+        );
+        let mut g = tg[1..].to_vec();
+        g.sort_by(f64::total_cmp);
+        let mg = g[g.len() / 2];
+        println!(
+            "linear-layer products alone for 16 blocks: median {mg:.3}s ({:.0} GFLOP/s); \
+             they are {:.0}% of the forward's time",
+            flops / mg / 1e9,
+            100.0 * mg / mf
+        );
+    }
     println!(
         "process CPU time / wall time over the saelab workloads: {:.2} (2.00 = both cores busy)",
         (cpu_seconds() - cpu0) / wall0.elapsed().as_secs_f64()

@@ -349,7 +349,10 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // `t`'s mantissa holds 0x40_0000 + n; reading n from the bits (integer ops) rather
+    // than casting the float keeps the whole function vectorisable.
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
@@ -357,7 +360,8 @@ pub fn exp_f32(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    let n_int = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let bits = (n_int.wrapping_add(127) as u32) << 23;
     p * f32::from_bits(bits)
 }
 
