@@ -12,6 +12,7 @@
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p saelab-lm --example extract_speed -- \
 //!     [--model data/models/SmolLM2-135M-Instruct.Q4_1.gguf] [--batches 6] [--baseline]
+//!     [--only 0|1|2]   (run one workload: 0 = to block 15, 1 = to last block, 2 = logits)
 //! ```
 
 #[path = "../tests/common/gguf_bpe.rs"]
@@ -27,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut model_path = root.join("data/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let mut n_batches = 6usize;
     let mut baseline = false;
+    let mut only: Option<usize> = None;
     let (batch, seq) = (8usize, 128usize);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -34,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--model" => model_path = PathBuf::from(args.next().ok_or("--model needs a path")?),
             "--batches" => n_batches = args.next().ok_or("--batches needs a number")?.parse()?,
             "--baseline" => baseline = true,
+            "--only" => only = Some(args.next().ok_or("--only needs 0, 1 or 2")?.parse()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -89,7 +92,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ForwardOptions::new().logits(Logits::All),
         ),
     ];
-    for (name, opts) in &workloads {
+    for (i, (name, opts)) in workloads.iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
         let times = time_batches(&batches, |b| {
             std::hint::black_box(model.forward(b, opts)?);
             Ok(())
@@ -98,7 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The dense products alone (same shapes as the 16 blocks up to block 15), interleaved
     // with the forward, to show how much of the forward is matrix product time.
-    {
+    if only.is_none() {
         use saelab_lm::model::kernels::linear;
         let c = model.config();
         let n = batch * seq;
