@@ -33,6 +33,9 @@ pub enum Error {
     /// The run was interrupted (Ctrl-C); state up to the last checkpoint is safe.
     #[error("interrupted")]
     Interrupted,
+    /// A tensor-library (candle) operation failed; the message says which.
+    #[error("tensor backend: {0}")]
+    Backend(String),
 }
 
 /// Result alias for `saelab-core`.
@@ -58,5 +61,10 @@ impl Error {
     /// An invalid configuration value.
     pub fn config(msg: impl Into<String>) -> Self {
         Error::Config(msg.into())
+    }
+
+    /// A failure inside the tensor library (candle), with its message.
+    pub fn backend(msg: impl std::fmt::Display) -> Self {
+        Error::Backend(msg.to_string())
     }
 }

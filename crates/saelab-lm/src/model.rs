@@ -1,1 +1,0 @@
-//! Hooked transformer forward. (Being written.)

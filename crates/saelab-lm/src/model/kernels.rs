@@ -1,0 +1,520 @@
+//! CPU kernels of the LLaMA forward on plain row-major `f32` buffers: linear layers,
+//! RMSNorm, rotary embeddings, causal grouped-query attention, SwiGLU and the
+//! cross-entropy of logits.
+//!
+//! Activations are `[N, width]` row-major with `N = B·T` rows, row `b·T + t` holding
+//! position `t` of sequence `b`. Work is split over rows (or over `(sequence, head)`
+//! pairs for attention) with rayon; matrix products use `matrixmultiply`, which packs
+//! each weight matrix once per product and threads internally.
+
+use rayon::prelude::*;
+
+/// Rows per rayon task in the row-wise kernels.
+const ROWS_PER_TASK: usize = 32;
+/// Query rows per attention tile: keys beyond the tile's last query are skipped.
+const QUERY_TILE: usize = 64;
+
+/// `y[N, d_out] = x[N, d_in] · wᵀ`, with `w` stored `[d_out, d_in]` (PyTorch layout).
+pub fn linear(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize, y: &mut [f32]) {
+    debug_assert_eq!(x.len(), n * d_in);
+    debug_assert_eq!(w.len(), d_out * d_in);
+    debug_assert_eq!(y.len(), n * d_out);
+    if n == 0 || d_out == 0 {
+        return;
+    }
+    // SAFETY: the slices have the sizes asserted above and the strides describe them.
+    unsafe {
+        matrixmultiply::sgemm(
+            n,
+            d_in,
+            d_out,
+            1.0,
+            x.as_ptr(),
+            d_in as isize,
+            1,
+            w.as_ptr(),
+            1,
+            d_in as isize,
+            0.0,
+            y.as_mut_ptr(),
+            d_out as isize,
+            1,
+        );
+    }
+}
+
+/// `y[r] = x[r] / sqrt(mean(x[r]²) + eps) · weight` for every row of `x [N, d]`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
+    let d = weight.len();
+    x.par_chunks(ROWS_PER_TASK * d)
+        .zip(y.par_chunks_mut(ROWS_PER_TASK * d))
+        .for_each(|(xs, ys)| {
+            for (xr, yr) in xs.chunks_exact(d).zip(ys.chunks_exact_mut(d)) {
+                let scale = 1.0 / (mean_square(xr) + eps).sqrt();
+                for ((o, &v), &w) in yr.iter_mut().zip(xr).zip(weight) {
+                    *o = v * scale * w;
+                }
+            }
+        });
+}
+
+/// Mean of squares with eight independent accumulators (vectorisable, and more
+/// accurate than one running sum).
+fn mean_square(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for &v in rest {
+        s += v * v;
+    }
+    s / x.len() as f32
+}
+
+/// Precomputed rotary-embedding tables: `cos[p][i]`, `sin[p][i]` for positions
+/// `p < max_len` and frequency index `i < head_dim / 2`, angle `p · base^(−2i/head_dim)`
+/// computed in f64.
+#[derive(Clone, Debug)]
+pub struct RopeTable {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    /// Tables for `max_len` positions of heads `head_dim` wide.
+    pub fn new(head_dim: usize, base: f64, max_len: usize) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(max_len * half);
+        let mut sin = Vec::with_capacity(max_len * half);
+        for p in 0..max_len {
+            for i in 0..half {
+                let freq = 1.0 / base.powf((2 * i) as f64 / head_dim as f64);
+                let (s, c) = (p as f64 * freq).sin_cos();
+                cos.push(c as f32);
+                sin.push(s as f32);
+            }
+        }
+        RopeTable { half, cos, sin }
+    }
+
+    /// Number of positions covered.
+    pub fn max_len(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+
+    /// Rotate, in place, the first `n_rot_heads` heads of every row of `qkv [N, stride]`
+    /// (the query heads followed by the key heads) with the interleaved convention:
+    /// pairs `(2i, 2i+1)` of a head are rotated by the angle of position `row % seq_len`.
+    pub fn apply_interleaved(
+        &self,
+        qkv: &mut [f32],
+        stride: usize,
+        n_rot_heads: usize,
+        seq_len: usize,
+    ) {
+        let half = self.half;
+        let hd = 2 * half;
+        qkv.par_chunks_mut(ROWS_PER_TASK * stride)
+            .enumerate()
+            .for_each(|(chunk, rows)| {
+                for (j, row) in rows.chunks_exact_mut(stride).enumerate() {
+                    let p = (chunk * ROWS_PER_TASK + j) % seq_len;
+                    let cos = &self.cos[p * half..(p + 1) * half];
+                    let sin = &self.sin[p * half..(p + 1) * half];
+                    for head in row[..n_rot_heads * hd].chunks_exact_mut(hd) {
+                        for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                            let (x0, x1) = (pair[0], pair[1]);
+                            pair[0] = x0 * c - x1 * s;
+                            pair[1] = x0 * s + x1 * c;
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// A raw pointer that may cross threads; every task writes a disjoint region.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to let rayon tasks write disjoint parts of one output buffer.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Positions per sequence.
+    pub seq_len: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Head width.
+    pub head_dim: usize,
+}
+
+/// Causal grouped-query attention.
+///
+/// `qkv [B·T, (H + 2·KV)·hd]` holds, per row, the (already rotated) query heads, then the
+/// key heads, then the value heads. Writes `out [B·T, H·hd]`, head `h` reading key/value
+/// head `h / (H / KV)`, with scores scaled by `1/√hd` and softmax over positions `≤ t`.
+pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
+    let AttnShape {
+        batch,
+        seq_len: t,
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+    } = s;
+    let stride = (n_heads + 2 * n_kv_heads) * hd;
+    let out_stride = n_heads * hd;
+    debug_assert_eq!(qkv.len(), batch * t * stride);
+    debug_assert_eq!(out.len(), batch * t * out_stride);
+    let group = n_heads / n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..batch * n_heads).into_par_iter().for_each_init(
+        || vec![0f32; QUERY_TILE.min(t) * t],
+        |scores, task| {
+            let (b, h) = (task / n_heads, task % n_heads);
+            let g = h / group;
+            let base = b * t * stride;
+            let q = &qkv[base + h * hd..];
+            let k = &qkv[base + (n_heads + g) * hd..];
+            let v = &qkv[base + (n_heads + n_kv_heads + g) * hd..];
+            let mut i0 = 0;
+            while i0 < t {
+                let i1 = (i0 + QUERY_TILE).min(t);
+                let rows = i1 - i0;
+                let keys = i1;
+                let sc = &mut scores[..rows * keys];
+                // SAFETY: q rows i0..i1, k rows 0..i1 and v rows 0..i1 lie inside this
+                // sequence's part of `qkv`; the output rows i0..i1 of head h are written
+                // by this task only.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        hd,
+                        keys,
+                        scale,
+                        q.as_ptr().add(i0 * stride),
+                        stride as isize,
+                        1,
+                        k.as_ptr(),
+                        1,
+                        stride as isize,
+                        0.0,
+                        sc.as_mut_ptr(),
+                        keys as isize,
+                        1,
+                    );
+                }
+                for (r, row) in sc.chunks_exact_mut(keys).enumerate() {
+                    let last = i0 + r;
+                    softmax_prefix(row, last + 1);
+                }
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        keys,
+                        hd,
+                        1.0,
+                        sc.as_ptr(),
+                        keys as isize,
+                        1,
+                        v.as_ptr(),
+                        stride as isize,
+                        1,
+                        0.0,
+                        out_ptr.get().add((b * t + i0) * out_stride + h * hd),
+                        out_stride as isize,
+                        1,
+                    );
+                }
+                i0 = i1;
+            }
+        },
+    );
+}
+
+/// Softmax over `row[..len]` in place; entries from `len` on are set to 0.
+fn softmax_prefix(row: &mut [f32], len: usize) {
+    let (live, dead) = row.split_at_mut(len);
+    dead.fill(0.0);
+    let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum = exp_shift_sum(live, max);
+    let inv = 1.0 / sum;
+    for v in live.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `x[i] = exp(x[i] − shift)` in place; returns the sum.
+fn exp_shift_sum(x: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { exp_shift_sum_avx2(x, shift) };
+        }
+    }
+    exp_shift_sum_generic(x, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shift_sum_avx2(x: &mut [f32], shift: f32) -> f32 {
+    exp_shift_sum_generic(x, shift)
+}
+
+#[inline(always)]
+fn exp_shift_sum_generic(x: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            *v = exp_f32(*v - shift);
+            *a += *v;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - shift);
+        s += *v;
+    }
+    s
+}
+
+/// SwiGLU: `act[r][j] = silu(gu[r][j]) · gu[r][F + j]` for `gu [N, 2F]`, `act [N, F]`.
+pub fn swiglu(gu: &[f32], f: usize, act: &mut [f32]) {
+    gu.par_chunks(ROWS_PER_TASK * 2 * f)
+        .zip(act.par_chunks_mut(ROWS_PER_TASK * f))
+        .for_each(|(gus, acts)| {
+            for (row, a) in gus.chunks_exact(2 * f).zip(acts.chunks_exact_mut(f)) {
+                let (g, u) = row.split_at(f);
+                silu_mul(g, u, a);
+            }
+        });
+}
+
+fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { silu_mul_avx2(g, u, out) };
+        }
+    }
+    silu_mul_generic(g, u, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(g: &[f32], u: &[f32], out: &mut [f32]) {
+    silu_mul_generic(g, u, out)
+}
+
+#[inline(always)]
+fn silu_mul_generic(g: &[f32], u: &[f32], out: &mut [f32]) {
+    for ((o, &gv), &uv) in out.iter_mut().zip(g).zip(u) {
+        *o = gv / (1.0 + exp_f32(-gv)) * uv;
+    }
+}
+
+/// `exp(x)` in f32 within about 2 ulp, written so that loops over it vectorise:
+/// `x = n·ln2 + r` with `|r| ≤ ln2/2`, a degree-6 polynomial for `exp(r)`, and `2ⁿ`
+/// built in the exponent bits. Inputs are clamped to `[−87.3, 88.7]` (results in
+/// `[2⁻¹²⁶, 3.3·10³⁸]`); NaN stays NaN.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    let x = x.clamp(-87.3, 88.7);
+    // `t`'s mantissa holds 0x40_0000 + n; reading n from the bits (integer ops) rather
+    // than casting the float keeps the whole function vectorisable.
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let n_int = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let bits = (n_int.wrapping_add(127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// `y[r] += x[r]` elementwise.
+pub fn add_assign(y: &mut [f32], x: &[f32]) {
+    y.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(a, b)| {
+            for (u, &v) in a.iter_mut().zip(b) {
+                *u += v;
+            }
+        });
+}
+
+/// Next-token cross-entropy (nats) of one logits row: `logsumexp(row) − row[target]`,
+/// computed in f64.
+pub fn cross_entropy_row(row: &[f32], target: usize) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    max + sum.ln() - row[target] as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_within_a_few_ulp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(-1e4) >= 0.0 && exp_f32(-1e4) < 1e-37);
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn rms_norm_matches_definition() {
+        let d = 13;
+        let x: Vec<f32> = (0..3 * d).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let w: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 * 0.1).collect();
+        let mut y = vec![0.0; x.len()];
+        rms_norm(&x, &w, 1e-5, &mut y);
+        for r in 0..3 {
+            let row = &x[r * d..(r + 1) * d];
+            let ms: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+            for j in 0..d {
+                let want = row[j] as f64 / (ms + 1e-5).sqrt() * w[j] as f64;
+                assert!((y[r * d + j] as f64 - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    /// Naive attention straight from the definition, one (sequence, head) at a time.
+    fn naive_attention(qkv: &[f32], s: AttnShape) -> Vec<f32> {
+        let AttnShape {
+            batch,
+            seq_len: t,
+            n_heads,
+            n_kv_heads,
+            head_dim: hd,
+        } = s;
+        let stride = (n_heads + 2 * n_kv_heads) * hd;
+        let mut out = vec![0f32; batch * t * n_heads * hd];
+        for b in 0..batch {
+            for h in 0..n_heads {
+                let g = h / (n_heads / n_kv_heads);
+                for i in 0..t {
+                    let qi = &qkv[(b * t + i) * stride + h * hd..][..hd];
+                    let scores: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            let kj = &qkv[(b * t + j) * stride + (n_heads + g) * hd..][..hd];
+                            qi.iter()
+                                .zip(kj)
+                                .map(|(&a, &c)| a as f64 * c as f64)
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                    for c in 0..hd {
+                        let mut acc = 0f64;
+                        for (j, s) in scores.iter().enumerate() {
+                            let vj =
+                                qkv[(b * t + j) * stride + (n_heads + n_kv_heads + g) * hd + c];
+                            acc += (s - m).exp() / z * vj as f64;
+                        }
+                        out[(b * t + i) * n_heads * hd + h * hd + c] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_naive_definition_across_tiles() {
+        // seq_len 150 spans three query tiles; 6 query heads share 2 kv heads.
+        let s = AttnShape {
+            batch: 2,
+            seq_len: 150,
+            n_heads: 6,
+            n_kv_heads: 2,
+            head_dim: 8,
+        };
+        let stride = (s.n_heads + 2 * s.n_kv_heads) * s.head_dim;
+        let n = s.batch * s.seq_len * stride;
+        let qkv: Vec<f32> = (0..n)
+            .map(|i| (((i as u64 * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0) * 2.0)
+            .collect();
+        let mut out = vec![0f32; s.batch * s.seq_len * s.n_heads * s.head_dim];
+        causal_attention(&qkv, s, &mut out);
+        let want = naive_attention(&qkv, s);
+        let worst = out
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "max abs diff {worst}");
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position_angle() {
+        let hd = 4;
+        let table = RopeTable::new(hd, 100.0, 8);
+        // one row per position 0..3 of a single sequence, one rotated head + one untouched
+        let stride = 2 * hd;
+        let mut x: Vec<f32> = (0..4 * stride).map(|i| i as f32 + 1.0).collect();
+        let orig = x.clone();
+        table.apply_interleaved(&mut x, stride, 1, 4);
+        for p in 0..4 {
+            for i in 0..hd / 2 {
+                let ang = p as f64 * 100f64.powf(-(2.0 * i as f64) / hd as f64);
+                let (x0, x1) = (
+                    orig[p * stride + 2 * i] as f64,
+                    orig[p * stride + 2 * i + 1] as f64,
+                );
+                let want0 = x0 * ang.cos() - x1 * ang.sin();
+                let want1 = x0 * ang.sin() + x1 * ang.cos();
+                assert!((x[p * stride + 2 * i] as f64 - want0).abs() < 1e-4);
+                assert!((x[p * stride + 2 * i + 1] as f64 - want1).abs() < 1e-4);
+            }
+            assert_eq!(
+                &x[p * stride + hd..(p + 1) * stride],
+                &orig[p * stride + hd..(p + 1) * stride]
+            );
+        }
+    }
+}

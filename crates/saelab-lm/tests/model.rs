@@ -1,0 +1,785 @@
+//! Tests of the hooked LLaMA forward.
+//!
+//! Real-model tests use `data/models/SmolLM2-135M-Instruct.Q4_1.gguf` and the corpus in
+//! `data/corpus/` (created by `scripts/setup.sh`) and skip with a message when they are
+//! absent. The tiny-model and error tests need no data.
+//!
+//! References are independent implementations: candle-transformers' `quantized_llama`
+//! (GGUF, run on weights dequantised to F32 so that both sides are f32) and
+//! candle-transformers' `llama` (Hugging Face layout).
+
+mod common;
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::llama as hf_llama;
+use candle_transformers::models::quantized_llama;
+use saelab_core::Error;
+use saelab_lm::model::{ForwardOptions, HookedModel, Logits};
+
+use common::gguf_bpe;
+
+const MODEL: &str = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Limit rayon to 2 threads (the machine has 2 cores shared by several people) and run
+/// the real-model tests one at a time so that they do not fight over the cores.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build_global();
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn model_path() -> Option<PathBuf> {
+    let p = root().join(MODEL);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipping: {} is absent (run scripts/setup.sh)", p.display());
+        None
+    }
+}
+
+/// The SmolLM2 model, loaded once per test binary.
+fn smollm() -> Option<&'static HookedModel> {
+    static M: OnceLock<HookedModel> = OnceLock::new();
+    let p = model_path()?;
+    Some(M.get_or_init(|| HookedModel::from_gguf(&p).expect("load SmolLM2 GGUF")))
+}
+
+fn tokenizer() -> &'static tokenizers::Tokenizer {
+    static T: OnceLock<tokenizers::Tokenizer> = OnceLock::new();
+    T.get_or_init(|| gguf_bpe::gguf_tokenizer(&root().join(MODEL)))
+}
+
+/// `n` contexts of BOS + `len − 1` tokens of real text: consecutive windows of the
+/// given corpus files.
+fn contexts(files: &[&str], n: usize, len: usize, bos: u32) -> Vec<Vec<u32>> {
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(root().join("data/corpus").join(f))
+            .unwrap_or_else(|e| panic!("read {f}: {e}"));
+        let ids = gguf_bpe::encode(tokenizer(), &text);
+        for w in ids.chunks_exact(len - 1) {
+            let mut c = vec![bos];
+            c.extend_from_slice(w);
+            out.push(c);
+            if out.len() == n {
+                return out;
+            }
+        }
+    }
+    assert_eq!(out.len(), n, "not enough text");
+    out
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn mean(t: &Tensor) -> f32 {
+    t.mean_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// candle's `quantized_llama` built from the GGUF at `path` with every tensor
+/// dequantised and stored as an F32 QTensor (so its matmuls are plain f32 products).
+fn candle_reference_f32(path: &Path) -> quantized_llama::ModelWeights {
+    let mut f = std::fs::File::open(path).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, QTensor)> = names
+        .iter()
+        .map(|n| {
+            let q = ct.tensor(&mut f, n, &Device::Cpu).unwrap();
+            let t = q.dequantize(&Device::Cpu).unwrap();
+            (
+                n.to_string(),
+                QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+            )
+        })
+        .collect();
+    let md: Vec<(&str, &gguf_file::Value)> =
+        ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tref: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut buf = Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &md, &tref).unwrap();
+    drop(tensors);
+    buf.set_position(0);
+    let ct32 = gguf_file::Content::read(&mut buf).unwrap();
+    assert!(ct32
+        .tensor_infos
+        .values()
+        .all(|t| t.ggml_dtype == GgmlDType::F32));
+    quantized_llama::ModelWeights::from_gguf(ct32, &mut buf, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn gguf_last_logits_match_candle_quantized_llama_in_f32() {
+    let Some(model) = smollm() else { return };
+    let _g = serial();
+    let mut reference = candle_reference_f32(&root().join(MODEL));
+    let bos = model.bos_token_id().unwrap();
+    let mut prompts = vec![vec![bos], {
+        let mut p = vec![bos];
+        p.extend(gguf_bpe::encode(tokenizer(), "The capital of France is"));
+        p
+    }];
+    prompts.extend(contexts(&["moby/chapter_1.txt"], 1, 57, bos));
+    prompts.extend(contexts(
+        &["sotu/1901_theodore_roosevelt_r.txt"],
+        1,
+        128,
+        bos,
+    ));
+    let mut worst = 0f32;
+    for p in &prompts {
+        let ours = model
+            .forward(&[p], &ForwardOptions::new().logits(Logits::Last))
+            .unwrap()
+            .logits
+            .unwrap();
+        let ids = Tensor::new(p.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        reference.clear_kv_cache();
+        let theirs = reference.forward(&ids, 0).unwrap();
+        let diff = max_abs_diff(&ours, &theirs);
+        let scale = theirs
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!(
+            "prompt of {} tokens: max |Δlogit| = {diff:.2e} (max |logit| {scale:.1})",
+            p.len()
+        );
+        // Same argmax, and the logits agree to 1e-3.
+        let am = |t: &Tensor| t.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+        assert_eq!(am(&ours), am(&theirs));
+        worst = worst.max(diff);
+    }
+    assert!(worst <= 1e-3, "max abs logit difference {worst} > 1e-3");
+}
+
+/// Cross-entropy of SmolLM2 on real text, from the forward's loss output and,
+/// independently, from all-position logits.
+#[test]
+fn cross_entropy_on_real_text_is_sane_and_ablation_raises_it() {
+    let Some(model) = smollm() else { return };
+    let _g = serial();
+    let bos = model.bos_token_id().unwrap();
+    let batch = contexts(
+        &[
+            "sotu/2009_barack_obama_d.txt",
+            "moby/chapter_42.txt",
+            "brown/cf01.txt",
+        ],
+        4,
+        128,
+        bos,
+    );
+    let out = model
+        .forward(
+            &batch,
+            &ForwardOptions::new().logits(Logits::All).loss(true),
+        )
+        .unwrap();
+    let loss = out.loss.unwrap();
+    assert_eq!(loss.dims(), [4, 127]);
+    let ce = mean(&loss);
+    // Independent CE from the logits with candle's log_softmax.
+    let logits = out.logits.unwrap();
+    let lsm = candle_nn::ops::log_softmax(&logits.i((.., ..127, ..)).unwrap(), 2).unwrap();
+    let targets: Vec<u32> = batch.iter().flat_map(|s| s[1..].to_vec()).collect();
+    let targets = Tensor::new(targets.as_slice(), &Device::Cpu)
+        .unwrap()
+        .reshape((4, 127, 1))
+        .unwrap();
+    let picked = lsm.gather(&targets, 2).unwrap();
+    let ce2 = -mean(&picked);
+    eprintln!("next-token CE on real text: {ce:.4} nats (from logits: {ce2:.4})");
+    assert!((ce - ce2).abs() < 1e-3, "loss output {ce} vs logits {ce2}");
+    assert!(
+        (2.5..4.5).contains(&ce),
+        "cross-entropy {ce} nats is not plausible"
+    );
+
+    // Identity patch: same CE (bit for bit).
+    let id = model
+        .forward(
+            &batch,
+            &ForwardOptions::new()
+                .patch("blocks.15.hook_resid_post", |t| Ok(t.clone()))
+                .loss(true),
+        )
+        .unwrap();
+    assert_eq!(mean(&id.loss.unwrap()), ce);
+
+    // Zero-ablation of the residual after block 15.
+    let ab = model
+        .forward(
+            &batch,
+            &ForwardOptions::new()
+                .patch("blocks.15.hook_resid_post", |t| {
+                    t.zeros_like().map_err(saelab_lm::model::candle_err)
+                })
+                .loss(true),
+        )
+        .unwrap();
+    let ce_ab = mean(&ab.loss.unwrap());
+    eprintln!("CE with blocks.15.hook_resid_post zero-ablated: {ce_ab:.4} nats");
+    assert!(ce_ab > ce + 2.0, "ablated CE {ce_ab} vs clean {ce}");
+}
+
+#[test]
+fn identity_patch_leaves_logits_unchanged_and_patches_see_the_captured_value() {
+    let Some(model) = smollm() else { return };
+    let _g = serial();
+    let bos = model.bos_token_id().unwrap();
+    let batch = contexts(&["brown/ca01.txt"], 2, 40, bos);
+    let hook = "blocks.7.hook_mlp_out";
+    let clean = model
+        .forward(
+            &batch,
+            &ForwardOptions::new().capture(hook).logits(Logits::All),
+        )
+        .unwrap();
+    let seen = std::cell::RefCell::new(None);
+    let patched = model
+        .forward(
+            &batch,
+            &ForwardOptions::new()
+                .patch(hook, |t| {
+                    *seen.borrow_mut() = Some(t.clone());
+                    Ok(t.clone())
+                })
+                .logits(Logits::All),
+        )
+        .unwrap();
+    assert_eq!(
+        max_abs_diff(
+            clean.logits.as_ref().unwrap(),
+            patched.logits.as_ref().unwrap()
+        ),
+        0.0
+    );
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(max_abs_diff(&seen, clean.capture(hook).unwrap()), 0.0);
+
+    // A patch that adds a constant to resid_pre of block 3 shows in the capture there.
+    let bumped = model
+        .forward(
+            &batch,
+            &ForwardOptions::new()
+                .patch("blocks.3.hook_resid_pre", |t| {
+                    (t + 1.0).map_err(saelab_lm::model::candle_err)
+                })
+                .capture("blocks.3.hook_resid_pre")
+                .capture("blocks.2.hook_resid_post"),
+        )
+        .unwrap();
+    let d = (bumped.capture("blocks.3.hook_resid_pre").unwrap()
+        - bumped.capture("blocks.2.hook_resid_post").unwrap())
+    .unwrap();
+    assert!((mean(&d) - 1.0).abs() < 1e-6);
+}
+
+#[test]
+fn captures_match_between_early_stop_and_full_run_and_hooks_compose() {
+    let Some(model) = smollm() else { return };
+    let _g = serial();
+    let bos = model.bos_token_id().unwrap();
+    let batch = contexts(&["sotu/1950_harry_s_truman_d.txt"], 3, 64, bos);
+    let hooks = [
+        "blocks.0.hook_resid_pre",
+        "blocks.15.hook_attn_out",
+        "blocks.15.hook_resid_mid",
+        "blocks.15.hook_mlp_out",
+        "blocks.15.hook_resid_post",
+        "blocks.16.hook_resid_pre",
+    ];
+    let early = model
+        .forward(&batch, &ForwardOptions::new().capture_all(hooks))
+        .unwrap();
+    assert_eq!(early.blocks_run, 17);
+    assert!(early.logits.is_none());
+    let full = model
+        .forward(
+            &batch,
+            &ForwardOptions::new().capture_all(hooks).logits(Logits::All),
+        )
+        .unwrap();
+    assert_eq!(full.blocks_run, model.n_layers());
+    for h in hooks {
+        let (a, b) = (early.capture(h).unwrap(), full.capture(h).unwrap());
+        assert_eq!(a.dims(), [3, 64, model.d_model()]);
+        assert_eq!(max_abs_diff(a, b), 0.0, "{h}");
+    }
+    let c = |h| early.capture(h).unwrap();
+    // resid_pre of block 0 is the token embedding.
+    let emb = model.embedding().unwrap();
+    let ids = Tensor::new(batch[1].as_slice(), &Device::Cpu).unwrap();
+    let want = emb.index_select(&ids, 0).unwrap();
+    assert_eq!(
+        max_abs_diff(&c("blocks.0.hook_resid_pre").i(1).unwrap(), &want),
+        0.0
+    );
+    // resid_post(15) = resid_mid(15) + mlp_out(15); resid_pre(16) = resid_post(15).
+    let sum = (c("blocks.15.hook_resid_mid") + c("blocks.15.hook_mlp_out")).unwrap();
+    assert!(max_abs_diff(&sum, c("blocks.15.hook_resid_post")) < 1e-4);
+    assert_eq!(
+        max_abs_diff(
+            c("blocks.16.hook_resid_pre"),
+            c("blocks.15.hook_resid_post")
+        ),
+        0.0
+    );
+    // Mid-depth residual norms are large (CORPUS.md: about 350).
+    let norms = c("blocks.15.hook_resid_post")
+        .sqr()
+        .unwrap()
+        .sum(2)
+        .unwrap()
+        .sqrt()
+        .unwrap();
+    let m = mean(&norms.i((.., 1..)).unwrap());
+    eprintln!("mean ‖resid_post(15)‖ = {m:.1}");
+    assert!(m > 50.0, "mean residual norm {m}");
+}
+
+#[test]
+fn a_batch_of_two_equals_the_two_single_runs() {
+    let Some(model) = smollm() else { return };
+    let _g = serial();
+    let bos = model.bos_token_id().unwrap();
+    let batch = contexts(&["moby/chapter_10.txt", "brown/cn01.txt"], 2, 96, bos);
+    let opts = || {
+        ForwardOptions::new()
+            .capture("blocks.15.hook_resid_post")
+            .logits(Logits::All)
+    };
+    let both = model.forward(&batch, &opts()).unwrap();
+    for (b, seq) in batch.iter().enumerate() {
+        let one = model.forward(&[seq], &opts()).unwrap();
+        let a = both
+            .capture("blocks.15.hook_resid_post")
+            .unwrap()
+            .i(b)
+            .unwrap();
+        let s = one
+            .capture("blocks.15.hook_resid_post")
+            .unwrap()
+            .i(0)
+            .unwrap();
+        let d1 = max_abs_diff(&a, &s);
+        let d2 = max_abs_diff(
+            &both.logits.as_ref().unwrap().i(b).unwrap(),
+            &one.logits.as_ref().unwrap().i(0).unwrap(),
+        );
+        eprintln!("sequence {b}: batch vs single max diff: resid {d1:.2e}, logits {d2:.2e}");
+        assert!(d1 < 1e-4 && d2 < 1e-4);
+    }
+    // The tensor entry point agrees with the slice one.
+    let t = Tensor::new(batch.clone(), &Device::Cpu).unwrap();
+    let via_tensor = model.forward_tensor(&t, &opts()).unwrap();
+    assert_eq!(
+        max_abs_diff(
+            via_tensor.logits.as_ref().unwrap(),
+            both.logits.as_ref().unwrap()
+        ),
+        0.0
+    );
+}
+
+/// GGUF → Hugging Face layout (Q/K rows un-permuted) → candle-transformers' HF `llama`
+/// reproduces our GGUF logits, and our HF loader reads the export back exactly.
+#[test]
+fn hf_export_of_smollm2_matches_candle_hf_llama_and_reloads_exactly() {
+    let Some(model) = smollm() else { return };
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    model.save_hf_dir(dir.path()).unwrap();
+    let bos = model.bos_token_id().unwrap();
+    let batch = contexts(&["sotu/1862_abraham_lincoln_r.txt"], 2, 48, bos);
+    let opts = || ForwardOptions::new().logits(Logits::Last);
+    let ours = model.forward(&batch, &opts()).unwrap().logits.unwrap();
+
+    let reloaded = HookedModel::from_hf_dir(dir.path()).unwrap();
+    assert_eq!(reloaded.config(), model.config());
+    let again = reloaded.forward(&batch, &opts()).unwrap().logits.unwrap();
+    assert_eq!(max_abs_diff(&ours, &again), 0.0);
+    drop(reloaded);
+
+    let theirs = candle_hf_llama_last_logits(dir.path(), &batch);
+    let diff = max_abs_diff(&ours, &theirs);
+    eprintln!("SmolLM2 HF export vs candle HF llama: max |Δlogit| = {diff:.2e}");
+    assert!(diff <= 1e-3);
+}
+
+/// Last-position logits `[B, V]` of candle-transformers' HF llama on a checkpoint dir.
+fn candle_hf_llama_last_logits(dir: &Path, batch: &[Vec<u32>]) -> Tensor {
+    let cfg: hf_llama::LlamaConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg = cfg.into_config(false);
+    let files = vec![dir.join("model.safetensors")];
+    // SAFETY: the file was just written by this test and is not modified.
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
+    let llama = hf_llama::Llama::load(vb, &cfg).unwrap();
+    let rows: Vec<Tensor> = batch
+        .iter()
+        .map(|s| {
+            let mut cache = hf_llama::Cache::new(false, DType::F32, &cfg, &Device::Cpu).unwrap();
+            let ids = Tensor::new(s.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            llama.forward(&ids, 0, &mut cache).unwrap()
+        })
+        .collect();
+    Tensor::cat(&rows, 0).unwrap()
+}
+
+// ---------------------------------------------------------------------------------
+// Tiny random model in Hugging Face layout (no data needed).
+
+/// Deterministic pseudo-random values in [−scale, scale].
+fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Write a random LLaMA checkpoint (6 heads, 2 KV heads, 3 layers) in HF layout.
+fn write_tiny_hf(dir: &Path, tie: bool, dtype: safetensors::Dtype) {
+    let (v, d, hq, hkv, hd, f, layers) =
+        (97usize, 48usize, 6usize, 2usize, 8usize, 80usize, 3usize);
+    let mut specs: Vec<(String, Vec<usize>, f32)> = vec![
+        ("model.embed_tokens.weight".into(), vec![v, d], 1.0),
+        ("model.norm.weight".into(), vec![d], 0.0),
+    ];
+    if !tie {
+        specs.push(("lm_head.weight".into(), vec![v, d], 0.2));
+    }
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        specs.push((
+            format!("{p}.self_attn.q_proj.weight"),
+            vec![hq * hd, d],
+            0.3,
+        ));
+        specs.push((
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![hkv * hd, d],
+            0.3,
+        ));
+        specs.push((
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![hkv * hd, d],
+            0.2,
+        ));
+        specs.push((
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![d, hq * hd],
+            0.2,
+        ));
+        specs.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d], 0.2));
+        specs.push((format!("{p}.mlp.up_proj.weight"), vec![f, d], 0.2));
+        specs.push((format!("{p}.mlp.down_proj.weight"), vec![d, f], 0.2));
+        specs.push((format!("{p}.input_layernorm.weight"), vec![d], 0.0));
+        specs.push((format!("{p}.post_attention_layernorm.weight"), vec![d], 0.0));
+    }
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape, scale))| {
+            let n: usize = shape.iter().product();
+            // norms: 1 ± 0.3; others: uniform in [−scale, scale]
+            let vals: Vec<f32> = if scale == 0.0 {
+                lcg(n, i as u64 + 7, 0.3)
+                    .into_iter()
+                    .map(|x| 1.0 + x)
+                    .collect()
+            } else {
+                lcg(n, i as u64 + 7, scale)
+            };
+            let bytes = match dtype {
+                safetensors::Dtype::F32 => vals.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                safetensors::Dtype::BF16 => vals
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                _ => unreachable!(),
+            };
+            (name, shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let cfg = serde_json::json!({
+        "model_type": "llama",
+        "hidden_size": d, "intermediate_size": f, "vocab_size": v,
+        "num_hidden_layers": layers, "num_attention_heads": hq, "num_key_value_heads": hkv,
+        "rms_norm_eps": 1e-5, "rope_theta": 500.0, "max_position_embeddings": 64,
+        "tie_word_embeddings": tie, "bos_token_id": 1, "eos_token_id": [2, 3],
+    });
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+}
+
+fn tiny_batch() -> Vec<Vec<u32>> {
+    (0..3)
+        .map(|b| {
+            (0..37)
+                .map(|t| ((b * 31 + t * 17 + t * t) % 97) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn tiny_hf_model_matches_candle_hf_llama() {
+    for tie in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_hf(dir.path(), tie, safetensors::Dtype::F32);
+        let model = HookedModel::from_hf_dir(dir.path()).unwrap();
+        assert_eq!(model.config().n_kv_heads, 2);
+        assert_eq!(model.config().tie_embeddings, tie);
+        assert_eq!(model.eos_token_id(), Some(2));
+        let batch = tiny_batch();
+        let ours = model
+            .forward(&batch, &ForwardOptions::new().logits(Logits::Last))
+            .unwrap()
+            .logits
+            .unwrap();
+        let theirs = candle_hf_llama_last_logits(dir.path(), &batch);
+        let diff = max_abs_diff(&ours, &theirs);
+        let scale = theirs
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!("tiny HF model (tied: {tie}): max |Δlogit| = {diff:.2e}, max |logit| {scale:.2}");
+        assert!(scale > 0.5, "degenerate logits");
+        assert!(diff < 1e-4);
+
+        // Export and reload: same logits.
+        let dir2 = tempfile::tempdir().unwrap();
+        model.save_hf_dir(dir2.path()).unwrap();
+        let again = HookedModel::from_hf_dir(dir2.path())
+            .unwrap()
+            .forward(&batch, &ForwardOptions::new().logits(Logits::Last))
+            .unwrap()
+            .logits
+            .unwrap();
+        assert_eq!(max_abs_diff(&ours, &again), 0.0);
+    }
+}
+
+#[test]
+fn tiny_hf_model_in_bf16_loads_close_to_f32() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_tiny_hf(a.path(), false, safetensors::Dtype::F32);
+    write_tiny_hf(b.path(), false, safetensors::Dtype::BF16);
+    let batch = tiny_batch();
+    let run = |p: &Path| {
+        HookedModel::from_hf_dir(p)
+            .unwrap()
+            .forward(&batch, &ForwardOptions::new().logits(Logits::Last))
+            .unwrap()
+            .logits
+            .unwrap()
+    };
+    let (x, y) = (run(a.path()), run(b.path()));
+    let diff = max_abs_diff(&x, &y);
+    assert!(
+        diff > 0.0 && diff < 0.1,
+        "bf16 vs f32 logits differ by {diff}"
+    );
+}
+
+/// Attention is causal: changing a later token leaves earlier positions unchanged.
+#[test]
+fn tiny_model_is_causal() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_hf(dir.path(), false, safetensors::Dtype::F32);
+    let model = HookedModel::from_hf_dir(dir.path()).unwrap();
+    let mut batch = tiny_batch();
+    let opts = || ForwardOptions::new().logits(Logits::All);
+    let a = model.forward(&batch, &opts()).unwrap().logits.unwrap();
+    batch[1][20] = (batch[1][20] + 5) % 97;
+    let b = model.forward(&batch, &opts()).unwrap().logits.unwrap();
+    assert_eq!(
+        max_abs_diff(&a.i((.., ..20, ..)).unwrap(), &b.i((.., ..20, ..)).unwrap()),
+        0.0
+    );
+    assert!(max_abs_diff(&a.i((1, 20..)).unwrap(), &b.i((1, 20..)).unwrap()) > 1e-3);
+    assert_eq!(max_abs_diff(&a.i(0).unwrap(), &b.i(0).unwrap()), 0.0);
+}
+
+// ---------------------------------------------------------------------------------
+// Bad input.
+
+fn err_text<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
+    r.expect_err("expected an error").to_string()
+}
+
+#[test]
+fn bad_hooks_and_tokens_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_hf(dir.path(), false, safetensors::Dtype::F32);
+    let model = HookedModel::from_hf_dir(dir.path()).unwrap();
+    let batch = tiny_batch();
+    let run = |o: ForwardOptions| model.forward(&batch, &o).map(|_| ());
+
+    let e = err_text(run(
+        ForwardOptions::new().capture("blocks.1.hook_resid_postt")
+    ));
+    assert!(
+        e.contains("unknown hook 'blocks.1.hook_resid_postt'"),
+        "{e}"
+    );
+    assert!(
+        e.contains("blocks.{L}.hook_resid_post") && e.contains("0..=2"),
+        "{e}"
+    );
+    let e = err_text(run(
+        ForwardOptions::new().capture("blocks.3.hook_resid_post")
+    ));
+    assert!(
+        e.contains("layer 3 is out of range") && e.contains("3 blocks"),
+        "{e}"
+    );
+    let e = err_text(run(
+        ForwardOptions::new().patch("resid_post", |t| Ok(t.clone()))
+    ));
+    assert!(e.contains("unknown hook 'resid_post'"), "{e}");
+    let e = err_text(run(ForwardOptions::new()
+        .patch("blocks.0.hook_attn_out", |t| {
+            t.narrow(2, 0, 5).map_err(saelab_lm::model::candle_err)
+        })));
+    assert!(
+        e.contains("patch at blocks.0.hook_attn_out returned shape [3, 37, 5]"),
+        "{e}"
+    );
+
+    let e = err_text(model.forward(
+        &[vec![1u32, 2, 97]],
+        &ForwardOptions::new().logits(Logits::Last),
+    ));
+    assert!(
+        e.contains("token id 97") && e.contains("vocabulary size 97"),
+        "{e}"
+    );
+    let e = err_text(model.forward(&[vec![1u32, 2], vec![3]], &ForwardOptions::new()));
+    assert!(e.contains("equal length"), "{e}");
+    let long = vec![vec![1u32; 65]];
+    let e = err_text(model.forward(&long, &ForwardOptions::new().logits(Logits::Last)));
+    assert!(e.contains("context length 64"), "{e}");
+    assert_eq!(model.hook_names().len(), 15);
+    assert_eq!(model.hook_names()[4], "blocks.0.hook_resid_post");
+}
+
+#[test]
+fn bad_model_files_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // Missing file.
+    let missing = dir.path().join("nope.gguf");
+    let e = err_text(HookedModel::load(&missing));
+    assert!(e.contains("nope.gguf"), "{e}");
+    // Not a GGUF.
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"this is not a gguf file at all").unwrap();
+    let e = err_text(HookedModel::from_gguf(&junk));
+    assert!(
+        e.contains("junk.gguf") && e.contains("not a readable GGUF"),
+        "{e}"
+    );
+    // Truncated copy of a real model (when present).
+    if let Some(p) = model_path() {
+        let bytes = std::fs::read(&p).unwrap();
+        let cut = dir.path().join("cut.gguf");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let e = err_text(HookedModel::from_gguf(&cut));
+        assert!(e.contains("cut.gguf"), "{e}");
+        eprintln!("truncated GGUF: {e}");
+    }
+    // Unsupported architecture.
+    let arch = gguf_file::Value::String("gemma3".into());
+    let t = QTensor::quantize(
+        &Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    let gem = dir.path().join("gemma.gguf");
+    let mut f = std::fs::File::create(&gem).unwrap();
+    gguf_file::write(
+        &mut f,
+        &[("general.architecture", &arch)],
+        &[("token_embd.weight", &t)],
+    )
+    .unwrap();
+    drop(f);
+    let e = err_text(HookedModel::from_gguf(&gem));
+    assert!(e.contains("unsupported architecture 'gemma3'"), "{e}");
+    // HF directory with a wrong model_type and one with a missing tensor.
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    write_tiny_hf(&hf, false, safetensors::Dtype::F32);
+    let cfg = std::fs::read_to_string(hf.join("config.json")).unwrap();
+    std::fs::write(hf.join("config.json"), cfg.replace("\"llama\"", "\"gpt2\"")).unwrap();
+    let e = err_text(HookedModel::load(&hf));
+    assert!(
+        e.contains("config.json") && e.contains("model_type 'gpt2'"),
+        "{e}"
+    );
+    std::fs::write(
+        hf.join("config.json"),
+        cfg.replace("\"num_hidden_layers\":3", "\"num_hidden_layers\":4"),
+    )
+    .unwrap();
+    let e = err_text(HookedModel::load(&hf));
+    assert!(
+        e.contains("model.layers.3.self_attn.q_proj.weight is missing"),
+        "{e}"
+    );
+}
