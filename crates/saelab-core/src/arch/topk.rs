@@ -8,7 +8,9 @@
 use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, AuxK, Forward, Kernels};
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
-use crate::kernels::{affine, select::topk_rows};
+use crate::kernels::select::{topk_rows, TopKSelector};
+use crate::kernels::sparse::{AuxInput, Grads, Workspace};
+use crate::kernels::affine;
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
@@ -19,6 +21,7 @@ pub struct TopK {
     k: usize,
     aux_k: usize,
     aux_coefficient: f32,
+    ws: Workspace,
 }
 
 impl TopK {
@@ -37,8 +40,136 @@ impl TopK {
             k,
             aux_k,
             aux_coefficient,
+            ws: Workspace::default(),
         }
     }
+
+    /// The fast step: fused encoder + selection, sparse decoder and sparse gradients.
+    fn train_step_fast(
+        &mut self,
+        p: &ParamSet,
+        x: &Matrix,
+        ctx: &StepContext,
+        grads: &mut ParamSet,
+    ) -> StepOutput {
+        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
+        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
+        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec] =
+            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec"]);
+        let (d, n) = (x.cols, b_enc.len());
+        let bsz = x.rows.max(1) as f64;
+        let aux_on = self.aux_k > 0 && self.aux_coefficient > 0.0 && ctx.dead.iter().any(|&v| v);
+        let dead: Vec<u32> = if aux_on {
+            (0..n as u32).filter(|&j| ctx.dead[j as usize]).collect()
+        } else {
+            Vec::new()
+        };
+        let (lat, aux) = encode_topk(
+            &mut self.ws,
+            x,
+            w_enc,
+            b_enc,
+            b_dec,
+            d,
+            n,
+            self.k,
+            aux_on.then_some((self.aux_k, &dead[..])),
+        );
+        let c = self.aux_coefficient;
+        let sums = self.ws.rows(
+            x,
+            w_dec,
+            b_dec,
+            &lat,
+            aux_on.then(|| AuxInput {
+                latents: &aux,
+                coefficient: c,
+            }),
+        );
+        let mse = sums.sq_err / bsz;
+        let mut terms = vec![("mse", mse)];
+        let mut loss = mse;
+        let (g_pre, g_pre_aux) = (
+            std::mem::take(&mut self.ws.g_f),
+            std::mem::take(&mut self.ws.g_f_aux),
+        );
+        self.ws.backward(
+            x,
+            b_dec,
+            w_enc,
+            &lat,
+            &g_pre,
+            aux_on.then_some((&aux, &g_pre_aux[..])),
+            Grads {
+                w_enc: &mut g_w_enc.data,
+                b_enc: &mut g_b_enc.data,
+                w_dec: &mut g_w_dec.data,
+                b_dec: &mut g_b_dec.data,
+            },
+        );
+        self.ws.g_f = g_pre;
+        self.ws.g_f_aux = g_pre_aux;
+        if aux_on {
+            let a = c as f64 * sums.aux_sq / bsz;
+            terms.push(("aux", a));
+            loss += a;
+        }
+        StepOutput {
+            loss,
+            terms,
+            latents: lat,
+            sq_err: sums.sq_err,
+        }
+    }
+}
+
+/// Fused encoder and TopK selection: per row, the `k` largest positive pre-activations
+/// (`pre = (x − b_dec) W_enc + b_enc`), and with `aux = Some((k_aux, dead))` the `k_aux`
+/// largest positive ones among the `dead` latents, computed block by block without
+/// storing the `[B, n]` pre-activations. Rows' entries are sorted by decreasing value.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_topk(
+    ws: &mut Workspace,
+    x: &Matrix,
+    w_enc: &[f32],
+    b_enc: &[f32],
+    b_dec: &[f32],
+    d: usize,
+    n: usize,
+    k: usize,
+    aux: Option<(usize, &[u32])>,
+) -> (Latents, Latents) {
+    ws.encoder.load(w_enc, d, n);
+    let parts = ws.encoder.run(
+        w_enc,
+        x,
+        Some(b_dec),
+        b_enc,
+        || {
+            (
+                Latents::new(n),
+                Latents::new(n),
+                TopKSelector::default(),
+            )
+        },
+        |(main, auxl, sel), _r, pre| {
+            sel.row(pre, k);
+            main.push_row(sel.result().iter().copied());
+            if let Some((ka, dead)) = aux {
+                sel.among(pre, dead, ka);
+                auxl.push_row(sel.result().iter().copied());
+            }
+        },
+    );
+    let mut lat = Latents::with_capacity(n, x.rows, k);
+    let mut auxl = Latents::with_capacity(n, x.rows, aux.map_or(0, |a| a.0));
+    for (m, a, _) in &parts {
+        lat.append(m);
+        if aux.is_some() {
+            auxl.append(a);
+        }
+    }
+    (lat, auxl)
 }
 
 impl Architecture for TopK {
@@ -62,6 +193,9 @@ impl Architecture for TopK {
         ctx: &StepContext,
         grads: &mut ParamSet,
     ) -> StepOutput {
+        if !ctx.reference {
+            return self.train_step_fast(p, x, ctx, grads);
+        }
         let kern = Kernels {
             reference: ctx.reference,
         };

@@ -6,9 +6,12 @@
 //! [`reference`] holds plain dense versions ("what a framework does") used by tests
 //! and by the benchmark's baseline.
 
+pub mod encoder;
 pub mod gemm;
 pub mod reference;
 pub mod select;
+pub mod simd;
+pub mod sparse;
 
 use rayon::prelude::*;
 
@@ -209,29 +212,4 @@ impl ByLatent {
     }
 }
 
-/// `y += a · x`.
-#[inline]
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
-}
-
-/// `Σ a_i b_i`, accumulated in 8 lanes so the compiler can vectorise it.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
+pub use simd::{axpy, dot};
