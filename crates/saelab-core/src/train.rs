@@ -337,6 +337,7 @@ impl Trainer {
                 batch.cols, self.sae_cfg.d_in
             )));
         }
+        let mut ph = crate::kernels::Phases::start();
         // Scaled copy of the batch into a buffer kept between steps (no allocation).
         let mut x = std::mem::take(&mut self.scaled);
         scale_into(batch, self.input_scale, &mut x);
@@ -346,6 +347,7 @@ impl Trainer {
             .map(|j| self.is_dead(j))
             .collect();
         self.grads.fill_zero();
+        ph.mark("scale, dead, zero grads");
         let ctx = StepContext {
             sparsity_scale,
             dead: &dead,
@@ -361,19 +363,23 @@ impl Trainer {
                 self.step + 1
             )));
         }
+        ph.mark("train_step total");
         let unit_norm = self.arch.unit_norm_decoder();
         if unit_norm {
             remove_parallel_component(self.params.get("W_dec"), self.grads.get_mut("W_dec"));
         }
+        ph.mark("remove parallel");
         let grad_norm = self
             .cfg
             .grad_clip
             .map(|c| clip_grad_norm(&mut self.grads, c));
         let lr = self.cfg.lr * schedule.lr_scale(self.step);
         self.adam.step(&mut self.params, &self.grads, lr);
+        ph.mark("adam");
         if unit_norm {
             normalize_rows(self.params.get_mut("W_dec"));
         }
+        ph.mark("normalize");
         // Dead-latent tracking: tokens since each latent last fired.
         let b = x.rows as u64;
         let mut last_row: Vec<Option<usize>> = vec![None; self.sae_cfg.d_sae];
@@ -395,6 +401,7 @@ impl Trainer {
         let nnz = out.latents.val.iter().filter(|&&v| v != 0.0).count();
         let total_var = centered_sq_sum(&x);
         self.scaled = x;
+        ph.mark("dead tracking, stats");
         Ok(StepReport {
             step: self.step,
             tokens: self.step * self.cfg.batch_size as u64,

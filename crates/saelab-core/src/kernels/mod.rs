@@ -24,26 +24,14 @@ pub use gemm::{gemm, Transpose};
 /// depend on how rayon schedules the work.
 pub const ROW_CHUNK: usize = 64;
 
-/// Dense pre-activations `pre = x · W + b`: `x [B, d]`, `w [d, n]`, `b [n]` → `[B, n]`.
+/// Dense pre-activations `pre = x · W + b`: `x [B, d]`, `w [d, n]`, `b [n]` → `[B, n]`,
+/// computed with the encoder's engine ([`encoder`]), so that the dense and the fused
+/// paths give bit-identical pre-activations.
 pub fn affine(x: &Matrix, w: &[f32], b: &[f32]) -> Matrix {
     let n = b.len();
     assert_eq!(w.len(), x.cols * n, "affine: weight is not [d, n]");
     let mut out = Matrix::zeros(x.rows, n);
-    for r in 0..x.rows {
-        out.row_mut(r).copy_from_slice(b);
-    }
-    gemm(
-        x.rows,
-        x.cols,
-        n,
-        1.0,
-        &x.data,
-        Transpose::No,
-        w,
-        Transpose::No,
-        1.0,
-        &mut out.data,
-    );
+    encoder::dense_product(x, w, b, &mut out);
     out
 }
 
@@ -213,3 +201,30 @@ impl ByLatent {
 }
 
 pub use simd::{axpy, dot};
+
+/// Phase timer for profiling a step: with the environment variable `SAELAB_PROFILE`
+/// set, [`Phases::mark`] prints the time since the previous mark to stderr.
+pub struct Phases {
+    on: bool,
+    last: std::time::Instant,
+}
+
+impl Phases {
+    /// Starts timing (a no-op unless `SAELAB_PROFILE` is set).
+    pub fn start() -> Self {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        Phases {
+            on: *ON.get_or_init(|| std::env::var_os("SAELAB_PROFILE").is_some()),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Prints `label` and the milliseconds since the previous mark.
+    pub fn mark(&mut self, label: &str) {
+        if self.on {
+            let now = std::time::Instant::now();
+            eprintln!("  {label:<28} {:8.2} ms", (now - self.last).as_secs_f64() * 1e3);
+            self.last = now;
+        }
+    }
+}

@@ -130,6 +130,20 @@ impl TopKSelector {
     /// Selects among the columns listed in `cand` (increasing): the `k` largest positive
     /// values of `row` at those columns.
     pub fn among(&mut self, row: &[f32], cand: &[u32], k: usize) {
+        self.among_inner(row, cand, k);
+        self.finish(k);
+    }
+
+    /// As [`TopKSelector::among`], leaving the selected entries in no particular order.
+    pub fn among_unordered(&mut self, row: &[f32], cand: &[u32], k: usize) {
+        self.among_inner(row, cand, k);
+        if self.buf.len() > k {
+            self.buf.select_nth_unstable_by(k - 1, order);
+            self.buf.truncate(k);
+        }
+    }
+
+    fn among_inner(&mut self, row: &[f32], cand: &[u32], k: usize) {
         self.buf.clear();
         if k == 0 {
             return;
@@ -145,7 +159,6 @@ impl TopKSelector {
                 }
             }
         }
-        self.finish(k);
     }
 
     /// Cuts the buffer to its best `k` entries; returns the smallest kept value (the new
@@ -170,6 +183,46 @@ impl TopKSelector {
     /// The selected `(index, value)` pairs, by decreasing value (ties: lower index first).
     pub fn result(&self) -> &[(u32, f32)] {
         &self.buf
+    }
+}
+
+/// Calls `f(j, row[j])` for every column `j` (in increasing order) where
+/// `row[j] > thr[j]` (`thr` per column) — the filter behind the ReLU, JumpReLU and
+/// BatchTopK selections. Vectorised with AVX-512 where available.
+#[inline]
+pub fn for_each_above(row: &[f32], thr: &[f32], mut f: impl FnMut(usize, f32)) {
+    assert_eq!(row.len(), thr.len(), "for_each_above: row and thresholds differ in length");
+    #[cfg(target_arch = "x86_64")]
+    if super::encoder::avx512() {
+        // SAFETY: AVX-512F detected; both slices have row.len() values.
+        unsafe { above_avx512(row, thr, &mut f) };
+        return;
+    }
+    for (j, (&v, &t)) in row.iter().zip(thr).enumerate() {
+        if v > t {
+            f(j, v);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn above_avx512(row: &[f32], thr: &[f32], f: &mut impl FnMut(usize, f32)) {
+    use std::arch::x86_64::*;
+    let n = row.len();
+    let (p, q) = (row.as_ptr(), thr.as_ptr());
+    let mut i = 0;
+    while i < n {
+        let m: u16 = if n - i >= 16 { 0xffff } else { ((1u32 << (n - i)) - 1) as u16 };
+        let v = _mm512_maskz_loadu_ps(m, p.add(i));
+        let t = _mm512_maskz_loadu_ps(m, q.add(i));
+        let mut hit = _mm512_mask_cmp_ps_mask(m, v, t, _CMP_GT_OQ);
+        while hit != 0 {
+            let l = hit.trailing_zeros() as usize;
+            hit &= hit - 1;
+            f(i + l, *p.add(i + l));
+        }
+        i += 16;
     }
 }
 
@@ -231,7 +284,27 @@ mod tests {
                 want.truncate(k);
                 sel.among(&row, &cand, k);
                 assert_eq!(sel.result(), &want[..], "among n={n} k={k}");
+                sel.among_unordered(&row, &cand, k);
+                let mut got = sel.result().to_vec();
+                got.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                assert_eq!(got, want, "among_unordered n={n} k={k}");
             }
+        }
+    }
+
+    #[test]
+    fn above_filter_matches_a_plain_comparison() {
+        let mut rng = crate::rng::Rng::new(9);
+        for n in [0usize, 1, 15, 16, 17, 100] {
+            let row: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            let thr: Vec<f32> = (0..n).map(|_| 0.5 * rng.normal() as f32).collect();
+            let mut got = Vec::new();
+            for_each_above(&row, &thr, |j, v| got.push((j, v)));
+            let want: Vec<(usize, f32)> = (0..n)
+                .filter(|&j| row[j] > thr[j])
+                .map(|j| (j, row[j]))
+                .collect();
+            assert_eq!(got, want);
         }
     }
 

@@ -264,6 +264,80 @@ pub fn latent_pass(
     }
 }
 
+/// Latents per task of [`main_pass`].
+const MAIN_CHUNK: usize = 32;
+
+thread_local! {
+    static GT_LOCAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The main pairs' latent pass, fused with the encoder-gradient transposition: for each
+/// chunk of latents, `∂L/∂W_dec[j] += Σ f · g_out[r]`, the encoder column
+/// `c_j = Σ g · x[r]` (plus the compact AuxK row `aux_gt[pos[j]]` for dead latents),
+/// `colsum[j] += Σ g`, then `∂L/∂W_enc[:, j] += c_j − b_dec · colsum[j]` written as
+/// contiguous pieces of the chunk's columns.
+#[allow(clippy::too_many_arguments)]
+fn main_pass(
+    grouped: &Grouped,
+    g_out: &Matrix,
+    x: &Matrix,
+    b_dec: &[f32],
+    pos: &[u32],
+    aux_gt: &[f32],
+    g_w_dec: &mut [f32],
+    g_w_enc: &mut [f32],
+    colsum: &mut [f32],
+) {
+    let (n, d) = (grouped.n, x.cols);
+    assert_eq!(grouped.blocks, 1, "main_pass: pairs must form one block");
+    assert_eq!(g_w_enc.len(), d * n, "main_pass: g_w_enc is not [d, n]");
+    let off = &grouped.offsets;
+    let gwe = SyncPtr(g_w_enc.as_mut_ptr());
+    g_w_dec
+        .par_chunks_mut(MAIN_CHUNK * d)
+        .zip(colsum.par_chunks_mut(MAIN_CHUNK))
+        .enumerate()
+        .for_each(|(t, (gw, cs))| {
+            let j0 = t * MAIN_CHUNK;
+            let len = cs.len();
+            GT_LOCAL.with(|cell| {
+                let mut local = cell.borrow_mut();
+                local.clear();
+                local.resize(len * d, 0.0);
+                for (jj, c) in cs.iter_mut().enumerate() {
+                    let j = j0 + jj;
+                    let gt_j = &mut local[jj * d..(jj + 1) * d];
+                    let p = pos[j];
+                    if p != u32::MAX {
+                        gt_j.copy_from_slice(&aux_gt[p as usize * d..(p as usize + 1) * d]);
+                    }
+                    let (lo, hi) = (off[j], off[j + 1]);
+                    if lo == hi {
+                        continue;
+                    }
+                    *c += grouped.g[lo..hi].iter().sum::<f32>();
+                    dual_scatter(
+                        &mut gw[jj * d..(jj + 1) * d],
+                        gt_j,
+                        &grouped.rows[lo..hi],
+                        &grouped.f[lo..hi],
+                        &grouped.g[lo..hi],
+                        &g_out.data,
+                        &x.data,
+                    );
+                }
+                for i in 0..d {
+                    // SAFETY: columns j0..j0+len of every row belong to this task only.
+                    let dst = unsafe { gwe.slice(i * n + j0, len) };
+                    let b = b_dec[i];
+                    for (jj, v) in dst.iter_mut().enumerate() {
+                        *v += local[jj * d + i] - b * cs[jj];
+                    }
+                }
+            });
+        });
+}
+
 /// `g_w_enc [d, n] += gtᵀ − b_dec ⊗ colsum` (with `b_dec` `None`: no correction), i.e.
 /// the encoder gradient for inputs `x − b_dec` from sums over raw `x` rows.
 pub fn finish_encoder_grad(gt: &[f32], colsum: &[f32], b_dec: Option<&[f32]>, g_w_enc: &mut [f32]) {
@@ -356,7 +430,44 @@ pub struct Workspace {
     grouped_aux: Grouped,
     gt: Vec<f32>,
     colsum: Vec<f32>,
+    dense: DenseAuxBuffers,
+    /// The dead set for [`AuxBackward::Sparse`] (set with [`Workspace::set_dead`]).
+    sparse_dead: Vec<u32>,
 }
+
+#[derive(Default)]
+struct DenseAuxBuffers {
+    pos: Vec<u32>,
+    f: Vec<f32>,
+    w: Vec<f32>,
+    gf: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+/// How the AuxK pairs are differentiated in [`Workspace::backward`].
+pub enum AuxBackward<'a> {
+    /// No AuxK term.
+    None,
+    /// Sparse: `∂L/∂ê` was computed by [`row_pass`] (in the workspace); the latents and
+    /// `∂L/∂pre` at their entries.
+    Sparse(&'a Latents, &'a [f32]),
+    /// Dense over the dead set: everything (reconstruction, loss, gradients) computed
+    /// here with matrix products restricted to the `dead` latents; worth it when the
+    /// AuxK latents fill a good part of the `[B, |dead|]` matrix.
+    Dense {
+        /// AuxK latents (all at dead latents, positive values).
+        latents: &'a Latents,
+        /// The dead latents, increasing.
+        dead: &'a [u32],
+        /// Coefficient of the term.
+        coefficient: f32,
+    },
+}
+
+/// Density of the AuxK latents within `[B, |dead|]` above which
+/// [`AuxBackward::Dense`] is cheaper than the sparse kernels (a dense product costs
+/// `|dead|/k_aux` times the arithmetic, at several times the speed).
+pub const AUX_DENSE_ABOVE: f64 = 0.25;
 
 /// Gradients of one step, borrowed from the gradient set.
 pub struct Grads<'a> {
@@ -387,35 +498,79 @@ impl Workspace {
         w_enc: &[f32],
         main: &Latents,
         g_pre: &[f32],
-        aux: Option<(&Latents, &[f32])>,
+        w_dec: &[f32],
+        aux: AuxBackward,
         grads: Grads,
-    ) {
+    ) -> f64 {
         let (n, d) = (main.n, x.cols);
-        self.gt.clear();
-        self.gt.resize(n * d, 0.0);
+        let mut ph = super::Phases::start();
         self.colsum.clear();
         self.colsum.resize(n, 0.0);
+        // 1. AuxK: its encoder-column gradients over the dead latents into the compact
+        //    `gt [D, d]` (row p for latent dead[p]), decoder rows straight into grads.
+        let mut aux_sq = 0.0;
+        let dead: &[u32] = match &aux {
+            AuxBackward::None => &[],
+            AuxBackward::Sparse(..) => &self.sparse_dead,
+            AuxBackward::Dense { dead, .. } => dead,
+        };
+        let dead = dead.to_vec();
+        let nd = dead.len();
+        self.gt.clear();
+        self.gt.resize(nd * d, 0.0);
+        self.dense.pos.clear();
+        self.dense.pos.resize(n, u32::MAX);
+        for (p, &j) in dead.iter().enumerate() {
+            self.dense.pos[j as usize] = p as u32;
+        }
+        match aux {
+            AuxBackward::None => {}
+            AuxBackward::Sparse(al, ag) => {
+                // Re-index the AuxK latents over the dead set, then the token-blocked
+                // latent pass into compact buffers.
+                let pos = &self.dense.pos;
+                let mut compact = Latents::with_capacity(nd, al.rows(), 0);
+                compact.indptr.clone_from(&al.indptr);
+                compact.idx.extend(al.idx.iter().map(|&j| pos[j as usize]));
+                compact.val.extend_from_slice(&al.val);
+                self.grouped_aux.build(&compact, ag, AUX_BLOCK_ROWS);
+                let mut gw = std::mem::take(&mut self.dense.tmp);
+                gw.clear();
+                gw.resize(nd * d, 0.0);
+                let mut cs = vec![0.0f32; nd];
+                latent_pass(&self.grouped_aux, Some(&self.g_aux), x, &mut gw, &mut self.gt, &mut cs);
+                for (p, &j) in dead.iter().enumerate() {
+                    let j = j as usize;
+                    self.colsum[j] += cs[p];
+                    let dst = &mut grads.w_dec[j * d..(j + 1) * d];
+                    dst.iter_mut().zip(&gw[p * d..(p + 1) * d]).for_each(|(a, b)| *a += b);
+                }
+                self.dense.tmp = gw;
+            }
+            AuxBackward::Dense {
+                latents,
+                dead,
+                coefficient,
+            } => {
+                aux_sq = self.aux_dense(x, w_dec, latents, dead, coefficient, grads.w_dec);
+            }
+        }
+        ph.mark("  aux");
+        // 2. Main pairs, grouped by latent over the whole batch.
         self.grouped.build(main, g_pre, x.rows);
-        latent_pass(
+        ph.mark("  group main");
+        main_pass(
             &self.grouped,
-            Some(&self.g_out),
+            &self.g_out,
             x,
+            b_dec,
+            &self.dense.pos,
+            &self.gt,
             grads.w_dec,
-            &mut self.gt,
+            grads.w_enc,
             &mut self.colsum,
         );
-        if let Some((al, ag)) = aux {
-            self.grouped_aux.build(al, ag, AUX_BLOCK_ROWS);
-            latent_pass(
-                &self.grouped_aux,
-                Some(&self.g_aux),
-                x,
-                grads.w_dec,
-                &mut self.gt,
-                &mut self.colsum,
-            );
-        }
-        finish_encoder_grad(&self.gt, &self.colsum, Some(b_dec), grads.w_enc);
+        ph.mark("  main pass");
         for (g, c) in grads.b_enc.iter_mut().zip(&self.colsum) {
             *g += c;
         }
@@ -424,10 +579,126 @@ impl Workspace {
         for ((g, a), b) in grads.b_dec.iter_mut().zip(&gsum).zip(&s) {
             *g += a - b;
         }
+        ph.mark("  biases");
+        aux_sq
+    }
+
+    /// [`AuxBackward::Dense`]: with `F [B, D]` the AuxK latents over the `D` dead
+    /// latents and `W_D [D, d]` their decoder rows, `ê = F W_D`,
+    /// `g_aux = c · 2 (ê + x̂ − x) / B` (`x̂ − x` read back from `g_out`),
+    /// `G = (g_aux W_Dᵀ) ⊙ 1[F > 0]`, then `∂L/∂W_dec[D] += Fᵀ g_aux`,
+    /// `gt[D] += Gᵀ x`, `colsum[D] += Σ_rows G`. Returns `Σ ‖ê − (x − x̂)‖²`.
+    fn aux_dense(
+        &mut self,
+        x: &Matrix,
+        w_dec: &[f32],
+        lat: &Latents,
+        dead: &[u32],
+        coefficient: f32,
+        g_w_dec: &mut [f32],
+    ) -> f64 {
+        use super::gemm::{gemm, Transpose};
+        let (b, d, nd) = (x.rows, x.cols, dead.len());
+        let n = lat.n;
+        if nd == 0 || b == 0 {
+            return 0.0;
+        }
+        let mut ph = super::Phases::start();
+        let bufs = &mut self.dense;
+        debug_assert_eq!(bufs.pos.len(), n);
+        bufs.f.clear();
+        bufs.f.resize(b * nd, 0.0);
+        {
+            let pos = &bufs.pos;
+            bufs.f.par_chunks_mut(nd).enumerate().for_each(|(r, frow)| {
+                let (idx, val) = lat.row(r);
+                for (&j, &v) in idx.iter().zip(val) {
+                    let p = pos[j as usize];
+                    assert!(p != u32::MAX, "AuxK latent {j} is not in the dead set");
+                    frow[p as usize] = v;
+                }
+            });
+        }
+        bufs.w.clear();
+        bufs.w.resize(nd * d, 0.0);
+        bufs.w.par_chunks_mut(d).zip(dead.par_iter()).for_each(|(row, &j)| {
+            row.copy_from_slice(&w_dec[j as usize * d..(j as usize + 1) * d]);
+        });
+        ph.mark("    aux: build F, W_D");
+        // ê = F W_D, into g_aux.
+        resize(&mut self.g_aux, b, d);
+        gemm(b, nd, d, 1.0, &bufs.f, Transpose::No, &bufs.w, Transpose::No, 0.0, &mut self.g_aux.data);
+        ph.mark("    aux: F W_D");
+        let scale = 2.0 / b as f32;
+        let c = coefficient * scale;
+        let inv = 1.0 / scale;
+        let sq: Vec<f64> = self
+            .g_aux
+            .data
+            .par_chunks_mut(64 * d)
+            .zip(self.g_out.data.par_chunks(64 * d))
+            .map(|(ga, go)| {
+                let mut s = 0.0f64;
+                for (a, &o) in ga.iter_mut().zip(go) {
+                    let diff = *a + o * inv;
+                    s += (diff * diff) as f64;
+                    *a = c * diff;
+                }
+                s
+            })
+            .collect();
+        let aux_sq = sq.iter().sum();
+        // G = (g_aux W_Dᵀ) ⊙ 1[F > 0]
+        bufs.gf.clear();
+        bufs.gf.resize(b * nd, 0.0);
+        ph.mark("    aux: g_aux");
+        gemm(b, d, nd, 1.0, &self.g_aux.data, Transpose::No, &bufs.w, Transpose::Yes, 0.0, &mut bufs.gf);
+        ph.mark("    aux: g_aux W_D^T");
+        bufs.gf.par_chunks_mut(64 * nd).zip(bufs.f.par_chunks(64 * nd)).for_each(|(g, f)| {
+            for (gv, &fv) in g.iter_mut().zip(f) {
+                if fv <= 0.0 {
+                    *gv = 0.0;
+                }
+            }
+        });
+        // ∂L/∂W_dec[D] += Fᵀ g_aux
+        bufs.tmp.clear();
+        bufs.tmp.resize(nd * d, 0.0);
+        ph.mark("    aux: mask");
+        gemm(nd, b, d, 1.0, &bufs.f, Transpose::Yes, &self.g_aux.data, Transpose::No, 0.0, &mut bufs.tmp);
+        ph.mark("    aux: F^T g_aux");
+        let gw = SyncPtr(g_w_dec.as_mut_ptr());
+        bufs.tmp.par_chunks(d).zip(dead.par_iter()).for_each(|(src, &j)| {
+            // SAFETY: dead latents are distinct, so the rows written are disjoint.
+            let dst = unsafe { gw.slice(j as usize * d, d) };
+            dst.iter_mut().zip(src).for_each(|(a, b)| *a += b);
+        });
+        // gt[D] = Gᵀ x (compact), colsum[D] += Σ_rows G
+        ph.mark("    aux: add W_dec grad");
+        gemm(nd, b, d, 1.0, &bufs.gf, Transpose::Yes, &x.data, Transpose::No, 0.0, &mut self.gt);
+        ph.mark("    aux: G^T x");
+        let gmat = Matrix {
+            rows: b,
+            cols: nd,
+            data: std::mem::take(&mut bufs.gf),
+        };
+        let cs = column_sums(&gmat);
+        bufs.gf = gmat.data;
+        for (&j, v) in dead.iter().zip(&cs) {
+            self.colsum[j as usize] += v;
+        }
+        aux_sq
     }
 }
 
 impl Workspace {
+    /// The dead latents (increasing) that the AuxK latents of an
+    /// [`AuxBackward::Sparse`] backward are drawn from.
+    pub fn set_dead(&mut self, dead: &[u32]) {
+        self.sparse_dead.clear();
+        self.sparse_dead.extend_from_slice(dead);
+    }
+
     /// [`row_pass`] into this workspace's buffers.
     pub fn rows(
         &mut self,
