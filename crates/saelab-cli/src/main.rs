@@ -39,6 +39,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Convert an SAE (SAELens, sparsify, Gemma Scope) to saelab's SAELens v6 layout.
     Convert(cmd::convert::Args),
+    /// Time training steps (BENCH.md workloads W1–W4) against a dense reference.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Convert(a) => cmd::convert::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,9 +7,11 @@
 //! - [`metrics`]: reconstruction and sparsity metrics as defined in DESIGN.md;
 //! - [`format`]: SAELens, sparsify and Gemma Scope files;
 //! - [`store`]: activation matrices from `.npy` / `.safetensors`, memory-mapped;
-//! - [`synth`]: synthetic activations with a known dictionary.
+//! - [`synth`]: synthetic activations with a known dictionary;
+//! - [`bench`]: the training-step benchmark of BENCH.md (W1–W4).
 
 pub mod arch;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod evaluate;

@@ -200,6 +200,10 @@ pub struct Trainer {
     step: u64,
     tokens_since_fired: Vec<u64>,
     input_scale: f32,
+    /// Latents counted as dead regardless of tracking ([`Trainer::set_forced_dead`]).
+    forced_dead: Option<Vec<bool>>,
+    /// The scaled batch, reused between steps.
+    scaled: Matrix,
 }
 
 impl Trainer {
@@ -254,6 +258,8 @@ impl Trainer {
             adam,
             step: 0,
             input_scale,
+            forced_dead: None,
+            scaled: Matrix::default(),
         })
     }
 
@@ -287,12 +293,38 @@ impl Trainer {
         &self.params
     }
 
+    /// Switches between the fast kernels and the dense reference kernels for the
+    /// following steps (same maths; the benchmark times both on one trainer).
+    pub fn set_reference_kernels(&mut self, on: bool) {
+        self.cfg.reference_kernels = on;
+    }
+
+    /// Counts the latents where `dead[j]` is true as dead (for the AuxK loss and the
+    /// dead fraction) in addition to those found by tracking; `None` restores plain
+    /// tracking. For benchmarks and tests that need a dead set of a known size.
+    pub fn set_forced_dead(&mut self, dead: Option<Vec<bool>>) -> Result<()> {
+        if let Some(d) = &dead {
+            if d.len() != self.sae_cfg.d_sae {
+                return Err(Error::Shape(format!(
+                    "forced dead mask has {} entries, the SAE has {} latents",
+                    d.len(),
+                    self.sae_cfg.d_sae
+                )));
+            }
+        }
+        self.forced_dead = dead;
+        Ok(())
+    }
+
+    fn is_dead(&self, j: usize) -> bool {
+        self.tokens_since_fired[j] >= self.cfg.dead_after_tokens
+            || self.forced_dead.as_ref().is_some_and(|f| f[j])
+    }
+
     /// Fraction of latents that have not fired for `dead_after_tokens` tokens.
     pub fn dead_fraction(&self) -> f64 {
-        let dead = self
-            .tokens_since_fired
-            .iter()
-            .filter(|&&t| t >= self.cfg.dead_after_tokens)
+        let dead = (0..self.tokens_since_fired.len())
+            .filter(|&j| self.is_dead(j))
             .count();
         dead as f64 / self.tokens_since_fired.len().max(1) as f64
     }
@@ -305,19 +337,17 @@ impl Trainer {
                 batch.cols, self.sae_cfg.d_in
             )));
         }
-        let mut x = batch.clone();
-        if self.input_scale != 1.0 {
-            let s = self.input_scale;
-            x.data.iter_mut().for_each(|v| *v *= s);
-        }
+        let mut ph = crate::kernels::Phases::start();
+        // Scaled copy of the batch into a buffer kept between steps (no allocation).
+        let mut x = std::mem::take(&mut self.scaled);
+        scale_into(batch, self.input_scale, &mut x);
         let schedule = self.cfg.schedule();
         let sparsity_scale = schedule.sparsity_scale(self.step);
-        let dead: Vec<bool> = self
-            .tokens_since_fired
-            .iter()
-            .map(|&t| t >= self.cfg.dead_after_tokens)
+        let dead: Vec<bool> = (0..self.tokens_since_fired.len())
+            .map(|j| self.is_dead(j))
             .collect();
         self.grads.fill_zero();
+        ph.mark("scale, dead, zero grads");
         let ctx = StepContext {
             sparsity_scale,
             dead: &dead,
@@ -333,19 +363,23 @@ impl Trainer {
                 self.step + 1
             )));
         }
+        ph.mark("train_step total");
         let unit_norm = self.arch.unit_norm_decoder();
         if unit_norm {
             remove_parallel_component(self.params.get("W_dec"), self.grads.get_mut("W_dec"));
         }
+        ph.mark("remove parallel");
         let grad_norm = self
             .cfg
             .grad_clip
             .map(|c| clip_grad_norm(&mut self.grads, c));
         let lr = self.cfg.lr * schedule.lr_scale(self.step);
         self.adam.step(&mut self.params, &self.grads, lr);
+        ph.mark("adam");
         if unit_norm {
             normalize_rows(self.params.get_mut("W_dec"));
         }
+        ph.mark("normalize");
         // Dead-latent tracking: tokens since each latent last fired.
         let b = x.rows as u64;
         let mut last_row: Vec<Option<usize>> = vec![None; self.sae_cfg.d_sae];
@@ -366,6 +400,8 @@ impl Trainer {
         self.step += 1;
         let nnz = out.latents.val.iter().filter(|&&v| v != 0.0).count();
         let total_var = centered_sq_sum(&x);
+        self.scaled = x;
+        ph.mark("dead tracking, stats");
         Ok(StepReport {
             step: self.step,
             tokens: self.step * self.cfg.batch_size as u64,
@@ -511,6 +547,8 @@ impl Trainer {
             step: state.step,
             tokens_since_fired,
             input_scale: state.input_scale,
+            forced_dead: None,
+            scaled: Matrix::default(),
         };
         Ok((trainer, state.extra))
     }
@@ -638,17 +676,59 @@ pub fn geometric_median(x: &Matrix, max_iter: usize, tol: f64) -> Vec<f32> {
     y.iter().map(|&v| v as f32).collect()
 }
 
-/// Σ‖x_r − μ‖² over rows, μ the column mean.
+/// `out = s · x` (reusing `out`'s allocation), in parallel chunks of rows.
+fn scale_into(x: &Matrix, s: f32, out: &mut Matrix) {
+    use rayon::prelude::*;
+    if out.data.len() != x.data.len() {
+        out.data = vec![0.0; x.data.len()];
+    }
+    out.rows = x.rows;
+    out.cols = x.cols;
+    out.data
+        .par_chunks_mut(1 << 16)
+        .zip(x.data.par_chunks(1 << 16))
+        .for_each(|(o, i)| {
+            for (a, &b) in o.iter_mut().zip(i) {
+                *a = s * b;
+            }
+        });
+}
+
+/// Σ‖x_r − μ‖² over rows, μ the column mean; summed in fixed chunks of rows (the
+/// result does not depend on the thread count).
 fn centered_sq_sum(x: &Matrix) -> f64 {
-    let mu = column_mean(x);
-    (0..x.rows)
-        .map(|r| {
-            x.row(r)
-                .iter()
-                .zip(&mu)
-                .map(|(&a, &m)| ((a - m) as f64).powi(2))
-                .sum::<f64>()
+    use rayon::prelude::*;
+    let d = x.cols.max(1);
+    let chunk = 256 * d;
+    let parts: Vec<(Vec<f64>, Vec<f64>)> = x
+        .data
+        .par_chunks(chunk)
+        .map(|c| {
+            // Per-column sums and sums of squares in f64.
+            let mut s = vec![0.0f64; d];
+            let mut q = vec![0.0f64; d];
+            for row in c.chunks(d) {
+                for ((a, b), &v) in s.iter_mut().zip(q.iter_mut()).zip(row) {
+                    let v = v as f64;
+                    *a += v;
+                    *b += v * v;
+                }
+            }
+            (s, q)
         })
+        .collect();
+    let (mut s, mut q) = (vec![0.0f64; d], vec![0.0f64; d]);
+    for (ps, pq) in &parts {
+        for i in 0..d {
+            s[i] += ps[i];
+            q[i] += pq[i];
+        }
+    }
+    let rows = x.rows.max(1) as f64;
+    // Σ_r (x_ri − μ_i)² = Σ x² − (Σ x)² / rows, per column.
+    s.iter()
+        .zip(&q)
+        .map(|(&a, &b)| (b - a * a / rows).max(0.0))
         .sum()
 }
 

@@ -1,5 +1,6 @@
 //! One module per `saelab` subcommand.
 
+pub mod bench;
 pub mod convert;
 pub mod eval;
 pub mod inspect;

@@ -22,9 +22,13 @@ use rayon::prelude::*;
 
 use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, AuxK, Forward, Kernels};
 use super::jumprelu::jumprelu_latents;
+use super::topk::{sparse_step, AuxSpec};
+use crate::kernels::select::{for_each_above, TopKSelector};
+use crate::kernels::sparse::Workspace;
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
 use crate::error::{Error, Result};
+use crate::kernels::select::topk_rows;
 use crate::kernels::{affine, ROW_CHUNK};
 use crate::latents::Latents;
 use crate::rng::Rng;
@@ -39,6 +43,7 @@ pub struct BatchTopK {
     momentum: f32,
     /// EMA of the smallest selected value; `None` before the first step.
     threshold: Option<f32>,
+    ws: Workspace,
 }
 
 impl BatchTopK {
@@ -62,7 +67,99 @@ impl BatchTopK {
             },
             momentum: threshold_momentum,
             threshold: None,
+            ws: Workspace::default(),
         }
+    }
+
+    /// Updates the inference threshold with the smallest selected value of a step.
+    fn update_threshold(&mut self, lat: &Latents) {
+        if let Some(min) = lat.val.iter().copied().reduce(f32::min) {
+            self.threshold = Some(match self.threshold {
+                None => min,
+                Some(t) => (1.0 - self.momentum) * t + self.momentum * min,
+            });
+        }
+    }
+
+    /// The fast step. The batch-wide selection is made from the entries above a lower
+    /// bound `L` (half the current threshold θ), collected while the encoder runs block
+    /// by block: when at least `k·B` entries exceed `L`, the `k·B` largest of the batch
+    /// all do, so selecting among them is exact. Otherwise (first step, or θ far off)
+    /// the full pre-activations are computed and selected from.
+    fn train_step_fast(
+        &mut self,
+        p: &ParamSet,
+        x: &Matrix,
+        ctx: &StepContext,
+        grads: &mut ParamSet,
+    ) -> StepOutput {
+        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
+        let b_dec = &p.get("b_dec").data;
+        let (d, n) = (x.cols, b_enc.len());
+        let m = self.k * x.rows;
+        let aux = AuxSpec::new(self.aux.k, self.aux.coefficient, ctx.dead);
+        let k_aux = self.aux.k;
+        let mut ph = crate::kernels::Phases::start();
+        self.ws.encoder.load(w_enc, d, n);
+        let lower = self.threshold.map(|t| 0.5 * t).filter(|&l| l > 0.0);
+        let mut selected = None;
+        if let Some(l) = lower {
+            let thr = vec![l; n];
+            let dead = &aux.dead;
+            let parts = self.ws.encoder.run(
+                w_enc,
+                x,
+                Some(b_dec),
+                b_enc,
+                || (Vec::<(u32, u32, f32)>::new(), Latents::new(n), TopKSelector::default()),
+                |(cand, auxl, sel), r, pre| {
+                    for_each_above(pre, &thr, |j, v| cand.push((r as u32, j as u32, v)));
+                    if !dead.is_empty() {
+                        sel.among_unordered(pre, dead, k_aux);
+                        auxl.push_row(sel.result().iter().copied());
+                    }
+                },
+            );
+            ph.mark("encode+candidates");
+            let total: usize = parts.iter().map(|p| p.0.len()).sum();
+            if total >= m {
+                let mut aux_lat = Latents::with_capacity(n, x.rows, k_aux);
+                let mut cand = Vec::with_capacity(total);
+                for (c, a, _) in parts {
+                    cand.extend_from_slice(&c);
+                    if !dead.is_empty() {
+                        aux_lat.append(&a);
+                    }
+                }
+                selected = Some((select_candidates(&cand, m, x.rows, n), aux_lat));
+                ph.mark("select");
+            }
+        }
+        let (lat, aux_lat) = match selected {
+            Some(s) => s,
+            None => {
+                // Full pre-activations, then the exact radix selection.
+                let mut pre = Matrix::zeros(x.rows, n);
+                let ptr = pre.data.as_mut_ptr() as usize;
+                self.ws.encoder.run(w_enc, x, Some(b_dec), b_enc, || (), |_, r, row| {
+                    // SAFETY: each row r is visited exactly once; rows are disjoint.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut((ptr as *mut f32).add(r * n), n)
+                    };
+                    dst.copy_from_slice(row);
+                });
+                let lat = batch_topk(&pre, m);
+                let aux_lat = if aux.on() {
+                    topk_rows(&pre, k_aux, Some(ctx.dead))
+                } else {
+                    Latents::new(n)
+                };
+                ph.mark("dense pre + select");
+                (lat, aux_lat)
+            }
+        };
+        self.update_threshold(&lat);
+        sparse_step(&mut self.ws, p, x, grads, lat, &aux_lat, &aux)
     }
 
     /// The inference threshold θ (0 before the first training step).
@@ -185,6 +282,40 @@ pub fn batch_topk(pre: &Matrix, m: usize) -> Latents {
     out
 }
 
+/// The `m` largest of the candidate entries `(row, column, value)` (listed in row-major
+/// order, all positive), ties broken towards the earlier row, then the lower column —
+/// the rule of [`batch_topk`] — as [`Latents`] with `rows` rows, each row's entries in
+/// increasing latent order.
+fn select_candidates(cand: &[(u32, u32, f32)], m: usize, rows: usize, n: usize) -> Latents {
+    let mut out = Latents::with_capacity(n, rows, m / rows.max(1));
+    let (cut, mut ties) = if m == 0 {
+        (f32::INFINITY, 0)
+    } else if cand.len() <= m {
+        (0.0, 0)
+    } else {
+        let mut vals: Vec<f32> = cand.iter().map(|c| c.2).collect();
+        let (_, &mut cut, _) = vals.select_nth_unstable_by(m - 1, |a, b| b.total_cmp(a));
+        let above = cand.iter().filter(|c| c.2 > cut).count();
+        (cut, m - above)
+    };
+    let mut e = 0;
+    for r in 0..rows {
+        while e < cand.len() && cand[e].0 as usize == r {
+            let (_, j, v) = cand[e];
+            if v > cut || (v == cut && ties > 0 && {
+                ties -= 1;
+                true
+            }) {
+                out.idx.push(j);
+                out.val.push(v);
+            }
+            e += 1;
+        }
+        out.indptr.push(out.idx.len());
+    }
+    out
+}
+
 impl Architecture for BatchTopK {
     fn config(&self) -> &ArchConfig {
         &self.cfg
@@ -213,6 +344,9 @@ impl Architecture for BatchTopK {
         ctx: &StepContext,
         grads: &mut ParamSet,
     ) -> StepOutput {
+        if !ctx.reference {
+            return self.train_step_fast(p, x, ctx, grads);
+        }
         let kern = Kernels {
             reference: ctx.reference,
         };
@@ -254,12 +388,7 @@ impl Architecture for BatchTopK {
         }
 
         // Inference threshold: EMA of the smallest selected value.
-        if let Some(min) = lat.val.iter().copied().reduce(f32::min) {
-            self.threshold = Some(match self.threshold {
-                None => min,
-                Some(t) => (1.0 - self.momentum) * t + self.momentum * min,
-            });
-        }
+        self.update_threshold(&lat);
 
         StepOutput {
             loss,

@@ -30,6 +30,8 @@ use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, Kernels}
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
 use crate::kernels::affine;
+use crate::kernels::select::for_each_above;
+use crate::kernels::sparse::{AuxBackward, Grads, Workspace};
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet, Tensor};
@@ -42,6 +44,7 @@ pub struct JumpRelu {
     l0_coefficient: f32,
     bandwidth: f32,
     init_threshold: f32,
+    ws: Workspace,
 }
 
 impl JumpRelu {
@@ -60,6 +63,118 @@ impl JumpRelu {
             l0_coefficient,
             bandwidth,
             init_threshold,
+            ws: Workspace::default(),
+        }
+    }
+
+    /// The fast step: the encoder runs block by block and keeps, per token, the latents
+    /// that are on (`pre > θ`) or inside the kernel band (`|pre − θ| < ε/2`), with their
+    /// pre-activations for the θ estimator; everything after is sparse.
+    fn train_step_fast(
+        &mut self,
+        p: &ParamSet,
+        x: &Matrix,
+        ctx: &StepContext,
+        grads: &mut ParamSet,
+    ) -> StepOutput {
+        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
+        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
+        let theta: Vec<f32> = p
+            .get("log_threshold")
+            .data
+            .iter()
+            .map(|v| v.exp())
+            .collect();
+        let (d, n) = (x.cols, theta.len());
+        let eps = self.bandwidth;
+        let half = 0.5 * eps;
+        let bsz = x.rows.max(1) as f64;
+        // A superset filter (a little below θ − ε/2), then the exact classification.
+        let lower: Vec<f32> = theta
+            .iter()
+            .map(|&t| {
+                let l = t - half;
+                l - l.abs() * 1e-5 - f32::MIN_POSITIVE
+            })
+            .collect();
+        self.ws.encoder.load(w_enc, d, n);
+        let parts = self.ws.encoder.run(
+            w_enc,
+            x,
+            Some(b_dec),
+            b_enc,
+            || (Latents::new(n), Vec::<f32>::new()),
+            |(lat, band), _r, pre| {
+                for_each_above(pre, &lower, |j, v| {
+                    let t = theta[j];
+                    let in_band = (v - t).abs() < half;
+                    if v > t {
+                        lat.idx.push(j as u32);
+                        lat.val.push(v);
+                        band.push(if in_band { v } else { f32::NAN });
+                    } else if in_band {
+                        lat.idx.push(j as u32);
+                        lat.val.push(0.0);
+                        band.push(v);
+                    }
+                });
+                lat.indptr.push(lat.idx.len());
+            },
+        );
+        let mut pattern = Latents::with_capacity(n, x.rows, 0);
+        let mut band = Vec::new();
+        for (l, b) in &parts {
+            pattern.append(l);
+            band.extend_from_slice(b);
+        }
+        let l0_count = pattern.val.iter().filter(|&&v| v != 0.0).count();
+        let sums = self.ws.rows(x, w_dec, b_dec, &pattern, None);
+        let mse = sums.sq_err / bsz;
+        let lam = (self.l0_coefficient * ctx.sparsity_scale) as f64;
+        let l0_term = lam * l0_count as f64 / bsz;
+        let g_f = std::mem::take(&mut self.ws.g_f);
+        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec, g_log_theta] =
+            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"]);
+        // θ pseudo-gradient over the band entries, then chain rule to log θ.
+        let l0_per_token = (lam / bsz) as f32;
+        let mut g_theta = vec![0.0f32; n];
+        for ((&j, &g), &v) in pattern.idx.iter().zip(&g_f).zip(&band) {
+            if !v.is_nan() {
+                let j = j as usize;
+                g_theta[j] -= (theta[j] / eps) * g + l0_per_token / eps;
+            }
+        }
+        for ((g, gt), t) in g_log_theta.data.iter_mut().zip(&g_theta).zip(&theta) {
+            *g += gt * t;
+        }
+        let g_pre: Vec<f32> = g_f
+            .iter()
+            .zip(&pattern.val)
+            .map(|(&g, &v)| if v != 0.0 { g } else { 0.0 })
+            .collect();
+        self.ws.backward(
+            x,
+            b_dec,
+            w_enc,
+            &pattern,
+            &g_pre,
+            w_dec,
+            AuxBackward::None,
+            Grads {
+                w_enc: &mut g_w_enc.data,
+                b_enc: &mut g_b_enc.data,
+                w_dec: &mut g_w_dec.data,
+                b_dec: &mut g_b_dec.data,
+            },
+        );
+        self.ws.g_f = g_f;
+        let mut latents = pattern;
+        latents.prune_zeros();
+        StepOutput {
+            loss: mse + l0_term,
+            terms: vec![("mse", mse), ("l0", l0_term)],
+            latents,
+            sq_err: sums.sq_err,
         }
     }
 }
@@ -107,6 +222,9 @@ impl Architecture for JumpRelu {
         ctx: &StepContext,
         grads: &mut ParamSet,
     ) -> StepOutput {
+        if !ctx.reference {
+            return self.train_step_fast(p, x, ctx, grads);
+        }
         let kern = Kernels {
             reference: ctx.reference,
         };

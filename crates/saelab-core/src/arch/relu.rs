@@ -26,6 +26,8 @@ use super::common::{
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
 use crate::kernels::affine;
+use crate::kernels::select::for_each_above;
+use crate::kernels::sparse::{AuxBackward, Grads, Workspace};
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
@@ -37,6 +39,10 @@ pub struct Relu {
     l1_coefficient: f32,
     /// Latent density above which the dense kernels are used.
     dense_above: f64,
+    /// Latent density of the previous fast step (`None` before the first): the next
+    /// step takes the fused sparse route when it was at most `dense_above`.
+    last_density: Option<f64>,
+    ws: Workspace,
 }
 
 impl Relu {
@@ -49,7 +55,103 @@ impl Relu {
             cfg,
             l1_coefficient,
             dense_above: DENSE_DENSITY,
+            last_density: None,
+            ws: Workspace::default(),
         }
+    }
+
+    /// The fused sparse step: the encoder runs block by block keeping the positive
+    /// pre-activations; decoder, penalty and gradients are sparse. `None` (nothing
+    /// changed) when the batch turns out denser than `dense_above`.
+    fn train_step_sparse(
+        &mut self,
+        p: &ParamSet,
+        x: &Matrix,
+        ctx: &StepContext,
+        grads: &mut ParamSet,
+    ) -> Option<StepOutput> {
+        use rayon::prelude::*;
+        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
+        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
+        let (d, n) = (x.cols, b_enc.len());
+        let bsz = x.rows.max(1) as f64;
+        let zero = vec![0.0f32; n];
+        self.ws.encoder.load(w_enc, d, n);
+        let parts = self.ws.encoder.run(
+            w_enc,
+            x,
+            Some(b_dec),
+            b_enc,
+            || Latents::new(n),
+            |lat, _r, pre| {
+                for_each_above(pre, &zero, |j, v| {
+                    lat.idx.push(j as u32);
+                    lat.val.push(v);
+                });
+                lat.indptr.push(lat.idx.len());
+            },
+        );
+        let mut lat = Latents::with_capacity(n, x.rows, 0);
+        for l in &parts {
+            lat.append(l);
+        }
+        let density = lat.nnz() as f64 / (x.rows * n).max(1) as f64;
+        self.last_density = Some(density);
+        if density > self.dense_above {
+            return None;
+        }
+        let sums = self.ws.rows(x, w_dec, b_dec, &lat, None);
+        let mse = sums.sq_err / bsz;
+        let mut g_f = std::mem::take(&mut self.ws.g_f);
+        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec] =
+            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec"]);
+        // Sparsity penalty c Σ f_i ‖W_dec,i‖ with c = λ s / B.
+        let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
+        let norms: Vec<f32> = w_dec
+            .par_chunks(d.max(1))
+            .map(|r| crate::kernels::dot(r, r).sqrt())
+            .collect();
+        let mut f_sum = vec![0.0f64; n];
+        let mut l1 = 0.0f64;
+        for ((&j, &v), g) in lat.idx.iter().zip(&lat.val).zip(g_f.iter_mut()) {
+            let j = j as usize;
+            l1 += v as f64 * norms[j] as f64;
+            f_sum[j] += v as f64;
+            *g += c * norms[j];
+        }
+        let l1 = c as f64 * l1;
+        g_w_dec
+            .data
+            .par_chunks_mut(d.max(1))
+            .zip(w_dec.par_chunks(d.max(1)))
+            .zip(norms.par_iter().zip(f_sum.par_iter()))
+            .for_each(|((grow, row), (&nrm, &fs))| {
+                if nrm > 0.0 && fs > 0.0 {
+                    crate::kernels::axpy(c * fs as f32 / nrm, row, grow);
+                }
+            });
+        self.ws.backward(
+            x,
+            b_dec,
+            w_enc,
+            &lat,
+            &g_f,
+            w_dec,
+            AuxBackward::None,
+            Grads {
+                w_enc: &mut g_w_enc.data,
+                b_enc: &mut g_b_enc.data,
+                w_dec: &mut g_w_dec.data,
+                b_dec: &mut g_b_dec.data,
+            },
+        );
+        self.ws.g_f = g_f;
+        Some(StepOutput {
+            loss: mse + l1,
+            terms: vec![("mse", mse), ("l1", l1)],
+            latents: lat,
+            sq_err: sums.sq_err,
+        })
     }
 }
 
@@ -76,6 +178,18 @@ impl Architecture for Relu {
         ctx: &StepContext,
         grads: &mut ParamSet,
     ) -> StepOutput {
+        // The fused sparse route while the previous step was sparse enough (and, before
+        // any step, only if forced by dense_above ≥ 1).
+        let try_sparse = !ctx.reference
+            && match self.last_density {
+                Some(dens) => dens <= self.dense_above,
+                None => self.dense_above >= 1.0,
+            };
+        if try_sparse {
+            if let Some(out) = self.train_step_sparse(p, x, ctx, grads) {
+                return out;
+            }
+        }
         let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
         let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
         let [g_w_enc, g_b_enc, g_w_dec, g_b_dec] =
@@ -96,6 +210,9 @@ impl Architecture for Relu {
             );
         }
         let kern = Kernels::for_density(ctx.reference, &lat, self.dense_above);
+        if !ctx.reference {
+            self.last_density = Some(lat.nnz() as f64 / (lat.rows() * lat.n).max(1) as f64);
+        }
 
         let x_hat = kern.decode(&lat, w_dec, b_dec);
         let (sq_err, g_out) = mse_and_grad(&x_hat, x);

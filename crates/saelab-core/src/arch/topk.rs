@@ -8,7 +8,9 @@
 use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, AuxK, Forward, Kernels};
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
-use crate::kernels::{affine, select::topk_rows};
+use crate::kernels::select::{topk_rows, TopKSelector};
+use crate::kernels::sparse::{AuxBackward, AuxInput, Grads, Workspace, AUX_DENSE_ABOVE};
+use crate::kernels::affine;
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
@@ -19,6 +21,7 @@ pub struct TopK {
     k: usize,
     aux_k: usize,
     aux_coefficient: f32,
+    ws: Workspace,
 }
 
 impl TopK {
@@ -37,8 +40,197 @@ impl TopK {
             k,
             aux_k,
             aux_coefficient,
+            ws: Workspace::default(),
         }
     }
+
+    /// The fast step: fused encoder + selection, sparse decoder and sparse gradients.
+    fn train_step_fast(
+        &mut self,
+        p: &ParamSet,
+        x: &Matrix,
+        ctx: &StepContext,
+        grads: &mut ParamSet,
+    ) -> StepOutput {
+        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
+        let b_dec = &p.get("b_dec").data;
+        let (d, n) = (x.cols, b_enc.len());
+        let aux = AuxSpec::new(self.aux_k, self.aux_coefficient, ctx.dead);
+        let (lat, aux_lat) = encode_topk(
+            &mut self.ws,
+            x,
+            w_enc,
+            b_enc,
+            b_dec,
+            d,
+            n,
+            self.k,
+            aux.on().then_some((self.aux_k, &aux.dead[..])),
+        );
+        sparse_step(&mut self.ws, p, x, grads, lat, &aux_lat, &aux)
+    }
+}
+
+/// The AuxK settings of one step of the TopK family.
+pub(crate) struct AuxSpec {
+    /// Dead latents, increasing (empty: AuxK off this step).
+    pub dead: Vec<u32>,
+    /// Coefficient of the term.
+    pub coefficient: f32,
+}
+
+impl AuxSpec {
+    /// AuxK with `k_aux` latents and `coefficient`, on when both are positive and some
+    /// latent is dead.
+    pub fn new(k_aux: usize, coefficient: f32, dead: &[bool]) -> Self {
+        let on = k_aux > 0 && coefficient > 0.0 && dead.iter().any(|&v| v);
+        AuxSpec {
+            dead: if on {
+                (0..dead.len() as u32).filter(|&j| dead[j as usize]).collect()
+            } else {
+                Vec::new()
+            },
+            coefficient,
+        }
+    }
+
+    /// Whether the term is computed this step.
+    pub fn on(&self) -> bool {
+        !self.dead.is_empty()
+    }
+}
+
+/// The sparse part of a TopK-family step once the latents are selected: decoder
+/// forward, MSE (+ AuxK over `aux_lat`, whose entries are at dead latents), and every
+/// gradient, added into `grads`. Every main latent is positive and passes its gradient
+/// to its pre-activation.
+pub(crate) fn sparse_step(
+    ws: &mut Workspace,
+    p: &ParamSet,
+    x: &Matrix,
+    grads: &mut ParamSet,
+    lat: Latents,
+    aux_lat: &Latents,
+    aux: &AuxSpec,
+) -> StepOutput {
+    let w_enc = &p.get("W_enc").data;
+    let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
+    let [g_w_enc, g_b_enc, g_w_dec, g_b_dec] =
+        grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec"]);
+    let bsz = x.rows.max(1) as f64;
+    let mut ph = crate::kernels::Phases::start();
+    let c = aux.coefficient;
+    let dense_aux =
+        aux.on() && aux_lat.nnz() as f64 > AUX_DENSE_ABOVE * (x.rows * aux.dead.len()) as f64;
+    let sums = ws.rows(
+        x,
+        w_dec,
+        b_dec,
+        &lat,
+        (aux.on() && !dense_aux).then_some(AuxInput {
+            latents: aux_lat,
+            coefficient: c,
+        }),
+    );
+    ph.mark("row pass");
+    let mse = sums.sq_err / bsz;
+    let mut terms = vec![("mse", mse)];
+    let mut loss = mse;
+    let (g_pre, g_pre_aux) = (std::mem::take(&mut ws.g_f), std::mem::take(&mut ws.g_f_aux));
+    let aux_mode = if !aux.on() {
+        AuxBackward::None
+    } else if dense_aux {
+        AuxBackward::Dense {
+            latents: aux_lat,
+            dead: &aux.dead,
+            coefficient: c,
+        }
+    } else {
+        ws.set_dead(&aux.dead);
+        AuxBackward::Sparse(aux_lat, &g_pre_aux)
+    };
+    let dense_sq = ws.backward(
+        x,
+        b_dec,
+        w_enc,
+        &lat,
+        &g_pre,
+        w_dec,
+        aux_mode,
+        Grads {
+            w_enc: &mut g_w_enc.data,
+            b_enc: &mut g_b_enc.data,
+            w_dec: &mut g_w_dec.data,
+            b_dec: &mut g_b_dec.data,
+        },
+    );
+    ws.g_f = g_pre;
+    ws.g_f_aux = g_pre_aux;
+    ph.mark("backward");
+    if aux.on() {
+        let a = c as f64 * (sums.aux_sq + dense_sq) / bsz;
+        terms.push(("aux", a));
+        loss += a;
+    }
+    StepOutput {
+        loss,
+        terms,
+        latents: lat,
+        sq_err: sums.sq_err,
+    }
+}
+
+/// Fused encoder and TopK selection: per row, the `k` largest positive pre-activations
+/// (`pre = (x − b_dec) W_enc + b_enc`), and with `aux = Some((k_aux, dead))` the `k_aux`
+/// largest positive ones among the `dead` latents, computed block by block without
+/// storing the `[B, n]` pre-activations. Rows' entries are sorted by decreasing value.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_topk(
+    ws: &mut Workspace,
+    x: &Matrix,
+    w_enc: &[f32],
+    b_enc: &[f32],
+    b_dec: &[f32],
+    d: usize,
+    n: usize,
+    k: usize,
+    aux: Option<(usize, &[u32])>,
+) -> (Latents, Latents) {
+    let mut ph = crate::kernels::Phases::start();
+    ws.encoder.load(w_enc, d, n);
+    ph.mark("pack W_enc");
+    let parts = ws.encoder.run(
+        w_enc,
+        x,
+        Some(b_dec),
+        b_enc,
+        || {
+            (
+                Latents::new(n),
+                Latents::new(n),
+                TopKSelector::default(),
+            )
+        },
+        |(main, auxl, sel), _r, pre| {
+            sel.row(pre, k);
+            main.push_row(sel.result().iter().copied());
+            if let Some((ka, dead)) = aux {
+                sel.among_unordered(pre, dead, ka);
+                auxl.push_row(sel.result().iter().copied());
+            }
+        },
+    );
+    ph.mark("encode+select");
+    let mut lat = Latents::with_capacity(n, x.rows, k);
+    let mut auxl = Latents::with_capacity(n, x.rows, aux.map_or(0, |a| a.0));
+    for (m, a, _) in &parts {
+        lat.append(m);
+        if aux.is_some() {
+            auxl.append(a);
+        }
+    }
+    ph.mark("gather latents");
+    (lat, auxl)
 }
 
 impl Architecture for TopK {
@@ -62,6 +254,9 @@ impl Architecture for TopK {
         ctx: &StepContext,
         grads: &mut ParamSet,
     ) -> StepOutput {
+        if !ctx.reference {
+            return self.train_step_fast(p, x, ctx, grads);
+        }
         let kern = Kernels {
             reference: ctx.reference,
         };
@@ -189,6 +384,45 @@ mod tests {
         let out = a.train_step(&p, &x, &ctx, &mut g);
         assert!(out.terms.iter().any(|(t, v)| *t == "aux" && *v > 0.0));
         gradcheck::check(&mut a, &p, &x, &ctx, &[], 40, Some(&only));
+    }
+
+    #[test]
+    fn fast_and_reference_agree_with_a_small_dead_set() {
+        // Few dead latents and a large k_aux: the AuxK pairs fill most of [B, |dead|], so
+        // the fast step takes the dense-over-the-dead-set route.
+        let dims = Dims {
+            d_in: 13,
+            n: 67,
+            d_out: 13,
+        };
+        let mut rng = Rng::new(12);
+        let mut a = arch(5, 6);
+        let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.1);
+        let x = gradcheck::random_batch(&mut rng, 41, 13);
+        let dead: Vec<bool> = (0..67).map(|j| j % 5 == 2).collect();
+        let ctx = |reference| StepContext {
+            sparsity_scale: 1.0,
+            dead: &dead,
+            reference,
+        };
+        let (mut g1, mut g2) = (p.zeros_like(), p.zeros_like());
+        let o1 = a.train_step(&p, &x, &ctx(false), &mut g1);
+        let o2 = a.train_step(&p, &x, &ctx(true), &mut g2);
+        let aux = |o: &StepOutput| o.terms.iter().find(|t| t.0 == "aux").unwrap().1;
+        assert!(aux(&o2) > 0.0);
+        assert!((aux(&o1) - aux(&o2)).abs() < 1e-4 * aux(&o2));
+        assert!((o1.loss - o2.loss).abs() < 1e-4 * o2.loss);
+        // Same selection; values equal up to the summation order of the two products.
+        assert_eq!(o1.latents.indptr, o2.latents.indptr);
+        assert_eq!(o1.latents.idx, o2.latents.idx);
+        for (u, v) in o1.latents.val.iter().zip(&o2.latents.val) {
+            assert!((u - v).abs() < 1e-5 * (1.0 + v.abs()));
+        }
+        for ((name, t1), (_, t2)) in g1.iter().zip(g2.iter()) {
+            for (u, v) in t1.data.iter().zip(&t2.data) {
+                assert!((u - v).abs() < 1e-4 * (1.0 + u.abs()), "{name}: {u} vs {v}");
+            }
+        }
     }
 
     #[test]

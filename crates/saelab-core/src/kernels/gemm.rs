@@ -1,5 +1,7 @@
 //! Dense matrix product on the CPU: `matrixmultiply`'s single-threaded kernel, run on
-//! blocks of rows in parallel with rayon.
+//! one block of `C` per rayon thread (split along its longer side, so that each call
+//! packs as little of the operands as possible). Every element of `C` is computed the
+//! same way whatever the split, so results do not depend on the thread count.
 
 use rayon::prelude::*;
 
@@ -12,8 +14,8 @@ pub enum Transpose {
     Yes,
 }
 
-/// Rows of `C` per parallel task.
-const GEMM_ROW_BLOCK: usize = 128;
+/// Smallest block side worth a task of its own.
+const MIN_BLOCK: usize = 64;
 
 /// `C = alpha · op(A) · op(B) + beta · C`, all row-major.
 ///
@@ -46,32 +48,51 @@ pub fn gemm(
         Transpose::No => (n as isize, 1),
         Transpose::Yes => (1, k as isize),
     };
-    c.par_chunks_mut(GEMM_ROW_BLOCK * n)
-        .enumerate()
-        .for_each(|(blk, cblk)| {
-            let row0 = blk * GEMM_ROW_BLOCK;
-            let rows = cblk.len() / n;
-            // SAFETY: the pointers and strides describe in-bounds sub-matrices of `a`,
-            // `b` and `cblk`, checked by the asserts above; `cblk` is exclusively ours.
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows,
-                    k,
-                    n,
-                    alpha,
-                    a.as_ptr().offset(row0 as isize * rsa),
-                    rsa,
-                    csa,
-                    b.as_ptr(),
-                    rsb,
-                    csb,
-                    beta,
-                    cblk.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
-        });
+    let threads = rayon::current_num_threads().max(1);
+    let split_rows = m >= n;
+    let side = if split_rows { m } else { n };
+    let block = side.div_ceil(threads).max(MIN_BLOCK);
+    let starts: Vec<usize> = (0..side).step_by(block).collect();
+    let cptr = SendPtr(c.as_mut_ptr());
+    starts.into_par_iter().for_each(|s0| {
+        let len = block.min(side - s0);
+        let (rows, cols, a_off, b_off, c_off) = if split_rows {
+            (len, n, s0 as isize * rsa, 0, s0 * n)
+        } else {
+            (m, len, 0, s0 as isize * csb, s0)
+        };
+        // SAFETY: the pointers and strides describe in-bounds sub-matrices of `a`, `b` and
+        // `c` (sizes asserted above); the blocks of `c` of different tasks are disjoint.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                k,
+                cols,
+                alpha,
+                a.as_ptr().offset(a_off),
+                rsa,
+                csa,
+                b.as_ptr().offset(b_off),
+                rsb,
+                csb,
+                beta,
+                cptr.get().add(c_off),
+                n as isize,
+                1,
+            );
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: each task writes a disjoint block of C.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 #[cfg(test)]
@@ -100,7 +121,7 @@ mod tests {
 
     #[test]
     fn matches_naive_product_in_every_orientation() {
-        let (m, k, n) = (301, 17, 9);
+        for &(m, k, n) in &[(301usize, 17usize, 9usize), (5, 13, 700)] {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
         let want = naive(m, k, n, &a, &b);
@@ -112,6 +133,7 @@ mod tests {
                 gemm(m, k, n, 1.0, aa, ta, bb, tb, 0.0, &mut c);
                 assert_eq!(c, want);
             }
+        }
         }
     }
 }

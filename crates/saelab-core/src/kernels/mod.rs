@@ -6,9 +6,12 @@
 //! [`reference`] holds plain dense versions ("what a framework does") used by tests
 //! and by the benchmark's baseline.
 
+pub mod encoder;
 pub mod gemm;
 pub mod reference;
 pub mod select;
+pub mod simd;
+pub mod sparse;
 
 use rayon::prelude::*;
 
@@ -21,26 +24,14 @@ pub use gemm::{gemm, Transpose};
 /// depend on how rayon schedules the work.
 pub const ROW_CHUNK: usize = 64;
 
-/// Dense pre-activations `pre = x · W + b`: `x [B, d]`, `w [d, n]`, `b [n]` → `[B, n]`.
+/// Dense pre-activations `pre = x · W + b`: `x [B, d]`, `w [d, n]`, `b [n]` → `[B, n]`,
+/// computed with the encoder's engine ([`encoder`]), so that the dense and the fused
+/// paths give bit-identical pre-activations.
 pub fn affine(x: &Matrix, w: &[f32], b: &[f32]) -> Matrix {
     let n = b.len();
     assert_eq!(w.len(), x.cols * n, "affine: weight is not [d, n]");
     let mut out = Matrix::zeros(x.rows, n);
-    for r in 0..x.rows {
-        out.row_mut(r).copy_from_slice(b);
-    }
-    gemm(
-        x.rows,
-        x.cols,
-        n,
-        1.0,
-        &x.data,
-        Transpose::No,
-        w,
-        Transpose::No,
-        1.0,
-        &mut out.data,
-    );
+    encoder::dense_product(x, w, b, &mut out);
     out
 }
 
@@ -209,29 +200,31 @@ impl ByLatent {
     }
 }
 
-/// `y += a · x`.
-#[inline]
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
+pub use simd::{axpy, dot};
+
+/// Phase timer for profiling a step: with the environment variable `SAELAB_PROFILE`
+/// set, [`Phases::mark`] prints the time since the previous mark to stderr.
+pub struct Phases {
+    on: bool,
+    last: std::time::Instant,
 }
 
-/// `Σ a_i b_i`, accumulated in 8 lanes so the compiler can vectorise it.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+impl Phases {
+    /// Starts timing (a no-op unless `SAELAB_PROFILE` is set).
+    pub fn start() -> Self {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        Phases {
+            on: *ON.get_or_init(|| std::env::var_os("SAELAB_PROFILE").is_some()),
+            last: std::time::Instant::now(),
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
+
+    /// Prints `label` and the milliseconds since the previous mark.
+    pub fn mark(&mut self, label: &str) {
+        if self.on {
+            let now = std::time::Instant::now();
+            eprintln!("  {label:<28} {:8.2} ms", (now - self.last).as_secs_f64() * 1e3);
+            self.last = now;
+        }
     }
-    s
 }

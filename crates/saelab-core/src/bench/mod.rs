@@ -1,0 +1,509 @@
+//! The training-step benchmark of `BENCH.md` (workloads W1–W4).
+//!
+//! Each workload trains a `d × n` SAE through the real [`Trainer`] on synthetic
+//! activations held in memory (batches of `B` rows, cycled), on a rayon pool of
+//! `threads` threads:
+//!
+//! 1. settling steps (W2, W3: until L0 has come down to its working range),
+//! 2. `warmup` + `steps` fast steps, of which the last `steps` are timed,
+//! 3. the same trainer switched to the dense reference kernels
+//!    ([`Trainer::set_reference_kernels`]: dense decoder, dense gradients — the same
+//!    maths, computed the way a plain tensor framework does), `reference_warmup` +
+//!    `reference_steps` steps, the last ones timed.
+//!
+//! In the same run the peak of the dense encoder product `[B, d] × [d, n]` is measured
+//! with the GEMM the encoder uses ([`crate::kernels::encoder`]), and each workload's
+//! *roofline fraction* is `time of that product at the peak ÷ median step time`: the
+//! encoder forward is the only dense product a TopK-family step needs.
+//!
+//! Workloads (BENCH.md; the choices BENCH.md leaves open are fixed here):
+//!
+//! | id | architecture | settings |
+//! |---|---|---|
+//! | W1 | TopK | k = 32, AuxK k_aux = 256, coefficient 1/32; unit-norm decoder rows |
+//! | W2 | ReLU + L1 | λ = [`W2_L1`], settled until L0 ≤ [`SETTLE_L0`] |
+//! | W3 | JumpReLU | bandwidth 0.001, λ = [`W3_L0`], θ₀ = [`W3_INIT_THRESHOLD`] |
+//! | W4 | BatchTopK | k = 32, AuxK as W1 |
+//!
+//! Dead latents: on this data every latent fires within the first batches, so with
+//! tracking alone the AuxK term of W1/W4 would never run in a short benchmark. W1 and W4
+//! therefore count every [`BenchConfig::dead_every`]-th latent as dead
+//! ([`Trainer::set_forced_dead`]; 5 % by default), so that AuxK selects and trains
+//! `k_aux` latents per token among them in every timed step, as in a long run with a few
+//! percent dead latents. The reference steps use the same dead set (same maths).
+//! The learning rate is the default 4·10⁻⁴ with no decay.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::{ArchConfig, SaeConfig};
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::synth::{generate, SynthConfig};
+use crate::tensor::Matrix;
+use crate::train::{BDecInit, StepReport, TrainConfig, Trainer};
+
+/// λ of the W2 L1 penalty (norm-weighted, April-2024 form) on the synthetic data.
+pub const W2_L1: f32 = 8.0;
+/// λ of the W3 L0 penalty.
+pub const W3_L0: f32 = 1e-2;
+/// Initial JumpReLU threshold of W3 (normalised inputs), chosen so that L0 starts in
+/// its working range instead of at ~n/2 (a threshold learnt from 10⁻³ needs many
+/// thousand steps to get there).
+pub const W3_INIT_THRESHOLD: f32 = 0.5;
+/// Settling: W2/W3 train (untimed) until the batch L0 is at most this value.
+pub const SETTLE_L0: f64 = 64.0;
+
+/// One of BENCH.md's training-step workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum WorkloadId {
+    /// TopK, k = 32, AuxK on.
+    W1,
+    /// ReLU + L1.
+    W2,
+    /// JumpReLU.
+    W3,
+    /// BatchTopK, k = 32.
+    W4,
+}
+
+impl WorkloadId {
+    /// All four, in order.
+    pub const ALL: [WorkloadId; 4] = [WorkloadId::W1, WorkloadId::W2, WorkloadId::W3, WorkloadId::W4];
+
+    /// Parses `w1`…`w4` (case-insensitive).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "w1" => Ok(WorkloadId::W1),
+            "w2" => Ok(WorkloadId::W2),
+            "w3" => Ok(WorkloadId::W3),
+            "w4" => Ok(WorkloadId::W4),
+            _ => Err(Error::config(format!(
+                "unknown workload {s:?}: expected w1, w2, w3 or w4"
+            ))),
+        }
+    }
+
+    /// The architecture this workload trains.
+    pub fn arch(self) -> ArchConfig {
+        match self {
+            WorkloadId::W1 => ArchConfig::Topk {
+                k: 32,
+                aux_k: 256,
+                aux_coefficient: 1.0 / 32.0,
+            },
+            WorkloadId::W2 => ArchConfig::Relu {
+                l1_coefficient: W2_L1,
+            },
+            WorkloadId::W3 => ArchConfig::Jumprelu {
+                l0_coefficient: W3_L0,
+                bandwidth: 1e-3,
+                init_threshold: W3_INIT_THRESHOLD,
+            },
+            WorkloadId::W4 => ArchConfig::Batchtopk {
+                k: 32,
+                aux_k: 256,
+                aux_coefficient: 1.0 / 32.0,
+                threshold_momentum: 0.01,
+            },
+        }
+    }
+
+    /// One-line description of the settings.
+    pub fn settings(self) -> String {
+        match self {
+            WorkloadId::W1 => "TopK k=32, AuxK k_aux=256 c=1/32, unit-norm decoder".into(),
+            WorkloadId::W2 => format!("ReLU + L1 (April 2024), lambda={W2_L1}"),
+            WorkloadId::W3 => format!(
+                "JumpReLU bandwidth=0.001, lambda={W3_L0}, theta0={W3_INIT_THRESHOLD}"
+            ),
+            WorkloadId::W4 => "BatchTopK k=32, AuxK k_aux=256 c=1/32".into(),
+        }
+    }
+
+    fn has_auxk(self) -> bool {
+        matches!(self, WorkloadId::W1 | WorkloadId::W4)
+    }
+
+    fn settles(self) -> bool {
+        matches!(self, WorkloadId::W2 | WorkloadId::W3)
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchConfig {
+    /// Workloads, in order.
+    pub workloads: Vec<WorkloadId>,
+    /// Activation width d.
+    pub d: usize,
+    /// Latents n.
+    pub n: usize,
+    /// Tokens per step B.
+    pub batch: usize,
+    /// Threads of the rayon pool everything runs on.
+    pub threads: usize,
+    /// Untimed fast steps before the timed ones.
+    pub warmup: usize,
+    /// Timed fast steps.
+    pub steps: usize,
+    /// Untimed reference steps before the timed ones.
+    pub reference_warmup: usize,
+    /// Timed reference steps (0 skips the reference and the speed-up).
+    pub reference_steps: usize,
+    /// Most settling steps for W2/W3 (stops earlier once L0 ≤ [`SETTLE_L0`]).
+    pub max_settle_steps: usize,
+    /// Timed repetitions of the dense product for the peak.
+    pub gemm_reps: usize,
+    /// Distinct synthetic batches held in memory (cycled).
+    pub data_batches: usize,
+    /// W1/W4: every this-many-th latent counts as dead (0: tracking only).
+    pub dead_every: usize,
+    /// Seed of the data and of the SAE initialisation.
+    pub seed: u64,
+}
+
+impl Default for BenchConfig {
+    /// BENCH.md's settings: d = 576, n = 9216, B = 4096, 2 threads, 5 + 20 steps.
+    fn default() -> Self {
+        BenchConfig {
+            workloads: WorkloadId::ALL.to_vec(),
+            d: 576,
+            n: 9216,
+            batch: 4096,
+            threads: 2,
+            warmup: 5,
+            steps: 20,
+            reference_warmup: 2,
+            reference_steps: 5,
+            max_settle_steps: 400,
+            gemm_reps: 10,
+            data_batches: 8,
+            dead_every: 20,
+            seed: 0,
+        }
+    }
+}
+
+/// Timing of the dense `[B, d] × [d, n]` product.
+#[derive(Clone, Debug, Serialize)]
+pub struct GemmPeak {
+    /// Which implementation (the encoder's GEMM).
+    pub backend: String,
+    /// Floating-point operations of one product, `2·B·d·n`.
+    pub flops: f64,
+    /// Median seconds of one product.
+    pub median_s: f64,
+    /// Fastest repetition, seconds.
+    pub best_s: f64,
+    /// `flops / median_s / 1e9`.
+    pub gflops: f64,
+}
+
+/// Step-time statistics of one kernel set.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepTimes {
+    /// Timed steps.
+    pub steps: usize,
+    /// Median wall-clock seconds per step.
+    pub median_s: f64,
+    /// Fastest step, seconds.
+    pub best_s: f64,
+    /// Tokens per second at the median step time.
+    pub tokens_per_s: f64,
+    /// Process CPU seconds per step over the timed steps (Linux; `None` elsewhere):
+    /// close to `threads × median_s` when the machine was otherwise idle.
+    pub cpu_s_per_step: Option<f64>,
+    /// Mean L0 over the timed steps.
+    pub l0: f64,
+    /// Mean dead fraction over the timed steps.
+    pub dead_frac: f64,
+    /// Loss of the last timed step.
+    pub last_loss: f64,
+    /// Mean AuxK term over the timed steps (0 when inactive).
+    pub aux: f64,
+}
+
+/// Result of one workload.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadResult {
+    /// W1…W4.
+    pub id: WorkloadId,
+    /// Architecture name.
+    pub architecture: String,
+    /// Settings in words.
+    pub settings: String,
+    /// Untimed settling steps run before warm-up.
+    pub settle_steps: usize,
+    /// The fast kernels.
+    pub fast: StepTimes,
+    /// The dense reference kernels (same trainer, continued).
+    pub reference: Option<StepTimes>,
+    /// Peak product time ÷ fast median step time.
+    pub roofline_fraction: f64,
+    /// Reference median ÷ fast median.
+    pub speedup: Option<f64>,
+}
+
+/// Everything a run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// What was run.
+    pub config: BenchConfig,
+    /// The dense-product peak measured in this run.
+    pub gemm: GemmPeak,
+    /// One entry per workload.
+    pub workloads: Vec<WorkloadResult>,
+}
+
+/// Process CPU time (user + system) in seconds, from `/proc/self/stat` (Linux only).
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Times the encoder's dense product `[B, d] × [d, n]` `reps` times (after one warm-up).
+pub fn measure_gemm_peak(b: usize, d: usize, n: usize, reps: usize, seed: u64) -> GemmPeak {
+    let mut rng = crate::rng::Rng::new(seed ^ 0x6e6d);
+    let x = Matrix::from_vec(b, d, (0..b * d).map(|_| rng.normal() as f32).collect())
+        .expect("shape");
+    let w: Vec<f32> = (0..d * n).map(|_| rng.normal() as f32 * 0.05).collect();
+    let bias = vec![0.0f32; n];
+    let mut out = Matrix::zeros(b, n);
+    let mut times = Vec::with_capacity(reps);
+    for rep in 0..=reps {
+        let t = Instant::now();
+        kernels::encoder::dense_product(&x, &w, &bias, &mut out);
+        if rep > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let flops = 2.0 * (b * d * n) as f64;
+    let best_s = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let median_s = median(&mut times);
+    GemmPeak {
+        backend: kernels::encoder::backend_name().to_string(),
+        flops,
+        median_s,
+        best_s,
+        gflops: flops / median_s / 1e9,
+    }
+}
+
+fn time_steps(
+    t: &mut Trainer,
+    data: &[Matrix],
+    pos: &mut usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<StepTimes> {
+    for _ in 0..warmup {
+        t.step(&data[*pos % data.len()])?;
+        *pos += 1;
+    }
+    let mut times = Vec::with_capacity(steps);
+    let (mut l0, mut dead, mut aux) = (0.0, 0.0, 0.0);
+    let mut last: Option<StepReport> = None;
+    let cpu0 = cpu_seconds();
+    for _ in 0..steps {
+        let batch = &data[*pos % data.len()];
+        *pos += 1;
+        let t0 = Instant::now();
+        let r = t.step(batch)?;
+        times.push(t0.elapsed().as_secs_f64());
+        l0 += r.l0;
+        dead += r.dead_frac;
+        aux += r
+            .terms
+            .iter()
+            .find(|(n, _)| *n == "aux")
+            .map_or(0.0, |t| t.1);
+        last = Some(r);
+    }
+    let cpu = match (cpu0, cpu_seconds()) {
+        (Some(a), Some(b)) if steps > 0 => Some((b - a) / steps as f64),
+        _ => None,
+    };
+    let s = steps.max(1) as f64;
+    let best_s = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let median_s = median(&mut times);
+    Ok(StepTimes {
+        steps,
+        median_s,
+        best_s,
+        tokens_per_s: data[0].rows as f64 / median_s,
+        cpu_s_per_step: cpu,
+        l0: l0 / s,
+        dead_frac: dead / s,
+        last_loss: last.map_or(f64::NAN, |r| r.loss),
+        aux: aux / s,
+    })
+}
+
+/// Synthetic activations for the benchmark: `batches` batches of `[b, d]`, from a
+/// dictionary of `2n` power-law-frequency features with 32 active per sample on average.
+pub fn bench_data(d: usize, n: usize, b: usize, batches: usize, seed: u64) -> Result<Vec<Matrix>> {
+    let cfg = SynthConfig {
+        d,
+        n_features: 2 * n,
+        avg_active: 32.0f64.min(2.0 * n as f64),
+        seed,
+        ..SynthConfig::default()
+    };
+    let all = generate(&cfg, b * batches.max(1))?.x;
+    Ok((0..batches.max(1))
+        .map(|i| all.slice_rows(i * b, (i + 1) * b))
+        .collect())
+}
+
+/// Runs one workload on `data` (already inside the thread pool).
+pub fn run_workload(
+    cfg: &BenchConfig,
+    id: WorkloadId,
+    data: &[Matrix],
+    gemm: &GemmPeak,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<WorkloadResult> {
+    let arch = id.arch();
+    let train = TrainConfig {
+        batch_size: cfg.batch,
+        total_tokens: (cfg.batch as u64) << 30,
+        lr_decay_fraction: 0.0,
+        dead_after_tokens: 1_000_000,
+        b_dec_init: BDecInit::Mean,
+        seed: cfg.seed,
+        ..TrainConfig::default()
+    };
+    let sae = SaeConfig::new(arch.clone(), cfg.d, cfg.n);
+    let mut t = Trainer::new(train, sae, &data[0])?;
+    if id.has_auxk() && cfg.dead_every > 0 {
+        t.set_forced_dead(Some((0..cfg.n).map(|j| j % cfg.dead_every == 0).collect()))?;
+    }
+    let mut pos = 0usize;
+    let mut settle_steps = 0;
+    if id.settles() {
+        while settle_steps < cfg.max_settle_steps {
+            let r = t.step(&data[pos % data.len()])?;
+            pos += 1;
+            settle_steps += 1;
+            if settle_steps % 20 == 0 {
+                progress(&format!("{id:?}: settling, step {settle_steps}, L0 {:.1}", r.l0));
+            }
+            if r.l0 <= SETTLE_L0 {
+                break;
+            }
+        }
+    }
+    progress(&format!("{id:?}: timing fast steps"));
+    let fast = time_steps(&mut t, data, &mut pos, cfg.warmup, cfg.steps)?;
+    let reference = if cfg.reference_steps > 0 {
+        progress(&format!(
+            "{id:?}: fast median {:.3} s; timing reference steps",
+            fast.median_s
+        ));
+        t.set_reference_kernels(true);
+        Some(time_steps(
+            &mut t,
+            data,
+            &mut pos,
+            cfg.reference_warmup,
+            cfg.reference_steps,
+        )?)
+    } else {
+        None
+    };
+    Ok(WorkloadResult {
+        id,
+        architecture: arch.name().to_string(),
+        settings: id.settings(),
+        settle_steps,
+        roofline_fraction: gemm.median_s / fast.median_s,
+        speedup: reference.as_ref().map(|r| r.median_s / fast.median_s),
+        fast,
+        reference,
+    })
+}
+
+/// Runs the benchmark: data, the GEMM peak, then every workload, on a pool of
+/// `cfg.threads` threads. `progress` receives one-line status messages.
+pub fn run(cfg: &BenchConfig, progress: &mut (dyn FnMut(&str) + Send)) -> Result<BenchReport> {
+    if cfg.d == 0 || cfg.n == 0 || cfg.batch == 0 || cfg.threads == 0 || cfg.steps == 0 {
+        return Err(Error::config(
+            "bench: d, n, batch, threads and steps must be positive",
+        ));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads)
+        .build()
+        .map_err(|e| Error::config(format!("bench: cannot start {} threads: {e}", cfg.threads)))?;
+    pool.install(|| {
+        progress("generating synthetic data");
+        let data = bench_data(cfg.d, cfg.n, cfg.batch, cfg.data_batches, cfg.seed)?;
+        progress("measuring the dense product peak");
+        let gemm = measure_gemm_peak(cfg.batch, cfg.d, cfg.n, cfg.gemm_reps, cfg.seed);
+        progress(&format!(
+            "peak {:.0} GFLOP/s ({:.3} s per product)",
+            gemm.gflops, gemm.median_s
+        ));
+        let mut workloads = Vec::new();
+        for &id in &cfg.workloads {
+            workloads.push(run_workload(cfg, id, &data, &gemm, progress)?);
+        }
+        Ok(BenchReport {
+            config: cfg.clone(),
+            gemm,
+            workloads,
+        })
+    })
+}
+
+/// The report as a plain-text table.
+pub fn format_table(r: &BenchReport) -> String {
+    let mut s = format!(
+        "dense [{}x{}]x[{}x{}] product ({}): {:.0} GFLOP/s, {:.1} ms\n",
+        r.config.batch, r.config.d, r.config.d, r.config.n, r.gemm.backend, r.gemm.gflops,
+        r.gemm.median_s * 1e3
+    );
+    s.push_str(
+        "| id | arch | step (ms) | tokens/s | roofline | reference step (ms) | speed-up | L0 | dead |\n",
+    );
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for w in &r.workloads {
+        let (rs, sp) = match (&w.reference, w.speedup) {
+            (Some(rf), Some(sp)) => (format!("{:.0}", rf.median_s * 1e3), format!("{sp:.1}x")),
+            _ => ("-".into(), "-".into()),
+        };
+        s.push_str(&format!(
+            "| {:?} | {} | {:.1} | {:.0} | {:.2} | {} | {} | {:.1} | {:.3} |\n",
+            w.id,
+            w.architecture,
+            w.fast.median_s * 1e3,
+            w.fast.tokens_per_s,
+            w.roofline_fraction,
+            rs,
+            sp,
+            w.fast.l0,
+            w.fast.dead_frac
+        ));
+    }
+    s
+}
