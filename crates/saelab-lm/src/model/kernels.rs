@@ -4,8 +4,8 @@
 //!
 //! Activations are `[N, width]` row-major with `N = B·T` rows, row `b·T + t` holding
 //! position `t` of sequence `b`. Work is split over rows (or over `(sequence, head)`
-//! pairs for attention) with rayon; matrix products use `matrixmultiply`, which packs
-//! each weight matrix once per product and threads internally.
+//! pairs for attention) with rayon; matrix products go through `saelab_core`'s GEMM,
+//! which splits the output between the rayon threads.
 
 use rayon::prelude::*;
 
@@ -15,32 +15,21 @@ const ROWS_PER_TASK: usize = 32;
 const QUERY_TILE: usize = 64;
 
 /// `y[N, d_out] = x[N, d_in] · wᵀ`, with `w` stored `[d_out, d_in]` (PyTorch layout).
+/// Runs on all rayon threads through `saelab_core`'s GEMM (one block of `y` per thread).
 pub fn linear(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize, y: &mut [f32]) {
-    debug_assert_eq!(x.len(), n * d_in);
-    debug_assert_eq!(w.len(), d_out * d_in);
-    debug_assert_eq!(y.len(), n * d_out);
-    if n == 0 || d_out == 0 {
-        return;
-    }
-    // SAFETY: the slices have the sizes asserted above and the strides describe them.
-    unsafe {
-        matrixmultiply::sgemm(
-            n,
-            d_in,
-            d_out,
-            1.0,
-            x.as_ptr(),
-            d_in as isize,
-            1,
-            w.as_ptr(),
-            1,
-            d_in as isize,
-            0.0,
-            y.as_mut_ptr(),
-            d_out as isize,
-            1,
-        );
-    }
+    use saelab_core::kernels::{gemm, Transpose};
+    gemm(
+        n,
+        d_in,
+        d_out,
+        1.0,
+        x,
+        Transpose::No,
+        w,
+        Transpose::Yes,
+        0.0,
+        y,
+    );
 }
 
 /// `y[r] = x[r] / sqrt(mean(x[r]²) + eps) · weight` for every row of `x [N, d]`.
