@@ -31,14 +31,16 @@ struct Cli {
 enum Command {
     /// Generate synthetic activations with a known dictionary.
     Synth(cmd::synth::Args),
-    /// Train an SAE on activation files (or resume a run).
-    Train(cmd::train::Args),
+    /// Train SAEs on activation files or streamed from a model (or resume a run).
+    Train(Box<cmd::train::Args>),
     /// Evaluate an SAE on activation files: reconstruction and sparsity metrics.
     Eval(cmd::eval::Args),
     /// Show the architecture, shapes, dtypes and metadata of an SAE.
     Inspect(cmd::inspect::Args),
     /// Convert an SAE (SAELens, sparsify, Gemma Scope) to saelab's SAELens v6 layout.
     Convert(cmd::convert::Args),
+    /// Run a model over a corpus and write an activation cache (resumable).
+    Extract(cmd::extract::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,10 +66,11 @@ fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::Synth(a) => cmd::synth::run(a),
-        Command::Train(a) => cmd::train::run(a),
+        Command::Train(a) => cmd::train::run(*a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Convert(a) => cmd::convert::run(a),
+        Command::Extract(a) => cmd::extract::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

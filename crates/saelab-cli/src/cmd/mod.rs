@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod eval;
+pub mod extract;
 pub mod inspect;
 pub mod synth;
 pub mod train;
