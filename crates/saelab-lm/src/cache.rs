@@ -629,7 +629,7 @@ pub fn extract(
     for (m, dir) in manifests.iter_mut().zip(dirs) {
         m.complete = true;
         m.exhausted = exhausted;
-        write_manifest(dir, m, &format!("shard {}", m.shards.len()))?;
+        write_manifest(dir, m, &format!("{} complete shards", m.shards.len()))?;
     }
     Ok(ExtractSummary {
         progress,
@@ -719,7 +719,7 @@ fn reconcile(manifests: &mut [CacheManifest], dirs: &[PathBuf]) -> Result<()> {
             m.rows = m.shards.iter().map(|s| s.rows).sum();
             m.contexts = m.shards.iter().map(|s| s.contexts).sum();
             m.complete = false;
-            write_manifest(dir, m, &format!("shard {common}"))?;
+            write_manifest(dir, m, &format!("{common} complete shards"))?;
         }
         let listed: std::collections::HashSet<&str> =
             m.shards.iter().map(|s| s.file.as_str()).collect();
@@ -756,7 +756,7 @@ fn write_error(path: &Path, e: &std::io::Error, consistent: &str) -> Error {
     Error::bad_file(
         path,
         format!(
-            "{what} ({e}); the cache is unchanged and consistent up to {consistent}: \
+            "{what} ({e}); the cache is unchanged and consistent ({consistent}): \
              fix the problem and run the same command again to resume"
         ),
     )
@@ -809,7 +809,7 @@ fn write_shard(
     let consistent = if index == 0 {
         "no shard yet".to_string()
     } else {
-        format!("shard {} ({} rows)", index - 1, manifests[0].rows)
+        format!("{index} complete shards, {} rows", manifests[0].rows)
     };
     for (h, dir) in dirs.iter().enumerate() {
         let m = &manifests[h];
