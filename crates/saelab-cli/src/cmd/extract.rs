@@ -3,7 +3,8 @@
 //! One hook writes its cache into `--out`; several hooks, captured in the same
 //! forwards, write `--out/<hook>/` each (see `saelab_lm::cache`). Running the same
 //! command again continues an interrupted extraction where its complete shards end,
-//! or says the cache is already complete.
+//! or says the cache is already complete (without loading the model); with a larger
+//! `--tokens` it extends a complete cache.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
