@@ -236,7 +236,7 @@ fn extracted_cache_matches_the_model_and_trains_and_evaluates() {
     let o = saelab(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("already complete"), "{}", stdout(&o));
-    assert!(!stderr(&o).contains("loaded"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("loaded"), "{}", stdout(&o));
     eprintln!("no-op rerun took {:.2} s", t.elapsed().as_secs_f64());
 
     // A held-out cache, a short training run on the train cache, an evaluation.

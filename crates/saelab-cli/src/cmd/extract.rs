@@ -228,7 +228,7 @@ pub fn run(a: Args) -> Result<()> {
         .map(|hp| hp.layer)
         .max()
         .unwrap_or(0);
-    eprintln!(
+    println!(
         "loaded {} ({} blocks, d = {}) and packed {} contexts of {} tokens from {} documents \
          in {:.1} s",
         a.model.display(),

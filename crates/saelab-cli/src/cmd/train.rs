@@ -624,7 +624,9 @@ fn new_stream(a: &Args) -> Result<()> {
         &out,
         a.stop_after,
     );
-    eprintln!("streamed {} model tokens", source.model_tokens());
+    if result.is_ok() {
+        println!("streamed {} model tokens", source.model_tokens());
+    }
     result
 }
 
