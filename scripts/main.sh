@@ -24,6 +24,7 @@
 #   TRAIN_TOKENS    [4000000]   training tokens (epochs over the cache: TRAIN/EXTRACT)
 #   HOOK            [blocks.15.hook_resid_post]
 #   K [32]  EXPANSION [16]  LR [1e-3]  BATCH_SIZE [4096]  CTX_LEN [128]  BATCH [8]
+#   EVAL_EVERY      [50]        steps between validation evaluations during training
 #   RUN_DIR         [runs/main] where caches, the SAE and the summary go
 #   SAELAB_THREADS  [all cores] threads for the model and the trainer
 #
@@ -45,6 +46,7 @@ LR="${LR:-1e-3}"
 BATCH_SIZE="${BATCH_SIZE:-4096}"
 CTX_LEN="${CTX_LEN:-128}"
 BATCH="${BATCH:-8}"
+EVAL_EVERY="${EVAL_EVERY:-50}"
 RUN_DIR="${RUN_DIR:-runs/main}"
 export RAYON_NUM_THREADS="${SAELAB_THREADS:-${RAYON_NUM_THREADS:-$(nproc)}}"
 
@@ -89,7 +91,8 @@ elif [ -f "$SAE_RUN/run.json" ]; then
   "$SAELAB" train --resume "$SAE_RUN"
 else
   "$SAELAB" train --acts "$TRAIN_CACHE" --arch topk --k "$K" --expansion "$EXPANSION" \
-    --tokens "$TRAIN_TOKENS" --batch-size "$BATCH_SIZE" --lr "$LR" --out "$SAE_RUN"
+    --tokens "$TRAIN_TOKENS" --batch-size "$BATCH_SIZE" --lr "$LR" --eval-every "$EVAL_EVERY" \
+    --out "$SAE_RUN"
 fi
 t_train=$(secs "$t0" "$(now)")
 

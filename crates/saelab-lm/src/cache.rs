@@ -511,10 +511,32 @@ pub fn extract(
         plan.non_bos_tokens()
     };
 
-    // Open or create every hook's cache.
+    // Open or create every hook's cache. A hook without a cache beside hooks whose
+    // caches hold shards cannot be caught up: refuse rather than cut the others back.
+    let statuses = specs
+        .iter()
+        .zip(dirs)
+        .map(|(spec, dir)| cache_status(dir, spec))
+        .collect::<Result<Vec<_>>>()?;
+    let has_shards = |s: &CacheStatus| match s {
+        CacheStatus::Absent => false,
+        CacheStatus::Partial(m) | CacheStatus::Complete(m) => !m.shards.is_empty(),
+    };
+    if let Some(i) = statuses.iter().position(|s| *s == CacheStatus::Absent) {
+        if let Some(j) = statuses.iter().position(has_shards) {
+            return Err(Error::bad_file(
+                &dirs[i],
+                format!(
+                    "has no cache while {} already holds shards: the hooks of one --out \
+                     are extracted together; extract the new hook into another --out",
+                    dirs[j].display()
+                ),
+            ));
+        }
+    }
     let mut manifests = Vec::with_capacity(specs.len());
-    for (spec, dir) in specs.iter().zip(dirs) {
-        let m = match cache_status(dir, spec)? {
+    for ((spec, dir), status) in specs.iter().zip(dirs).zip(statuses) {
+        let m = match status {
             CacheStatus::Absent => {
                 fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                 let m = new_manifest(model, plan, spec, opts.target_rows, rows_available);
