@@ -324,11 +324,15 @@ fn other_settings_and_foreign_directories_are_refused() {
     assert!(!foreign.join(HOOKS[1]).exists());
     // A hook added on a rerun is refused instead of cutting the others back.
     let mut j = job(&fx, &out, CacheDType::F32, 50);
-    j.specs.push(spec(&fx, "blocks.1.hook_resid_pre", CacheDType::F32));
+    j.specs
+        .push(spec(&fx, "blocks.1.hook_resid_pre", CacheDType::F32));
     j.dirs.push(out.join("blocks.1.hook_resid_pre"));
     let e = extract(&j, &never, |_| {}).unwrap_err().to_string();
     assert!(e.contains("extracted together"), "{e}");
-    assert!(!read_manifest(&out.join(HOOKS[0])).unwrap().shards.is_empty());
+    assert!(!read_manifest(&out.join(HOOKS[0]))
+        .unwrap()
+        .shards
+        .is_empty());
     // A corrupt manifest is named.
     fs::write(out.join(HOOKS[0]).join(MANIFEST), b"{\"format\": ").unwrap();
     let e = extract(&job(&fx, &out, CacheDType::F32, 50), &never, |_| {})
