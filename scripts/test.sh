@@ -8,3 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo test --workspace --release
+
+# The main job, small (real model: setup, extract, train, evaluate), in a fresh folder.
+rm -rf target/ci-main
+EXTRACT_TOKENS=20000 HELDOUT_TOKENS=4096 TRAIN_TOKENS=40960 EVAL_EVERY=0 \
+  RUN_DIR=target/ci-main ./scripts/main.sh

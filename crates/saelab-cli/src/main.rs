@@ -31,8 +31,8 @@ struct Cli {
 enum Command {
     /// Generate synthetic activations with a known dictionary.
     Synth(cmd::synth::Args),
-    /// Train an SAE on activation files (or resume a run).
-    Train(cmd::train::Args),
+    /// Train SAEs on activation files or streamed from a model (or resume a run).
+    Train(Box<cmd::train::Args>),
     /// Evaluate an SAE on activation files: reconstruction and sparsity metrics.
     Eval(cmd::eval::Args),
     /// Show the architecture, shapes, dtypes and metadata of an SAE.
@@ -41,6 +41,8 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Time training steps (BENCH.md workloads W1–W4) against a dense reference.
     Bench(cmd::bench::Args),
+    /// Run a model over a corpus and write an activation cache (resumable).
+    Extract(cmd::extract::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,11 +68,12 @@ fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::Synth(a) => cmd::synth::run(a),
-        Command::Train(a) => cmd::train::run(a),
+        Command::Train(a) => cmd::train::run(*a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Convert(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Extract(a) => cmd::extract::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,6 +91,34 @@ pub fn parse(mut table: toml::Table) -> Result<RunFile> {
     if data.paths.is_empty() {
         bail!("no activation data given (--acts FILE or [data] paths = [...])");
     }
+    let m = parse_model(table)?;
+    Ok(RunFile {
+        data,
+        arch: m.arch,
+        d_sae: m.d_sae,
+        expansion_factor: m.expansion_factor,
+        train: m.train,
+    })
+}
+
+/// The `[sae]` and `[train]` parts of a run file (for training streamed from a model,
+/// which takes no `[data]`).
+pub struct ModelPart {
+    /// Architecture and its hyperparameters.
+    pub arch: ArchConfig,
+    /// Explicit number of latents, if given.
+    pub d_sae: Option<usize>,
+    /// Latents per input dimension, if given.
+    pub expansion_factor: Option<usize>,
+    /// Training hyperparameters.
+    pub train: TrainConfig,
+}
+
+/// Parses a table holding only `[sae]` and `[train]`.
+pub fn parse_model(mut table: toml::Table) -> Result<ModelPart> {
+    if table.contains_key("data") {
+        bail!("[data] names activation files; it cannot be combined with --model");
+    }
     let mut sae = match table.remove("sae") {
         Some(toml::Value::Table(t)) => t,
         Some(_) => bail!("[sae] must be a table"),
@@ -117,8 +145,7 @@ pub fn parse(mut table: toml::Table) -> Result<RunFile> {
     if let Some(k) = table.keys().next() {
         bail!("unknown table [{k}] in the run configuration (known: data, sae, train)");
     }
-    Ok(RunFile {
-        data,
+    Ok(ModelPart {
         arch,
         d_sae,
         expansion_factor,

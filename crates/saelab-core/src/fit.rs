@@ -10,7 +10,10 @@
 //! - `sae/` — the final SAE in SAELens v6 layout, written atomically at the end.
 //!
 //! Several runs with the same batch size and seed share one pass over the data (a
-//! sweep): every batch is read once and given to every trainer.
+//! sweep): every batch is read once and given to every trainer. A source may yield
+//! several *streams* from the same tokens (e.g. several hook points of one model
+//! forward, [`BatchSource::next_batches`]); [`fit_streams`] then feeds each run the
+//! stream it was assigned, and validates it on that stream's validation set.
 
 use std::fs;
 use std::io::Write;
@@ -84,6 +87,16 @@ pub const MAX_VAL_ROWS: usize = 65_536;
 /// Creates a fresh run directory: fails if it already holds a run, checks it is
 /// writable, and records `run.json`.
 pub fn create_run_dir(dir: &Path, data: &DataSpec, trainer: &Trainer) -> Result<()> {
+    create_run_dir_with(
+        dir,
+        serde_json::to_value(data).expect("serialisable"),
+        trainer,
+    )
+}
+
+/// [`create_run_dir`] for any data description (`run.json["data"]`), e.g. a model
+/// stream.
+pub fn create_run_dir_with(dir: &Path, data: serde_json::Value, trainer: &Trainer) -> Result<()> {
     if dir.join("run.json").exists() {
         return Err(Error::bad_file(
             dir,
@@ -106,11 +119,20 @@ pub fn create_run_dir(dir: &Path, data: &DataSpec, trainer: &Trainer) -> Result<
 /// Reads the data spec recorded in a run directory.
 pub fn read_data_spec(dir: &Path) -> Result<DataSpec> {
     let path = dir.join("run.json");
+    serde_json::from_value(read_run_data(dir)?)
+        .map_err(|e| Error::bad_file(&path, format!("no valid `data` entry: {e}")))
+}
+
+/// The raw `data` entry of a run directory's `run.json`.
+pub fn read_run_data(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join("run.json");
     let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::bad_file(&path, format!("not valid JSON: {e}")))?;
-    serde_json::from_value(v["data"].clone())
-        .map_err(|e| Error::bad_file(&path, format!("no valid `data` entry: {e}")))
+    match v.get("data") {
+        Some(d) => Ok(d.clone()),
+        None => Err(Error::bad_file(&path, "no `data` entry")),
+    }
 }
 
 /// Where training batches come from: shuffled rows of stored activations
@@ -123,6 +145,23 @@ pub trait BatchSource {
     /// The position in the data, for checkpoints; restoring it must make the source
     /// yield exactly the batches it would have yielded next.
     fn state(&self) -> serde_json::Value;
+    /// Number of streams: batches of different activations of the same tokens (e.g.
+    /// several hook points of one forward). Default 1.
+    fn streams(&self) -> usize {
+        1
+    }
+    /// Fills `out[s]` with the next batch of stream `s` (`out.len() == streams()`),
+    /// `[batch_size, d]` each, all for the same tokens in the same order. The default,
+    /// for single-stream sources, is [`BatchSource::next_batch`] into `out[0]`.
+    fn next_batches(&mut self, out: &mut [Matrix]) -> Result<()> {
+        match out {
+            [one] => self.next_batch(one),
+            _ => Err(Error::config(format!(
+                "{} output batches for a single-stream source",
+                out.len()
+            ))),
+        }
+    }
 }
 
 /// Shuffled batches from the training rows of an [`ActivationStore`].
@@ -246,11 +285,40 @@ pub fn fit(
     val: Option<&Validation>,
     runs: &mut [Run],
     stop: &AtomicBool,
+    on_event: impl FnMut(Event),
+) -> Result<()> {
+    let stream_of = vec![0; runs.len()];
+    fit_streams(source, &[val], runs, &stream_of, stop, on_event)
+}
+
+/// [`fit`] for a multi-stream source: run `i` is fed stream `stream_of[i]` and
+/// validated on `vals[stream_of[i]]` (`vals.len() == source.streams()`). One batch per
+/// stream is read per step, whether or not a run uses it.
+pub fn fit_streams(
+    source: &mut dyn BatchSource,
+    vals: &[Option<&Validation>],
+    runs: &mut [Run],
+    stream_of: &[usize],
+    stop: &AtomicBool,
     mut on_event: impl FnMut(Event),
 ) -> Result<()> {
     let Some(first) = runs.first() else {
         return Ok(());
     };
+    let n_streams = source.streams();
+    if vals.len() != n_streams
+        || stream_of.len() != runs.len()
+        || stream_of.iter().any(|&s| s >= n_streams)
+    {
+        return Err(Error::config(format!(
+            "fit_streams: {} validation sets and stream assignments {:?} for a source of {} \
+             streams and {} runs",
+            vals.len(),
+            stream_of,
+            n_streams,
+            runs.len()
+        )));
+    }
     let cfg = first.trainer.train_config().clone();
     for r in runs.iter() {
         let c = r.trainer.train_config();
@@ -282,7 +350,7 @@ pub fn fit(
         })
         .collect::<Result<Vec<_>>>()?;
     let total = cfg.total_steps();
-    let mut batch = Matrix::zeros(cfg.batch_size, source.d());
+    let mut batches = vec![Matrix::zeros(cfg.batch_size, source.d()); n_streams];
     let mut step = first.trainer.step_count();
     while step < total {
         if stop.load(Ordering::SeqCst) {
@@ -290,9 +358,9 @@ pub fn fit(
             on_event(Event::Checkpoint { step });
             return Err(Error::Interrupted);
         }
-        source.next_batch(&mut batch)?;
+        source.next_batches(&mut batches)?;
         for (i, run) in runs.iter_mut().enumerate() {
-            let report = run.trainer.step(&batch)?;
+            let report = run.trainer.step(&batches[stream_of[i]])?;
             if report.step % cfg.log_every.max(1) == 0 || report.step == total {
                 append_json(&mut logs[i], &run.dir, &step_record(&report))?;
             }
@@ -303,9 +371,9 @@ pub fn fit(
         }
         step += 1;
         let eval_now = cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < total;
-        if let Some(v) = val.filter(|_| eval_now) {
-            let rows = v.rows.start..v.rows.end.min(v.rows.start + MAX_VAL_ROWS);
-            for (i, run) in runs.iter().enumerate() {
+        for (i, run) in runs.iter().enumerate() {
+            if let Some(v) = vals[stream_of[i]].filter(|_| eval_now) {
+                let rows = v.rows.start..v.rows.end.min(v.rows.start + MAX_VAL_ROWS);
                 let metrics =
                     evaluate_store(&export_sae(&run.trainer)?, v.store, rows.clone(), |_| {})?.0;
                 append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
@@ -325,7 +393,7 @@ pub fn fit(
     // with the SAE), then write the final checkpoint and the SAE.
     for (i, run) in runs.iter().enumerate() {
         let sae = export_sae(&run.trainer)?;
-        let firing = match val {
+        let firing = match vals[stream_of[i]] {
             Some(v) => {
                 let (metrics, firing) = evaluate_store(&sae, v.store, v.rows.clone(), |_| {})?;
                 append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;

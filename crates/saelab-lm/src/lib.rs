@@ -4,11 +4,21 @@
 //!   forward pass with TransformerLens-style hook points (capture, patch, stop early);
 //! - [`tokenizer`]: byte-level BPE from GGUF metadata or `tokenizer.json`;
 //! - [`text`]: documents from text files, folders and JSONL, packed into contexts;
+//! - [`contexts`]: a corpus part's contexts in a fixed (shuffled) order, run through
+//!   the model with BOS rows dropped;
+//! - [`cache`]: the sharded activation cache written by `saelab extract`;
+//! - [`stream`]: activations streamed from the model as shuffled training batches;
 //! - [`error`]: the crate's error type.
 
+pub mod cache;
+pub mod contexts;
 pub mod error;
 pub mod model;
+pub mod stream;
 pub mod text;
 pub mod tokenizer;
+
+#[cfg(test)]
+mod test_support;
 
 pub use error::{Error, Result};

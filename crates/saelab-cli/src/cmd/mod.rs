@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod convert;
 pub mod eval;
+pub mod extract;
 pub mod inspect;
 pub mod synth;
 pub mod train;

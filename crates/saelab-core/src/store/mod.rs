@@ -67,10 +67,19 @@ pub struct FileInfo {
 /// (`saelab extract`) owns the format and may add fields; unknown fields are ignored.
 #[derive(Deserialize)]
 struct Manifest {
-    /// Shard file names, relative to the directory, in dataset order.
-    shards: Vec<String>,
+    /// Shards, relative to the directory, in dataset order.
+    shards: Vec<ShardEntry>,
     /// Width of every shard.
     d: usize,
+}
+
+/// A manifest's shard: a file name, or an object with the file name and (optionally)
+/// its row count, which is then checked against the file.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ShardEntry {
+    Name(String),
+    Info { file: String, rows: Option<u64> },
 }
 
 /// A dataset of activation vectors `[rows, d]` over one or more files, concatenated
@@ -99,7 +108,8 @@ impl ActivationStore {
     /// A directory expands to its `*.npy` and `*.safetensors` files in sorted name
     /// order (hidden files skipped) — unless it holds `manifest.json`, the activation
     /// cache written by `saelab extract`: then `manifest["shards"]` lists the files in
-    /// dataset order, every shard must have width `manifest["d"]`, and the tensor read
+    /// dataset order (each a file name, or `{"file": ..., "rows": ...}` whose row count
+    /// is checked), every shard must have width `manifest["d"]`, and the tensor read
     /// from `.safetensors` shards is `activations` (or `tensor` if given).
     ///
     /// `tensor` names the tensor to read from `.safetensors` files; with `None` a file's
@@ -339,7 +349,22 @@ fn open_dir(dir: &Path, tensor: Option<&str>, files: &mut Vec<SourceMatrix>) -> 
             return Err(Error::bad_file(&manifest, "manifest lists no shards"));
         }
         for s in &m.shards {
-            let f = open_file(&dir.join(s), Some(tensor.unwrap_or(DEFAULT_TENSOR)))?;
+            let (name, rows) = match s {
+                ShardEntry::Name(n) => (n, None),
+                ShardEntry::Info { file, rows } => (file, *rows),
+            };
+            let f = open_file(&dir.join(name), Some(tensor.unwrap_or(DEFAULT_TENSOR)))?;
+            if rows.is_some_and(|r| r != f.rows as u64) {
+                return Err(Error::bad_file(
+                    &f.path,
+                    format!(
+                        "has {} rows, but {} says {}",
+                        f.rows,
+                        manifest.display(),
+                        rows.unwrap_or(0)
+                    ),
+                ));
+            }
             if f.cols != m.d {
                 return Err(Error::bad_file(
                     &f.path,
@@ -546,10 +571,32 @@ mod tests {
             r#"{"d": 5, "shards": ["s0.safetensors"]}"#,
         )
         .unwrap();
-        let e = ActivationStore::open(&[cache], None)
+        let e = ActivationStore::open(std::slice::from_ref(&cache), None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("s0.safetensors") && e.contains("d = 5"), "{e}");
+        // Shard objects with row counts (the form `saelab extract` writes).
+        std::fs::write(
+            cache.join(MANIFEST),
+            r#"{"d": 4, "shards": [{"file": "s0.safetensors", "rows": 5, "contexts": 1},
+                                   {"file": "s1.safetensors", "rows": 3}]}"#,
+        )
+        .unwrap();
+        let s = ActivationStore::open(std::slice::from_ref(&cache), None).unwrap();
+        assert_eq!(s.read_range(0, 5).unwrap(), a);
+        assert_eq!(s.read_range(5, 8).unwrap(), b);
+        std::fs::write(
+            cache.join(MANIFEST),
+            r#"{"d": 4, "shards": [{"file": "s0.safetensors", "rows": 6}]}"#,
+        )
+        .unwrap();
+        let e = ActivationStore::open(&[cache], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("s0.safetensors") && e.contains("has 5 rows"),
+            "{e}"
+        );
     }
 
     #[test]
