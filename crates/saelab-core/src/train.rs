@@ -293,6 +293,16 @@ impl Trainer {
         &self.params
     }
 
+    /// Sets the base learning rate for the following steps (the benchmark settles the
+    /// sparsity of W2/W3 at a higher rate before timing).
+    pub fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(Error::config("lr must be a positive number"));
+        }
+        self.cfg.lr = lr;
+        Ok(())
+    }
+
     /// Switches between the fast kernels and the dense reference kernels for the
     /// following steps (same maths; the benchmark times both on one trainer).
     pub fn set_reference_kernels(&mut self, on: bool) {

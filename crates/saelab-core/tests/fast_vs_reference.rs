@@ -51,7 +51,12 @@ fn archs() -> Vec<(&'static str, ArchConfig)> {
                 init_threshold: 0.3,
             },
         ),
-        ("relu", ArchConfig::Relu { l1_coefficient: 2.0 }),
+        (
+            "relu",
+            ArchConfig::Relu {
+                l1_coefficient: 2.0,
+            },
+        ),
     ]
 }
 
@@ -69,7 +74,12 @@ fn trainer(arch: &ArchConfig, x: &Matrix, reference: bool) -> Trainer {
         reference_kernels: reference,
         ..TrainConfig::default()
     };
-    Trainer::new(cfg, SaeConfig::new(arch.clone(), D, N), &x.slice_rows(0, 4 * B)).unwrap()
+    Trainer::new(
+        cfg,
+        SaeConfig::new(arch.clone(), D, N),
+        &x.slice_rows(0, 4 * B),
+    )
+    .unwrap()
 }
 
 /// Losses and latent counts of every step, and the final parameters.
@@ -103,7 +113,12 @@ fn fast_and_reference_paths_give_the_same_loss_curve() {
                 a.0,
                 b.0
             );
-            assert!((a.1 - b.1).abs() <= 0.05 * b.1.max(1.0), "{name} step {s}: L0 {} vs {}", a.1, b.1);
+            assert!(
+                (a.1 - b.1).abs() <= 0.05 * b.1.max(1.0),
+                "{name} step {s}: L0 {} vs {}",
+                a.1,
+                b.1
+            );
             match (a.2, b.2) {
                 (Some(u), Some(v)) => assert!(
                     (u - v).abs() <= 5e-3 * v.abs().max(1e-4),
@@ -126,7 +141,10 @@ fn fast_and_reference_paths_give_the_same_loss_curve() {
                 .iter()
                 .zip(&b.data)
                 .fold(0.0f32, |m, (u, v)| m.max((u - v).abs()));
-            assert!(worst <= 2e-2 * scale, "{name}: {pname} differs by {worst} (scale {scale})");
+            assert!(
+                worst <= 2e-2 * scale,
+                "{name}: {pname} differs by {worst} (scale {scale})"
+            );
         }
     }
 }
@@ -138,7 +156,10 @@ fn fast_path_is_identical_for_any_thread_count() {
         let runs: Vec<ParamSet> = [1usize, 2, 3]
             .iter()
             .map(|&threads| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 pool.install(|| run(&arch, &x, false).1)
             })
             .collect();

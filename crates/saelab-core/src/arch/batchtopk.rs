@@ -23,12 +23,12 @@ use rayon::prelude::*;
 use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, AuxK, Forward, Kernels};
 use super::jumprelu::jumprelu_latents;
 use super::topk::{sparse_step, AuxSpec};
-use crate::kernels::select::{for_each_above, TopKSelector};
-use crate::kernels::sparse::Workspace;
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
 use crate::error::{Error, Result};
 use crate::kernels::select::topk_rows;
+use crate::kernels::select::{for_each_above, TopKSelector};
+use crate::kernels::sparse::Workspace;
 use crate::kernels::{affine, ROW_CHUNK};
 use crate::latents::Latents;
 use crate::rng::Rng;
@@ -111,7 +111,13 @@ impl BatchTopK {
                 x,
                 Some(b_dec),
                 b_enc,
-                || (Vec::<(u32, u32, f32)>::new(), Latents::new(n), TopKSelector::default()),
+                || {
+                    (
+                        Vec::<(u32, u32, f32)>::new(),
+                        Latents::new(n),
+                        TopKSelector::default(),
+                    )
+                },
                 |(cand, auxl, sel), r, pre| {
                     for_each_above(pre, &thr, |j, v| cand.push((r as u32, j as u32, v)));
                     if !dead.is_empty() {
@@ -141,13 +147,20 @@ impl BatchTopK {
                 // Full pre-activations, then the exact radix selection.
                 let mut pre = Matrix::zeros(x.rows, n);
                 let ptr = pre.data.as_mut_ptr() as usize;
-                self.ws.encoder.run(w_enc, x, Some(b_dec), b_enc, || (), |_, r, row| {
-                    // SAFETY: each row r is visited exactly once; rows are disjoint.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut((ptr as *mut f32).add(r * n), n)
-                    };
-                    dst.copy_from_slice(row);
-                });
+                self.ws.encoder.run(
+                    w_enc,
+                    x,
+                    Some(b_dec),
+                    b_enc,
+                    || (),
+                    |_, r, row| {
+                        // SAFETY: each row r is visited exactly once; rows are disjoint.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut((ptr as *mut f32).add(r * n), n)
+                        };
+                        dst.copy_from_slice(row);
+                    },
+                );
                 let lat = batch_topk(&pre, m);
                 let aux_lat = if aux.on() {
                     topk_rows(&pre, k_aux, Some(ctx.dead))
@@ -302,10 +315,12 @@ fn select_candidates(cand: &[(u32, u32, f32)], m: usize, rows: usize, n: usize) 
     for r in 0..rows {
         while e < cand.len() && cand[e].0 as usize == r {
             let (_, j, v) = cand[e];
-            if v > cut || (v == cut && ties > 0 && {
-                ties -= 1;
-                true
-            }) {
+            if v > cut
+                || (v == cut && ties > 0 && {
+                    ties -= 1;
+                    true
+                })
+            {
                 out.idx.push(j);
                 out.val.push(v);
             }

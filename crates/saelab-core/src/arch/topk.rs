@@ -8,9 +8,9 @@
 use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, AuxK, Forward, Kernels};
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
+use crate::kernels::affine;
 use crate::kernels::select::{topk_rows, TopKSelector};
 use crate::kernels::sparse::{AuxBackward, AuxInput, Grads, Workspace, AUX_DENSE_ABOVE};
-use crate::kernels::affine;
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
@@ -86,7 +86,9 @@ impl AuxSpec {
         let on = k_aux > 0 && coefficient > 0.0 && dead.iter().any(|&v| v);
         AuxSpec {
             dead: if on {
-                (0..dead.len() as u32).filter(|&j| dead[j as usize]).collect()
+                (0..dead.len() as u32)
+                    .filter(|&j| dead[j as usize])
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -204,13 +206,7 @@ pub(crate) fn encode_topk(
         x,
         Some(b_dec),
         b_enc,
-        || {
-            (
-                Latents::new(n),
-                Latents::new(n),
-                TopKSelector::default(),
-            )
-        },
+        || (Latents::new(n), Latents::new(n), TopKSelector::default()),
         |(main, auxl, sel), _r, pre| {
             sel.row(pre, k);
             main.push_row(sel.result().iter().copied());

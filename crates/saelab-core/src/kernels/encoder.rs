@@ -278,15 +278,26 @@ thread_local! {
 /// `out [B, n]`) with the encoder's engine, packing included: the benchmark's peak.
 pub fn dense_product(x: &Matrix, w: &[f32], bias: &[f32], out: &mut Matrix) {
     let n = bias.len();
-    assert_eq!((out.rows, out.cols), (x.rows, n), "dense_product: out is not [B, n]");
+    assert_eq!(
+        (out.rows, out.cols),
+        (x.rows, n),
+        "dense_product: out is not [B, n]"
+    );
     let mut enc = Encoder::new();
     enc.load(w, x.cols, n);
     let ptr = SyncPtr(out.data.as_mut_ptr());
-    enc.run(w, x, None, bias, || (), |_, r, pre| {
-        // SAFETY: each row r is visited exactly once, so the writes do not overlap.
-        let dst = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n), n) };
-        dst.copy_from_slice(pre);
-    });
+    enc.run(
+        w,
+        x,
+        None,
+        bias,
+        || (),
+        |_, r, pre| {
+            // SAFETY: each row r is visited exactly once, so the writes do not overlap.
+            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n), n) };
+            dst.copy_from_slice(pre);
+        },
+    );
 }
 
 #[derive(Clone, Copy)]
@@ -325,10 +336,21 @@ mod avx512 {
             let c0 = p * NR;
             let w = (n - c0).min(NR);
             let (bias0, bias1) = if w == NR {
-                (_mm512_loadu_ps(bias.add(c0)), _mm512_loadu_ps(bias.add(c0 + 16)))
+                (
+                    _mm512_loadu_ps(bias.add(c0)),
+                    _mm512_loadu_ps(bias.add(c0 + 16)),
+                )
             } else {
-                let m0: u16 = if w >= 16 { 0xffff } else { ((1u32 << w) - 1) as u16 };
-                let m1: u16 = if w > 16 { ((1u32 << (w - 16)) - 1) as u16 } else { 0 };
+                let m0: u16 = if w >= 16 {
+                    0xffff
+                } else {
+                    ((1u32 << w) - 1) as u16
+                };
+                let m1: u16 = if w > 16 {
+                    ((1u32 << (w - 16)) - 1) as u16
+                } else {
+                    0
+                };
                 (
                     _mm512_maskz_loadu_ps(m0, bias.add(c0)),
                     _mm512_maskz_loadu_ps(m1, bias.add(c0 + 16)),
@@ -462,9 +484,19 @@ mod tests {
     #[test]
     fn blocks_match_a_naive_product_on_awkward_sizes() {
         let mut rng = Rng::new(3);
-        for &(rows, d, n) in &[(1, 5, 7), (13, 17, 33), (61, 9, 70), (97, 40, 64), (49, 3, 1)] {
-            let x = Matrix::from_vec(rows, d, (0..rows * d).map(|_| rng.normal() as f32).collect())
-                .unwrap();
+        for &(rows, d, n) in &[
+            (1, 5, 7),
+            (13, 17, 33),
+            (61, 9, 70),
+            (97, 40, 64),
+            (49, 3, 1),
+        ] {
+            let x = Matrix::from_vec(
+                rows,
+                d,
+                (0..rows * d).map(|_| rng.normal() as f32).collect(),
+            )
+            .unwrap();
             let w: Vec<f32> = (0..d * n).map(|_| rng.normal() as f32).collect();
             let b: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
             let bd: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
@@ -472,9 +504,14 @@ mod tests {
                 let want = naive(&x, b_dec, &w, &b);
                 let mut enc = Encoder::new();
                 enc.load(&w, d, n);
-                let parts = enc.run(&w, &x, b_dec, &b, Vec::new, |s: &mut Vec<(usize, Vec<f32>)>, r, pre| {
-                    s.push((r, pre.to_vec()))
-                });
+                let parts = enc.run(
+                    &w,
+                    &x,
+                    b_dec,
+                    &b,
+                    Vec::new,
+                    |s: &mut Vec<(usize, Vec<f32>)>, r, pre| s.push((r, pre.to_vec())),
+                );
                 let got: Vec<(usize, Vec<f32>)> = parts.into_iter().flatten().collect();
                 assert_eq!(got.len(), rows);
                 for (k, (r, pre)) in got.iter().enumerate() {

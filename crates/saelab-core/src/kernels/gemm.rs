@@ -122,18 +122,18 @@ mod tests {
     #[test]
     fn matches_naive_product_in_every_orientation() {
         for &(m, k, n) in &[(301usize, 17usize, 9usize), (5, 13, 700)] {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
-        let want = naive(m, k, n, &a, &b);
-        let at = transpose(m, k, &a);
-        let bt = transpose(k, n, &b);
-        for (aa, ta) in [(&a, Transpose::No), (&at, Transpose::Yes)] {
-            for (bb, tb) in [(&b, Transpose::No), (&bt, Transpose::Yes)] {
-                let mut c = vec![1.0; m * n];
-                gemm(m, k, n, 1.0, aa, ta, bb, tb, 0.0, &mut c);
-                assert_eq!(c, want);
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+            let want = naive(m, k, n, &a, &b);
+            let at = transpose(m, k, &a);
+            let bt = transpose(k, n, &b);
+            for (aa, ta) in [(&a, Transpose::No), (&at, Transpose::Yes)] {
+                for (bb, tb) in [(&b, Transpose::No), (&bt, Transpose::Yes)] {
+                    let mut c = vec![1.0; m * n];
+                    gemm(m, k, n, 1.0, aa, ta, bb, tb, 0.0, &mut c);
+                    assert_eq!(c, want);
+                }
             }
-        }
         }
     }
 }

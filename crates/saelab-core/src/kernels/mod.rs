@@ -223,7 +223,10 @@ impl Phases {
     pub fn mark(&mut self, label: &str) {
         if self.on {
             let now = std::time::Instant::now();
-            eprintln!("  {label:<28} {:8.2} ms", (now - self.last).as_secs_f64() * 1e3);
+            eprintln!(
+                "  {label:<28} {:8.2} ms",
+                (now - self.last).as_secs_f64() * 1e3
+            );
             self.last = now;
         }
     }

@@ -109,7 +109,11 @@ impl TopKSelector {
         let mut tv = _mm512_set1_ps(t);
         let mut i = 0;
         while i < n {
-            let m: u16 = if n - i >= 16 { 0xffff } else { ((1u32 << (n - i)) - 1) as u16 };
+            let m: u16 = if n - i >= 16 {
+                0xffff
+            } else {
+                ((1u32 << (n - i)) - 1) as u16
+            };
             let v = _mm512_maskz_loadu_ps(m, p.add(i));
             let mut hit = _mm512_mask_cmp_ps_mask(m, v, tv, _CMP_GT_OQ);
             if hit != 0 {
@@ -166,10 +170,7 @@ impl TopKSelector {
     fn shrink(&mut self, k: usize) -> f32 {
         self.buf.select_nth_unstable_by(k - 1, order);
         self.buf.truncate(k);
-        self.buf
-            .iter()
-            .map(|e| e.1)
-            .fold(f32::INFINITY, f32::min)
+        self.buf.iter().map(|e| e.1).fold(f32::INFINITY, f32::min)
     }
 
     fn finish(&mut self, k: usize) {
@@ -191,7 +192,11 @@ impl TopKSelector {
 /// BatchTopK selections. Vectorised with AVX-512 where available.
 #[inline]
 pub fn for_each_above(row: &[f32], thr: &[f32], mut f: impl FnMut(usize, f32)) {
-    assert_eq!(row.len(), thr.len(), "for_each_above: row and thresholds differ in length");
+    assert_eq!(
+        row.len(),
+        thr.len(),
+        "for_each_above: row and thresholds differ in length"
+    );
     #[cfg(target_arch = "x86_64")]
     if super::encoder::avx512() {
         // SAFETY: AVX-512F detected; both slices have row.len() values.
@@ -213,7 +218,11 @@ unsafe fn above_avx512(row: &[f32], thr: &[f32], f: &mut impl FnMut(usize, f32))
     let (p, q) = (row.as_ptr(), thr.as_ptr());
     let mut i = 0;
     while i < n {
-        let m: u16 = if n - i >= 16 { 0xffff } else { ((1u32 << (n - i)) - 1) as u16 };
+        let m: u16 = if n - i >= 16 {
+            0xffff
+        } else {
+            ((1u32 << (n - i)) - 1) as u16
+        };
         let v = _mm512_maskz_loadu_ps(m, p.add(i));
         let t = _mm512_maskz_loadu_ps(m, q.add(i));
         let mut hit = _mm512_mask_cmp_ps_mask(m, v, t, _CMP_GT_OQ);
@@ -263,7 +272,14 @@ mod tests {
     fn selector_matches_a_full_sort_with_ties_and_short_rows() {
         let mut rng = crate::rng::Rng::new(4);
         let mut sel = TopKSelector::default();
-        for &(n, k) in &[(1usize, 1usize), (7, 3), (37, 40), (300, 5), (1000, 32), (2049, 256)] {
+        for &(n, k) in &[
+            (1usize, 1usize),
+            (7, 3),
+            (37, 40),
+            (300, 5),
+            (1000, 32),
+            (2049, 256),
+        ] {
             for _ in 0..5 {
                 // Coarse values so that ties are frequent; about half negative.
                 let row: Vec<f32> = (0..n)

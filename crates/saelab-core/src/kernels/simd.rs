@@ -63,7 +63,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn gather_axpy(out: &mut [f32], idx: &[u32], c: &[f32], w: &[f32]) {
     let d = out.len();
-    assert_eq!(idx.len(), c.len(), "gather_axpy: idx and c differ in length");
+    assert_eq!(
+        idx.len(),
+        c.len(),
+        "gather_axpy: idx and c differ in length"
+    );
     assert!(
         idx.iter().all(|&j| (j as usize + 1) * d <= w.len()),
         "gather_axpy: index out of range"
@@ -98,7 +102,10 @@ pub fn dual_scatter(
 ) {
     let d = a.len();
     assert_eq!(b.len(), d, "dual_scatter: a and b differ in length");
-    assert!(rows.len() == f.len() && rows.len() == g.len(), "dual_scatter: lengths");
+    assert!(
+        rows.len() == f.len() && rows.len() == g.len(),
+        "dual_scatter: lengths"
+    );
     assert!(
         rows.iter()
             .all(|&r| (r as usize + 1) * d <= ra.len() && (r as usize + 1) * d <= rb.len()),
@@ -108,7 +115,16 @@ pub fn dual_scatter(
     if has_avx512() {
         // SAFETY: AVX-512F detected; all rows in bounds (checked above).
         unsafe {
-            avx512::dual_scatter(a.as_mut_ptr(), b.as_mut_ptr(), d, rows, f, g, ra.as_ptr(), rb.as_ptr())
+            avx512::dual_scatter(
+                a.as_mut_ptr(),
+                b.as_mut_ptr(),
+                d,
+                rows,
+                f,
+                g,
+                ra.as_ptr(),
+                rb.as_ptr(),
+            )
         };
         return;
     }
@@ -318,9 +334,16 @@ mod tests {
             let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
             let mut y: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
             let want_y: Vec<f32> = y.iter().zip(&x).map(|(a, b)| a + 1.5 * b).collect();
-            let want_d: f64 = x.iter().zip(&y).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            let want_d: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
             let got_d = dot(&x, &y) as f64;
-            assert!((got_d - want_d).abs() < 1e-4 * (1.0 + want_d.abs()), "n={n}");
+            assert!(
+                (got_d - want_d).abs() < 1e-4 * (1.0 + want_d.abs()),
+                "n={n}"
+            );
             axpy(1.5, &x, &mut y);
             for (a, b) in y.iter().zip(&want_y) {
                 assert!((a - b).abs() < 1e-6, "n={n}");

@@ -72,7 +72,11 @@ pub fn row_pass(
     g_f.clear();
     g_f.resize(main.nnz(), 0.0);
     if let Some(a) = aux {
-        assert_eq!(a.latents.rows(), rows, "row_pass: aux latents and x differ in rows");
+        assert_eq!(
+            a.latents.rows(),
+            rows,
+            "row_pass: aux latents and x differ in rows"
+        );
         resize(g_aux, rows, d);
         g_f_aux.clear();
         g_f_aux.resize(a.latents.nnz(), 0.0);
@@ -166,7 +170,11 @@ impl Grouped {
     /// Groups the entries of `lat` (values `lat.val`, gradients `g_pre`, aligned with
     /// them) by blocks of `block_rows` tokens, then by latent; within a latent, by row.
     pub fn build(&mut self, lat: &Latents, g_pre: &[f32], block_rows: usize) {
-        assert_eq!(g_pre.len(), lat.nnz(), "Grouped: g_pre does not match the latents");
+        assert_eq!(
+            g_pre.len(),
+            lat.nnz(),
+            "Grouped: g_pre does not match the latents"
+        );
         let n = lat.n;
         let rows = lat.rows();
         let block_rows = block_rows.max(1);
@@ -343,7 +351,11 @@ fn main_pass(
 pub fn finish_encoder_grad(gt: &[f32], colsum: &[f32], b_dec: Option<&[f32]>, g_w_enc: &mut [f32]) {
     let n = colsum.len();
     let d = if n == 0 { 0 } else { gt.len() / n };
-    assert_eq!(g_w_enc.len(), d * n, "finish_encoder_grad: g_w_enc is not [d, n]");
+    assert_eq!(
+        g_w_enc.len(),
+        d * n,
+        "finish_encoder_grad: g_w_enc is not [d, n]"
+    );
     const BI: usize = 16;
     g_w_enc
         .par_chunks_mut(BI * n)
@@ -538,12 +550,21 @@ impl Workspace {
                 gw.clear();
                 gw.resize(nd * d, 0.0);
                 let mut cs = vec![0.0f32; nd];
-                latent_pass(&self.grouped_aux, Some(&self.g_aux), x, &mut gw, &mut self.gt, &mut cs);
+                latent_pass(
+                    &self.grouped_aux,
+                    Some(&self.g_aux),
+                    x,
+                    &mut gw,
+                    &mut self.gt,
+                    &mut cs,
+                );
                 for (p, &j) in dead.iter().enumerate() {
                     let j = j as usize;
                     self.colsum[j] += cs[p];
                     let dst = &mut grads.w_dec[j * d..(j + 1) * d];
-                    dst.iter_mut().zip(&gw[p * d..(p + 1) * d]).for_each(|(a, b)| *a += b);
+                    dst.iter_mut()
+                        .zip(&gw[p * d..(p + 1) * d])
+                        .for_each(|(a, b)| *a += b);
                 }
                 self.dense.tmp = gw;
             }
@@ -621,13 +642,27 @@ impl Workspace {
         }
         bufs.w.clear();
         bufs.w.resize(nd * d, 0.0);
-        bufs.w.par_chunks_mut(d).zip(dead.par_iter()).for_each(|(row, &j)| {
-            row.copy_from_slice(&w_dec[j as usize * d..(j as usize + 1) * d]);
-        });
+        bufs.w
+            .par_chunks_mut(d)
+            .zip(dead.par_iter())
+            .for_each(|(row, &j)| {
+                row.copy_from_slice(&w_dec[j as usize * d..(j as usize + 1) * d]);
+            });
         ph.mark("    aux: build F, W_D");
         // ê = F W_D, into g_aux.
         resize(&mut self.g_aux, b, d);
-        gemm(b, nd, d, 1.0, &bufs.f, Transpose::No, &bufs.w, Transpose::No, 0.0, &mut self.g_aux.data);
+        gemm(
+            b,
+            nd,
+            d,
+            1.0,
+            &bufs.f,
+            Transpose::No,
+            &bufs.w,
+            Transpose::No,
+            0.0,
+            &mut self.g_aux.data,
+        );
         ph.mark("    aux: F W_D");
         let scale = 2.0 / b as f32;
         let c = coefficient * scale;
@@ -652,30 +687,69 @@ impl Workspace {
         bufs.gf.clear();
         bufs.gf.resize(b * nd, 0.0);
         ph.mark("    aux: g_aux");
-        gemm(b, d, nd, 1.0, &self.g_aux.data, Transpose::No, &bufs.w, Transpose::Yes, 0.0, &mut bufs.gf);
+        gemm(
+            b,
+            d,
+            nd,
+            1.0,
+            &self.g_aux.data,
+            Transpose::No,
+            &bufs.w,
+            Transpose::Yes,
+            0.0,
+            &mut bufs.gf,
+        );
         ph.mark("    aux: g_aux W_D^T");
-        bufs.gf.par_chunks_mut(64 * nd).zip(bufs.f.par_chunks(64 * nd)).for_each(|(g, f)| {
-            for (gv, &fv) in g.iter_mut().zip(f) {
-                if fv <= 0.0 {
-                    *gv = 0.0;
+        bufs.gf
+            .par_chunks_mut(64 * nd)
+            .zip(bufs.f.par_chunks(64 * nd))
+            .for_each(|(g, f)| {
+                for (gv, &fv) in g.iter_mut().zip(f) {
+                    if fv <= 0.0 {
+                        *gv = 0.0;
+                    }
                 }
-            }
-        });
+            });
         // ∂L/∂W_dec[D] += Fᵀ g_aux
         bufs.tmp.clear();
         bufs.tmp.resize(nd * d, 0.0);
         ph.mark("    aux: mask");
-        gemm(nd, b, d, 1.0, &bufs.f, Transpose::Yes, &self.g_aux.data, Transpose::No, 0.0, &mut bufs.tmp);
+        gemm(
+            nd,
+            b,
+            d,
+            1.0,
+            &bufs.f,
+            Transpose::Yes,
+            &self.g_aux.data,
+            Transpose::No,
+            0.0,
+            &mut bufs.tmp,
+        );
         ph.mark("    aux: F^T g_aux");
         let gw = SyncPtr(g_w_dec.as_mut_ptr());
-        bufs.tmp.par_chunks(d).zip(dead.par_iter()).for_each(|(src, &j)| {
-            // SAFETY: dead latents are distinct, so the rows written are disjoint.
-            let dst = unsafe { gw.slice(j as usize * d, d) };
-            dst.iter_mut().zip(src).for_each(|(a, b)| *a += b);
-        });
+        bufs.tmp
+            .par_chunks(d)
+            .zip(dead.par_iter())
+            .for_each(|(src, &j)| {
+                // SAFETY: dead latents are distinct, so the rows written are disjoint.
+                let dst = unsafe { gw.slice(j as usize * d, d) };
+                dst.iter_mut().zip(src).for_each(|(a, b)| *a += b);
+            });
         // gt[D] = Gᵀ x (compact), colsum[D] += Σ_rows G
         ph.mark("    aux: add W_dec grad");
-        gemm(nd, b, d, 1.0, &bufs.gf, Transpose::Yes, &x.data, Transpose::No, 0.0, &mut self.gt);
+        gemm(
+            nd,
+            b,
+            d,
+            1.0,
+            &bufs.gf,
+            Transpose::Yes,
+            &x.data,
+            Transpose::No,
+            0.0,
+            &mut self.gt,
+        );
         ph.mark("    aux: G^T x");
         let gmat = Matrix {
             rows: b,
