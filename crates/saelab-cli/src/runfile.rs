@@ -83,9 +83,7 @@ pub fn apply_override(table: &mut toml::Table, kv: &str) -> Result<()> {
 /// Turns the merged table into a [`RunFile`], with errors that name the bad key.
 pub fn parse(mut table: toml::Table) -> Result<RunFile> {
     let data: DataSpec = match table.remove("data") {
-        Some(v) => v
-            .try_into()
-            .context("[data]: expected `paths` (a list) and optional `tensor`")?,
+        Some(v) => v.try_into().context("[data]: expected `paths` (a list) and optional `tensor`")?,
         None => bail!("no activation data given (--acts FILE or [data] paths = [...])"),
     };
     if data.paths.is_empty() {
@@ -103,11 +101,9 @@ pub fn parse(mut table: toml::Table) -> Result<RunFile> {
         .and_then(|v| v.as_str())
         .context("no architecture given (--arch NAME or [sae] architecture = ...)")?
         .to_string();
-    let arch: ArchConfig = toml::Value::Table(sae)
-        .try_into()
-        .map_err(|e: toml::de::Error| {
-            anyhow::anyhow!("[sae] for architecture {name:?}: {}", e.message())
-        })?;
+    let arch: ArchConfig = toml::Value::Table(sae).try_into().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!("[sae] for architecture {name:?}: {}", e.message())
+    })?;
     let train: TrainConfig = match table.remove("train") {
         Some(v) => v
             .try_into()
@@ -168,9 +164,7 @@ mod tests {
             .unwrap();
         let e = parse(t).err().unwrap().to_string();
         assert!(e.contains("lrr"), "{e}");
-        let t: toml::Table = "[data]\npaths=['a']\n[sae]\narchitecture='nope'"
-            .parse()
-            .unwrap();
+        let t: toml::Table = "[data]\npaths=['a']\n[sae]\narchitecture='nope'".parse().unwrap();
         let e = parse(t).err().unwrap().to_string();
         assert!(e.contains("nope"), "{e}");
     }

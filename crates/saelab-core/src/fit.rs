@@ -119,18 +119,11 @@ pub fn read_data_spec(dir: &Path) -> Result<DataSpec> {
 pub fn resume_run(dir: &Path) -> Result<(Run, SamplerState)> {
     let ck = dir.join("checkpoint");
     if !ck.join("trainer_state.json").exists() {
-        return Err(Error::bad_file(
-            dir,
-            "no checkpoint to resume from (checkpoint/trainer_state.json missing)",
-        ));
+        return Err(Error::bad_file(dir, "no checkpoint to resume from (checkpoint/trainer_state.json missing)"));
     }
     let (trainer, extra) = Trainer::read_state(&ck)?;
-    let sampler: SamplerState = serde_json::from_value(extra["sampler"].clone()).map_err(|e| {
-        Error::bad_file(
-            ck.join("trainer_state.json"),
-            format!("no sampler state: {e}"),
-        )
-    })?;
+    let sampler: SamplerState = serde_json::from_value(extra["sampler"].clone())
+        .map_err(|e| Error::bad_file(ck.join("trainer_state.json"), format!("no sampler state: {e}")))?;
     truncate_log(&dir.join("metrics.jsonl"), trainer.step_count())?;
     Ok((
         Run {
@@ -216,10 +209,7 @@ pub fn fit(
             if report.step % cfg.log_every.max(1) == 0 || report.step == total {
                 append_json(&mut logs[i], &run.dir, &step_record(&report))?;
             }
-            on_event(Event::Step {
-                run: i,
-                report: &report,
-            });
+            on_event(Event::Step { run: i, report: &report });
         }
         step += 1;
         let eval_now = cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < total;
@@ -227,11 +217,7 @@ pub fn fit(
             for (i, run) in runs.iter().enumerate() {
                 let metrics = evaluate_trainer(&run.trainer, store, val_rows.clone())?.0;
                 append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
-                on_event(Event::Eval {
-                    run: i,
-                    step,
-                    metrics: &metrics,
-                });
+                on_event(Event::Eval { run: i, step, metrics: &metrics });
             }
         }
         if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < total {
@@ -242,23 +228,10 @@ pub fn fit(
     // Final: evaluate on the validation split (whole split, for the density), then write
     // the checkpoint and the SAE.
     for (i, run) in runs.iter().enumerate() {
-        let eval_rows = if split.val.is_empty() {
-            split.train.start
-                ..split
-                    .train
-                    .start
-                    .saturating_add(MAX_VAL_ROWS)
-                    .min(split.train.end)
-        } else {
-            split.val.clone()
-        };
+        let eval_rows = if split.val.is_empty() { split.train.start..split.train.start.saturating_add(MAX_VAL_ROWS).min(split.train.end) } else { split.val.clone() };
         let (metrics, density) = evaluate_trainer(&run.trainer, store, eval_rows)?;
         append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
-        on_event(Event::Eval {
-            run: i,
-            step,
-            metrics: &metrics,
-        });
+        on_event(Event::Eval { run: i, step, metrics: &metrics });
         let sae = export_sae(&run.trainer)?;
         write_checkpoint(run, &sampler)?;
         save_sae(&sae, &run.dir.join("sae"), Some(&density))?;

@@ -93,12 +93,7 @@ pub fn generate(cfg: &SynthConfig, rows: usize) -> Result<SynthData> {
 
 /// `rows` further samples `[rows, d]` from the distribution `cfg` with the given
 /// dictionary `[F, d]`, using `seed` (e.g. an independent held-out set).
-pub fn generate_samples(
-    cfg: &SynthConfig,
-    dict: &Matrix,
-    rows: usize,
-    seed: u64,
-) -> Result<Matrix> {
+pub fn generate_samples(cfg: &SynthConfig, dict: &Matrix, rows: usize, seed: u64) -> Result<Matrix> {
     validate(cfg, rows)?;
     if (dict.rows, dict.cols) != (cfg.n_features, cfg.d) {
         return Err(Error::Shape(format!(
@@ -128,14 +123,10 @@ pub fn generate_samples(
 
 fn validate(cfg: &SynthConfig, rows: usize) -> Result<()> {
     if cfg.d == 0 || cfg.n_features == 0 || rows == 0 {
-        return Err(Error::config(
-            "synth: d, n_features and rows must be positive",
-        ));
+        return Err(Error::config("synth: d, n_features and rows must be positive"));
     }
     if !(cfg.avg_active > 0.0 && cfg.avg_active <= cfg.n_features as f64) {
-        return Err(Error::config(
-            "synth: avg_active must be in (0, n_features]",
-        ));
+        return Err(Error::config("synth: avg_active must be in (0, n_features]"));
     }
     if !(cfg.mag_min >= 0.0 && cfg.mag_max >= cfg.mag_min) {
         return Err(Error::config("synth: need 0 <= mag_min <= mag_max"));

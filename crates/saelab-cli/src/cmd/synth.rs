@@ -52,12 +52,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     saelab_core::io::check_writable(&a.out)?;
     let train = generate(&cfg, a.rows)?;
-    let heldout = saelab_core::synth::generate_samples(
-        &cfg,
-        &train.dictionary,
-        a.heldout_rows,
-        a.seed ^ 0x5EED,
-    )?;
+    let heldout = saelab_core::synth::generate_samples(&cfg, &train.dictionary, a.heldout_rows, a.seed ^ 0x5EED)?;
     std::fs::create_dir_all(&a.out)?;
     write_npy_f32(&a.out.join("train.npy"), &train.x)?;
     write_npy_f32(&a.out.join("heldout.npy"), &heldout)?;

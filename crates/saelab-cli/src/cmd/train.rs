@@ -141,10 +141,7 @@ pub fn run(a: Args) -> Result<()> {
 fn new_trainer(a: &Args) -> Result<(Trainer, DataSpec, ActivationStore)> {
     let mut t = runfile::load_table(a.config.as_deref())?;
     if !a.acts.is_empty() {
-        let paths = a
-            .acts
-            .iter()
-            .map(|p| toml::Value::String(p.display().to_string()));
+        let paths = a.acts.iter().map(|p| toml::Value::String(p.display().to_string()));
         runfile::set(&mut t, "data.paths", toml::Value::Array(paths.collect()))?;
     }
     let mut put = |key: &str, v: Option<toml::Value>| match v {
@@ -155,24 +152,12 @@ fn new_trainer(a: &Args) -> Result<(Trainer, DataSpec, ActivationStore)> {
     put("sae.architecture", a.arch.clone().map(toml::Value::String))?;
     put("sae.k", a.k.map(|k| toml::Value::Integer(k as i64)))?;
     put("sae.d_sae", a.d_sae.map(|k| toml::Value::Integer(k as i64)))?;
-    put(
-        "sae.expansion_factor",
-        a.expansion.map(|k| toml::Value::Integer(k as i64)),
-    )?;
-    put(
-        "train.total_tokens",
-        a.tokens.map(|k| toml::Value::Integer(k as i64)),
-    )?;
-    put(
-        "train.batch_size",
-        a.batch_size.map(|k| toml::Value::Integer(k as i64)),
-    )?;
+    put("sae.expansion_factor", a.expansion.map(|k| toml::Value::Integer(k as i64)))?;
+    put("train.total_tokens", a.tokens.map(|k| toml::Value::Integer(k as i64)))?;
+    put("train.batch_size", a.batch_size.map(|k| toml::Value::Integer(k as i64)))?;
     put("train.lr", a.lr.map(|v| toml::Value::Float(v as f64)))?;
     put("train.seed", a.seed.map(|k| toml::Value::Integer(k as i64)))?;
-    put(
-        "train.eval_every",
-        a.eval_every.map(|k| toml::Value::Integer(k as i64)),
-    )?;
+    put("train.eval_every", a.eval_every.map(|k| toml::Value::Integer(k as i64)))?;
     if a.reference_kernels {
         put("train.reference_kernels", Some(toml::Value::Boolean(true)))?;
     }
