@@ -650,10 +650,11 @@ impl Workspace {
             .zip(self.g_out.data.par_chunks(64 * d))
             .map(|(ga, go)| {
                 let mut s = 0.0f64;
-                for (a, &o) in ga.iter_mut().zip(go) {
-                    let diff = *a + o * inv;
-                    s += (diff * diff) as f64;
-                    *a = c * diff;
+                for (a, o) in ga.chunks_mut(d).zip(go.chunks(d)) {
+                    // ê − (x − x̂) = ê + (x̂ − x), with x̂ − x = g_out / scale
+                    super::simd::axpy(inv, o, a);
+                    s += dot(a, a) as f64;
+                    a.iter_mut().for_each(|v| *v *= c);
                 }
                 s
             })
