@@ -25,7 +25,7 @@ const MR: usize = 12;
 const NR: usize = 32;
 /// Rows per task (a multiple of [`MR`]): its pre-activations, `TASK_ROWS × n` floats,
 /// are what stays in cache.
-pub const TASK_ROWS: usize = 48;
+pub const TASK_ROWS: usize = 96;
 
 /// 64-byte aligned storage unit.
 #[derive(Clone, Copy)]
