@@ -25,7 +25,7 @@ const MR: usize = 12;
 const NR: usize = 32;
 /// Rows per task (a multiple of [`MR`]): its pre-activations, `TASK_ROWS × n` floats,
 /// are what stays in cache.
-pub const TASK_ROWS: usize = 48;
+pub const TASK_ROWS: usize = 96;
 
 /// 64-byte aligned storage unit.
 #[derive(Clone, Copy)]
@@ -94,8 +94,9 @@ impl Encoder {
                 for i in 0..d {
                     let src = &w_enc[i * n + c0..i * n + c0 + w];
                     let (l0, l1) = panel[2 * i..2 * i + 2].split_at_mut(1);
-                    for c in 0..NR {
-                        let v = if c < w { src[c] } else { 0.0 };
+                    l0[0].0 = [0.0; 16];
+                    l1[0].0 = [0.0; 16];
+                    for (c, &v) in src.iter().enumerate() {
                         if c < 16 {
                             l0[0].0[c] = v;
                         } else {

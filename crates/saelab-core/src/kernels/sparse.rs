@@ -9,9 +9,10 @@
 //!   over the active (token, latent) pairs only. Pairs are grouped by block of tokens,
 //!   then by latent, so that a block's token rows stay in cache while each latent's
 //!   accumulators are updated by exactly one task (no races, no atomics).
-//! - [`finish_encoder_grad`]: the encoder gradient, accumulated latent-major `[n, d]`,
-//!   added into `∂L/∂W_enc [d, n]` with a blocked transpose, with the `b_dec` term of the
-//!   encoder input `x − b_dec` applied there (so `x − b_dec` is never stored).
+//! - [`Workspace::backward`]: the main pairs' latent pass fused with writing the
+//!   encoder-column gradients into `∂L/∂W_enc [d, n]` chunk by chunk, with the `b_dec`
+//!   term of the encoder input `x − b_dec` applied there (so `x − b_dec` is never
+//!   stored); AuxK pairs sparse (token-blocked) or dense over the dead set.
 //!
 //! Every loop is over fixed-size chunks with results combined in a fixed order: the
 //! output does not depend on the thread count.
@@ -199,13 +200,18 @@ impl Grouped {
         let mut fill = self.offsets[..blocks * n].to_vec();
         for r in 0..rows {
             let b = r / block_rows;
-            for e in lat.indptr[r]..lat.indptr[r + 1] {
-                let key = b * n + lat.idx[e] as usize;
+            let (lo, hi) = (lat.indptr[r], lat.indptr[r + 1]);
+            for ((&j, &f), &g) in lat.idx[lo..hi]
+                .iter()
+                .zip(&lat.val[lo..hi])
+                .zip(&g_pre[lo..hi])
+            {
+                let key = b * n + j as usize;
                 let p = fill[key];
                 fill[key] += 1;
                 self.rows[p] = r as u32;
-                self.f[p] = lat.val[e];
-                self.g[p] = g_pre[e];
+                self.f[p] = f;
+                self.g[p] = g;
             }
         }
     }
@@ -343,36 +349,6 @@ fn main_pass(
                     }
                 }
             });
-        });
-}
-
-/// `g_w_enc [d, n] += gtᵀ − b_dec ⊗ colsum` (with `b_dec` `None`: no correction), i.e.
-/// the encoder gradient for inputs `x − b_dec` from sums over raw `x` rows.
-pub fn finish_encoder_grad(gt: &[f32], colsum: &[f32], b_dec: Option<&[f32]>, g_w_enc: &mut [f32]) {
-    let n = colsum.len();
-    let d = if n == 0 { 0 } else { gt.len() / n };
-    assert_eq!(
-        g_w_enc.len(),
-        d * n,
-        "finish_encoder_grad: g_w_enc is not [d, n]"
-    );
-    const BI: usize = 16;
-    g_w_enc
-        .par_chunks_mut(BI * n)
-        .enumerate()
-        .for_each(|(bi, blk)| {
-            let i0 = bi * BI;
-            let h = blk.len() / n;
-            {
-                for j in 0..n {
-                    let src = &gt[j * d + i0..j * d + i0 + h];
-                    let c = colsum[j];
-                    for ii in 0..h {
-                        let corr = b_dec.map_or(0.0, |b| b[i0 + ii] * c);
-                        blk[ii * n + j] += src[ii] - corr;
-                    }
-                }
-            }
         });
 }
 
@@ -674,10 +650,11 @@ impl Workspace {
             .zip(self.g_out.data.par_chunks(64 * d))
             .map(|(ga, go)| {
                 let mut s = 0.0f64;
-                for (a, &o) in ga.iter_mut().zip(go) {
-                    let diff = *a + o * inv;
-                    s += (diff * diff) as f64;
-                    *a = c * diff;
+                for (a, o) in ga.chunks_mut(d).zip(go.chunks(d)) {
+                    // ê − (x − x̂) = ê + (x̂ − x), with x̂ − x = g_out / scale
+                    super::simd::axpy(inv, o, a);
+                    s += dot(a, a) as f64;
+                    a.iter_mut().for_each(|v| *v *= c);
                 }
                 s
             })
