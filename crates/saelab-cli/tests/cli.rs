@@ -24,8 +24,19 @@ fn p(path: &Path) -> &str {
 fn synth(dir: &Path) -> PathBuf {
     let out = dir.join("synth");
     let o = saelab(&[
-        "synth", "--out", p(&out), "--rows", "6000", "--heldout-rows", "2000", "--d", "16",
-        "--features", "64", "--avg-active", "3",
+        "synth",
+        "--out",
+        p(&out),
+        "--rows",
+        "6000",
+        "--heldout-rows",
+        "2000",
+        "--d",
+        "16",
+        "--features",
+        "64",
+        "--avg-active",
+        "3",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     out
@@ -33,9 +44,27 @@ fn synth(dir: &Path) -> PathBuf {
 
 fn train_args<'a>(acts: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "--acts", acts, "--arch", "topk", "--k", "4", "--d-sae", "64", "--tokens",
-        "12800", "--batch-size", "256", "--lr", "3e-3", "--out", out, "--set",
-        "train.checkpoint_every=5", "--set", "train.dead_after_tokens=1000",
+        "train",
+        "--acts",
+        acts,
+        "--arch",
+        "topk",
+        "--k",
+        "4",
+        "--d-sae",
+        "64",
+        "--tokens",
+        "12800",
+        "--batch-size",
+        "256",
+        "--lr",
+        "3e-3",
+        "--out",
+        out,
+        "--set",
+        "train.checkpoint_every=5",
+        "--set",
+        "train.dead_after_tokens=1000",
     ]
 }
 
@@ -46,7 +75,10 @@ fn assert_one_line_error(o: &Output, needle: &str) {
     let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {e}");
     assert!(e.contains(needle), "{needle:?} not in: {e}");
-    assert!(!e.contains("panicked") && !e.contains("RUST_BACKTRACE"), "{e}");
+    assert!(
+        !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -84,8 +116,14 @@ fn interrupted_training_resumes_to_identical_weights() {
 
     // The trained SAE evaluates, and on synthetic data reports dictionary recovery.
     let o = saelab(&[
-        "eval", "--sae", p(&full), "--acts", p(&data.join("heldout.npy")), "--dictionary",
-        p(&data.join("dictionary.npy")), "--json",
+        "eval",
+        "--sae",
+        p(&full),
+        "--acts",
+        p(&data.join("heldout.npy")),
+        "--dictionary",
+        p(&data.join("dictionary.npy")),
+        "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -156,7 +194,11 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
 
     // eval with a width mismatch
     let o = saelab(&[
-        "eval", "--sae", env!("CARGO_MANIFEST_DIR"), "--acts", p(&acts),
+        "eval",
+        "--sae",
+        env!("CARGO_MANIFEST_DIR"),
+        "--acts",
+        p(&acts),
     ]);
     assert!(!o.status.success());
 }

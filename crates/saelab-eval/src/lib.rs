@@ -6,9 +6,11 @@
 //!   set evaluated many times, e.g. during training);
 //! - [`splice`]: the patches behind it, and error-term mode ([`splice::error_term_patch`]):
 //!   the model output preserved exactly while the SAE error is exposed at the hook;
+//! - [`contexts`]: held-out evaluation contexts from a text corpus;
 //! - [`report`]: comparing trained SAEs (run directories) in one Markdown report with
 //!   PNG / SVG plots.
 
+pub mod contexts;
 pub mod inmodel;
 pub mod report;
 pub mod splice;

@@ -122,11 +122,13 @@ pub fn run(a: Args) -> Result<()> {
     pb.finish_and_clear();
     let dir = &runs[0].dir;
     if let Err(saelab_core::Error::Interrupted) = result {
-        return Err(anyhow::Error::new(saelab_core::Error::Interrupted).context(format!(
+        return Err(
+            anyhow::Error::new(saelab_core::Error::Interrupted).context(format!(
             "interrupted at step {}; checkpoint saved — continue with: saelab train --resume {}",
             runs[0].trainer.step_count(),
             dir.display()
-        )));
+        )),
+        );
     }
     result?;
     if let Some(m) = last_val {
