@@ -30,8 +30,9 @@
 //! lr = 5e-5                              # for this grid's runs only
 //! ```
 //!
-//! Run names are the architecture followed by `-<key><value>` for every axis (short keys:
-//! `k`, `l1`, `l0c`, `x` for expansion_factor, `n` for d_sae); a grid's `name = "..."`
+//! Run names are the architecture followed by `-<key><value>` for every axis, axes in
+//! alphabetical order of their keys, the last varying fastest (short keys:
+//! `k`, `lam` for l1_coefficient, `l0c`, `x` for expansion_factor, `n` for d_sae); a grid's `name = "..."`
 //! replaces the architecture part.
 
 use std::path::{Path, PathBuf};
@@ -93,7 +94,7 @@ pub struct Sweep {
 
 fn short_key(k: &str) -> &str {
     match k {
-        "l1_coefficient" => "l1",
+        "l1_coefficient" => "lam",
         "l0_coefficient" => "l0c",
         "expansion_factor" => "x",
         "d_sae" => "n",
@@ -445,12 +446,12 @@ mod tests {
         assert_eq!(
             names,
             [
-                "topk-k8-x2",
-                "topk-k8-x4",
-                "topk-k16-x2",
-                "topk-k16-x4",
-                "relu-l11",
-                "relu-l13"
+                "topk-x2-k8",
+                "topk-x2-k16",
+                "topk-x4-k8",
+                "topk-x4-k16",
+                "relu-lam1",
+                "relu-lam3"
             ]
         );
         let rf = runfile::parse(s.runs[2].table.clone()).unwrap();
