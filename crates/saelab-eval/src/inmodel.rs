@@ -283,26 +283,35 @@ impl<'c> Plan<'c> {
             None
         };
         let t0 = Instant::now();
-        let lp = self.log_probs(out.logits.take(), b)?;
-        let ce = cross_entropy(&lp, self.vocab, &b.targets);
+        let all = logits_vec(out.logits.take())?;
+        let ce = self.cross_entropy(&all, b);
+        let lp = self.log_probs(&all, b);
         t.scoring_s += t0.elapsed().as_secs_f64();
         Ok((lp, ce, acts))
     }
 
     /// Log-softmax of the scored rows of all-position logits `[B, T, V]`.
-    fn log_probs(&self, logits: Option<Tensor>, b: &BatchPlan) -> Result<Vec<f32>> {
-        let logits = logits.ok_or_else(|| Error::backend("the forward returned no logits"))?;
-        let all: Vec<f32> = logits
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(candle_err)?;
-        drop(logits);
+    fn log_probs(&self, all: &[f32], b: &BatchPlan) -> Vec<f32> {
         let v = self.vocab;
         let mut lp = vec![0f32; b.scored.len() * v];
         lp.par_chunks_mut(v)
             .zip(b.scored.par_iter())
             .for_each(|(out, &r)| log_softmax(&all[r * v..(r + 1) * v], out));
-        Ok(lp)
+        lp
+    }
+
+    /// Summed next-token CE `logsumexp(row) − row[target]` over the scored rows of
+    /// all-position logits (the same formula for every variant).
+    fn cross_entropy(&self, all: &[f32], b: &BatchPlan) -> f64 {
+        let v = self.vocab;
+        b.scored
+            .par_iter()
+            .zip(b.targets.par_iter())
+            .map(|(&r, &tg)| {
+                let row = &all[r * v..(r + 1) * v];
+                ce_row(log_sum_exp(row), row, tg)
+            })
+            .sum()
     }
 
     /// A forward with the hook set to `value` at the spliced positions: summed CE.
@@ -321,8 +330,8 @@ impl<'c> Plan<'c> {
         let mut out = model.forward(self.tokens(b), &opts)?;
         *seconds += t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        let lp = self.log_probs(out.logits.take(), b)?;
-        let ce = cross_entropy(&lp, self.vocab, &b.targets);
+        let all = logits_vec(out.logits.take())?;
+        let ce = self.cross_entropy(&all, b);
         t.scoring_s += t0.elapsed().as_secs_f64();
         Ok(ce)
     }
@@ -350,9 +359,27 @@ impl<'c> Plan<'c> {
         t.sae_s += t0.elapsed().as_secs_f64();
         drop(opts);
         let t0 = Instant::now();
-        let lp = self.log_probs(out.logits.take(), b)?;
-        acc.ce += cross_entropy(&lp, self.vocab, &b.targets);
-        acc.kl += kl_divergence(clean_lp, &lp, self.vocab);
+        let all = logits_vec(out.logits.take())?;
+        let v = self.vocab;
+        // Per scored row: CE = lse(q) − q[target]; KL = Σ p·(log p − q + lse(q)).
+        let (ce, kl) = b
+            .scored
+            .par_iter()
+            .zip(b.targets.par_iter())
+            .zip(clean_lp.par_chunks(v))
+            .map(|((&r, &tg), lp)| {
+                let q = &all[r * v..(r + 1) * v];
+                let lse = log_sum_exp(q);
+                let kl: f64 = lp
+                    .iter()
+                    .zip(q)
+                    .map(|(&a, &b)| exp_f32(a) as f64 * (a as f64 - (b - lse) as f64))
+                    .sum();
+                (ce_row(lse, q, tg), kl)
+            })
+            .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+        acc.ce += ce;
+        acc.kl += kl;
         let rec = record
             .into_inner()
             .ok_or_else(|| Error::backend(format!("the splice at {} never ran", self.hook)))?;
@@ -381,35 +408,33 @@ impl SaeSums {
     }
 }
 
-/// `out = row − logsumexp(row)` (the max subtracted first, the sum in f64).
-fn log_softmax(row: &[f32], out: &mut [f32]) {
+/// The values of a logits tensor, flattened.
+fn logits_vec(logits: Option<Tensor>) -> Result<Vec<f32>> {
+    let logits = logits.ok_or_else(|| Error::backend("the forward returned no logits"))?;
+    logits
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(candle_err)
+}
+
+/// `logsumexp(row)`: the max subtracted first, the exponentials summed in f64.
+fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let sum: f64 = row.iter().map(|&v| exp_f32(v - max) as f64).sum();
-    let lse = max + sum.ln() as f32;
+    max + sum.ln() as f32
+}
+
+/// `out = row − logsumexp(row)`.
+fn log_softmax(row: &[f32], out: &mut [f32]) {
+    let lse = log_sum_exp(row);
     for (o, &v) in out.iter_mut().zip(row) {
         *o = v - lse;
     }
 }
 
-/// Summed `−log p(target)` over rows of log-probabilities `[S, V]`.
-fn cross_entropy(lp: &[f32], v: usize, targets: &[u32]) -> f64 {
-    lp.chunks(v)
-        .zip(targets)
-        .map(|(row, &t)| -(row[t as usize] as f64))
-        .sum()
-}
-
-/// Summed `KL(p ‖ q) = Σ_v p_v (log p_v − log q_v)` over rows of log-probabilities.
-fn kl_divergence(lp: &[f32], lq: &[f32], v: usize) -> f64 {
-    lp.par_chunks(v)
-        .zip(lq.par_chunks(v))
-        .map(|(p, q)| {
-            p.iter()
-                .zip(q)
-                .map(|(&a, &b)| exp_f32(a) as f64 * (a as f64 - b as f64))
-                .sum::<f64>()
-        })
-        .sum()
+/// `lse − row[target]` in f64.
+fn ce_row(lse: f32, row: &[f32], target: u32) -> f64 {
+    lse as f64 - row[target as usize] as f64
 }
 
 fn check_sae(model: &HookedModel, sae: &Sae) -> Result<()> {
