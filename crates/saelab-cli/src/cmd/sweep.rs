@@ -457,9 +457,9 @@ mod tests {
         let rf = runfile::parse(s.runs[2].table.clone()).unwrap();
         assert!(matches!(
             rf.arch,
-            saelab_core::ArchConfig::Topk { k: 16, .. }
+            saelab_core::ArchConfig::Topk { k: 8, .. }
         ));
-        assert_eq!(rf.expansion_factor, Some(2));
+        assert_eq!(rf.expansion_factor, Some(4));
         assert_eq!(rf.train.lr, 1e-3);
         let rf = runfile::parse(s.runs[5].table.clone()).unwrap();
         assert_eq!(rf.train.lr, 5e-5);
