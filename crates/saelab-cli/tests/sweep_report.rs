@@ -112,9 +112,9 @@ lr = 1e-3
         let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
         let last_val: serde_json::Value = log
             .lines()
+            .rev()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["kind"] == "val")
-            .last()
+            .find(|v| v["kind"] == "val")
             .expect("a validation record");
         l0.push(last_val["l0"].as_f64().unwrap());
         let cfg: serde_json::Value =

@@ -295,8 +295,14 @@ pub fn ensure_font() -> std::result::Result<PathBuf, String> {
     .clone()
 }
 
-/// Colour of an architecture (fixed, so that reports are comparable).
-fn arch_color(arch: &str, i: usize) -> RGBColor {
+/// Colour of an architecture (fixed, so that reports are comparable); a series key
+/// `"arch n=width"` takes its architecture's colour unless another width came first.
+fn arch_color(key: &str, i: usize, taken: &mut Vec<String>) -> RGBColor {
+    let arch = key.split(' ').next().unwrap_or(key);
+    if taken.iter().any(|t| t == arch) {
+        return run_color(i + 10);
+    }
+    taken.push(arch.to_string());
     match arch {
         "topk" => RGBColor(31, 119, 180),
         "batchtopk" => RGBColor(255, 127, 14),
@@ -307,9 +313,9 @@ fn arch_color(arch: &str, i: usize) -> RGBColor {
     }
 }
 
-/// A qualitative palette for runs.
+/// A qualitative palette for runs (20 colours: strong, then light variants).
 fn run_color(i: usize) -> RGBColor {
-    const P: [RGBColor; 10] = [
+    const P: [RGBColor; 20] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -320,6 +326,16 @@ fn run_color(i: usize) -> RGBColor {
         RGBColor(127, 127, 127),
         RGBColor(188, 189, 34),
         RGBColor(23, 190, 207),
+        RGBColor(0, 0, 128),
+        RGBColor(255, 187, 120),
+        RGBColor(0, 100, 0),
+        RGBColor(255, 152, 150),
+        RGBColor(197, 176, 213),
+        RGBColor(196, 156, 148),
+        RGBColor(128, 0, 64),
+        RGBColor(64, 64, 64),
+        RGBColor(128, 128, 0),
+        RGBColor(0, 128, 128),
     ];
     P[i % P.len()]
 }
@@ -376,15 +392,62 @@ fn log_padded(lo: f64, hi: f64) -> (f64, f64) {
     }
 }
 
+/// Tick values for a log axis over `[lo, hi]`: powers of two, or 1-2-5 decades when
+/// the range is wide.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let wide = hi / lo.max(1e-12) > 1e4;
+    let mut e = lo.max(1e-12).log10().floor() as i32 - 1;
+    while 10f64.powi(e) <= hi * 10.0 {
+        let steps: &[f64] = if wide { &[1.0] } else { &[1.0, 2.0, 5.0] };
+        for m in steps {
+            let v = m * 10f64.powi(e);
+            if v >= lo && v <= hi {
+                out.push(v);
+            }
+        }
+        e += 1;
+    }
+    if out.len() < 3 && !wide {
+        // Narrow range: powers of two.
+        out.clear();
+        let mut v = 2f64.powi(lo.max(1e-12).log2().ceil() as i32);
+        while v <= hi {
+            out.push(v);
+            v *= 2.0;
+        }
+    }
+    out
+}
+
+/// Compact tick label.
+fn tick(v: &f64) -> String {
+    if *v >= 1000.0 {
+        si(*v)
+    } else if *v >= 1.0 {
+        format!("{}", (*v * 100.0).round() / 100.0)
+    } else if *v >= 1e-3 {
+        format!("{}", (*v * 1000.0).round() / 1000.0)
+    } else {
+        format!("{v:.0e}")
+    }
+}
+
 /// Points `(L0, y)` grouped by architecture, sorted by L0.
 type ArchSeries = BTreeMap<String, Vec<(f64, f64, String)>>;
 
 fn by_arch(runs: &[RunSummary], y: impl Fn(&RunSummary) -> Option<f64>) -> ArchSeries {
     let mut m: ArchSeries = BTreeMap::new();
+    let widths: std::collections::BTreeSet<usize> = runs.iter().map(|r| r.d_sae).collect();
     for r in runs {
         if let (Some(l), Some(v)) = (&r.last, y(r)) {
             if l.l0.is_finite() && l.l0 > 0.0 && v.is_finite() {
-                m.entry(r.arch.clone())
+                let key = if widths.len() > 1 {
+                    format!("{} n={}", r.arch, r.d_sae)
+                } else {
+                    r.arch.clone()
+                };
+                m.entry(key)
                     .or_default()
                     .push((l.l0, v, r.sparsity.clone()));
             }
@@ -427,13 +490,15 @@ where
         ($chart:ident) => {{
             $chart
                 .configure_mesh()
+                .x_label_formatter(&tick)
                 .x_desc("L0 (active latents per token)")
                 .y_desc(y_desc)
                 .label_style(("sans-serif", 15))
                 .axis_desc_style(("sans-serif", 17))
                 .draw()?;
+            let mut taken = Vec::new();
             for (i, (arch, pts)) in series.iter().enumerate() {
-                let c = arch_color(arch, i);
+                let c = arch_color(arch, i, &mut taken);
                 let xy: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
                 $chart
                     .draw_series(LineSeries::new(xy.clone(), c.stroke_width(2)))?
@@ -441,13 +506,14 @@ where
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3))
                     });
-                $chart.draw_series(xy.iter().map(|&p| Circle::new(p, 5, c.filled())))?;
                 $chart.draw_series(pts.iter().map(|p| {
-                    Text::new(
-                        p.2.clone(),
-                        (p.0, p.1),
-                        ("sans-serif", 13).into_font().color(&c),
-                    )
+                    EmptyElement::at((p.0, p.1))
+                        + Circle::new((0, 0), 5, c.filled())
+                        + Text::new(
+                            p.2.clone(),
+                            (7, -16),
+                            ("sans-serif", 13).into_font().color(&c),
+                        )
                 }))?;
             }
             $chart
@@ -459,18 +525,23 @@ where
                 .draw()?;
         }};
     }
+    let xr = (x0..x1).log_scale().with_key_points(log_ticks(x0, x1));
     if log_y {
         let (y0, y1) = log_padded(ylo, yhi);
-        let mut chart = builder.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())?;
+        let yr = (y0..y1).log_scale().with_key_points(log_ticks(y0, y1));
+        let mut chart = builder.build_cartesian_2d(xr, yr)?;
         body!(chart);
     } else {
-        let (y0, y1) = padded(ylo, yhi, 0.08);
-        let mut chart = builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1)?;
+        let (y0, y1) = padded(ylo, yhi, 0.12);
+        let mut chart = builder.build_cartesian_2d(xr, y0..y1)?;
         body!(chart);
     }
     root.present()?;
     Ok(())
 }
+
+/// One panel of the training plot: its area, axis label and the value plotted.
+type Panel<'a, DB> = (&'a DrawingArea<DB, Shift>, &'a str, fn(&CurvePoint) -> f64);
 
 /// FVU and L0 of training batches against tokens, one line per run.
 fn training_plot<DB: DrawingBackend>(
@@ -483,7 +554,7 @@ where
     root.fill(&WHITE)?;
     let root = root.titled("Training curves", ("sans-serif", 24))?;
     let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
-    let panels: [(&DrawingArea<DB, Shift>, &str, fn(&CurvePoint) -> f64); 2] = [
+    let panels: [Panel<'_, DB>; 2] = [
         (&left, "FVU (training batch)", |p| p.fvu),
         (&right, "L0 (training batch)", |p| p.l0),
     ];
@@ -507,12 +578,16 @@ where
             .margin(14)
             .x_label_area_size(45)
             .y_label_area_size(65)
-            .build_cartesian_2d(0f64..t_max, (y0..y1).log_scale())?;
+            .build_cartesian_2d(
+                0f64..t_max,
+                (y0..y1).log_scale().with_key_points(log_ticks(y0, y1)),
+            )?;
         chart
             .configure_mesh()
             .x_desc("training tokens")
             .y_desc(desc)
             .x_label_formatter(&|v| si(*v))
+            .y_label_formatter(&tick)
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 16))
             .draw()?;
@@ -574,12 +649,21 @@ where
         .flat_map(|h| h.2.iter().cloned())
         .fold(0.0, f64::max)
         * 1.1;
+    // Start the axis just left of the rarest live latent; dead ones stay in bin 0.
+    let live_min = runs
+        .iter()
+        .filter_map(|r| r.log10_density.as_ref())
+        .flatten()
+        .filter(|&&v| v > -9.9)
+        .fold(0.0f64, |m, &v| m.min(v as f64));
+    let x_lo = ((live_min - 0.5) / DENSITY_BIN).floor() * DENSITY_BIN - DENSITY_BIN;
+    let x_lo = x_lo.max(DENSITY_LO);
     let mut chart = ChartBuilder::on(&root)
-        .caption("Latent density (dead latents at −10)", ("sans-serif", 24))
+        .caption("Latent firing density", ("sans-serif", 24))
         .margin(18)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d(DENSITY_LO..0.0, 0.0..y1.max(1e-3))?;
+        .build_cartesian_2d(x_lo..0.0, 0.0..y1.max(1e-3))?;
     chart
         .configure_mesh()
         .x_desc("log10 firing density (fraction of tokens)")
@@ -593,10 +677,15 @@ where
             .iter()
             .enumerate()
             .map(|(b, &v)| (DENSITY_LO + (b as f64 + 0.5) * DENSITY_BIN, v))
+            .filter(|p| p.0 >= x_lo)
             .collect();
+        let dead = r
+            .log10_density
+            .as_ref()
+            .map_or(0, |d| d.iter().filter(|&&v| v <= -9.9).count());
         chart
             .draw_series(LineSeries::new(xy, c.stroke_width(2)))?
-            .label(r.name.as_str())
+            .label(format!("{} (dead {dead})", r.name))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3)));
     }
     chart

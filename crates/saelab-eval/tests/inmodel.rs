@@ -152,13 +152,12 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
+/// A replacement of one hook row, given its flat position.
+type RowFn<'a> = dyn Fn(usize, &[f32]) -> Vec<f32> + 'a;
+
 /// All-position logits `[B·T·V]` of a forward with an optional replacement of the
 /// hook's rows (a function of the flat position and the row).
-fn logits_with(
-    model: &HookedModel,
-    ctxs: &[Vec<u32>],
-    replace: Option<&dyn Fn(usize, &[f32]) -> Vec<f32>>,
-) -> Vec<f32> {
+fn logits_with(model: &HookedModel, ctxs: &[Vec<u32>], replace: Option<&RowFn>) -> Vec<f32> {
     let mut opts = ForwardOptions::new().logits(Logits::All);
     if let Some(f) = replace {
         opts = opts.patch(HOOK, move |t: &Tensor| {
@@ -437,7 +436,8 @@ fn error_term_mode_preserves_the_output_and_exposes_the_error() {
     let mask = saelab_eval::splice::splice_mask(ctxs, Some(bos), false);
 
     // Keep: bit-for-bit the clean logits; the callback saw the decomposition.
-    let seen: RefCell<Option<(Matrix, Matrix, Matrix, Vec<usize>)>> = RefCell::new(None);
+    type Seen = (Matrix, Matrix, Matrix, Vec<usize>);
+    let seen: RefCell<Option<Seen>> = RefCell::new(None);
     let patch = error_term_patch(&sae, Some(&mask), |e| {
         *seen.borrow_mut() = Some((
             e.x.clone(),

@@ -110,11 +110,11 @@ fn value_label(v: &toml::Value) -> String {
     }
 }
 
+/// One axis of a grid: the section (`sae` or `train`), the key and its values.
+type Axis = (&'static str, String, Vec<toml::Value>);
+
 /// Scalars and axes of one table of a grid entry.
-fn split_axes(
-    t: &toml::Table,
-    section: &'static str,
-) -> (toml::Table, Vec<(&'static str, String, Vec<toml::Value>)>) {
+fn split_axes(t: &toml::Table, section: &'static str) -> (toml::Table, Vec<Axis>) {
     let mut scalars = toml::Table::new();
     let mut axes = Vec::new();
     for (k, v) in t {
@@ -364,7 +364,7 @@ fn train_all(
     }
     result?;
     println!("{:<28} {:>8} {:>8} {:>8}", "run", "L0", "FVU", "dead");
-    for ((name, m), r) in names.iter().zip(&last).zip(runs.iter()) {
+    for (name, m) in names.iter().zip(&last) {
         match m {
             Some(m) => println!(
                 "{name:<28} {:>8.1} {:>8.4} {:>8.4}",
@@ -372,7 +372,6 @@ fn train_all(
             ),
             None => println!("{name:<28} (no validation rows)"),
         }
-        let _ = r;
     }
     println!(
         "SAEs written to {}",
