@@ -33,8 +33,13 @@ enum Command {
     Synth(cmd::synth::Args),
     /// Train SAEs on activation files or streamed from a model (or resume a run).
     Train(Box<cmd::train::Args>),
-    /// Evaluate an SAE on activation files: reconstruction and sparsity metrics.
+    /// Evaluate an SAE: reconstruction and sparsity metrics on activation files, or
+    /// with --model/--corpus CE loss score, ΔCE and KL with the SAE spliced in.
     Eval(cmd::eval::Args),
+    /// Train a grid of SAEs (architectures × sparsities × widths) in one data pass.
+    Sweep(cmd::sweep::Args),
+    /// Compare trained SAEs in one Markdown report with plots.
+    Report(cmd::report::Args),
     /// Show the architecture, shapes, dtypes and metadata of an SAE.
     Inspect(cmd::inspect::Args),
     /// Convert an SAE (SAELens, sparsify, Gemma Scope) to saelab's SAELens v6 layout.
@@ -70,6 +75,8 @@ fn main() -> ExitCode {
         Command::Synth(a) => cmd::synth::run(a),
         Command::Train(a) => cmd::train::run(*a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Sweep(a) => cmd::sweep::run(a),
+        Command::Report(a) => cmd::report::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Convert(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),

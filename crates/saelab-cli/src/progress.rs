@@ -14,3 +14,16 @@ pub fn bar(total: u64, unit: &str) -> ProgressBar {
     );
     pb
 }
+
+/// A spinner with a message, for steps of unknown length (loading a model).
+/// Hidden when stderr is not a terminal.
+pub fn spinner(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .expect("valid template"),
+    );
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
+}

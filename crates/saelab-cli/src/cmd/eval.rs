@@ -1,15 +1,25 @@
-//! `saelab eval`: reconstruction and sparsity metrics of an SAE on activation files.
+//! `saelab eval`: reconstruction and sparsity metrics of an SAE on activation files, or,
+//! with `--model` and `--corpus`, the SAE spliced into the model on held-out text:
+//! CE loss score, ΔCE, KL and the reconstruction metrics on the same tokens.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context, Result};
 use saelab_core::evaluate::evaluate_store;
 use saelab_core::format::load_sae;
 use saelab_core::metrics::{dictionary_recovery, ReconMetrics, RecoveryMetrics};
 use saelab_core::store::ActivationStore;
-use saelab_core::Matrix;
+use saelab_core::{Matrix, Sae};
+use saelab_eval::contexts::corpus_contexts;
+use saelab_eval::{evaluate_in_model_with, InModelMetrics, InModelOptions};
+use saelab_lm::model::HookedModel;
+use saelab_lm::text::Part;
+use saelab_lm::tokenizer::Tokenizer;
 
 use crate::progress;
+use crate::STOP;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,8 +27,36 @@ pub struct Args {
     #[arg(long)]
     sae: PathBuf,
     /// Activation files (.npy, .safetensors) or directories of them.
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "model", conflicts_with = "model")]
     acts: Vec<PathBuf>,
+    /// Language model (.gguf file or Hugging Face directory): evaluate the SAE spliced
+    /// into it on held-out text from --corpus.
+    #[arg(long, requires = "corpus")]
+    model: Option<PathBuf>,
+    /// Text corpus (file, folder of *.txt, JSONL); its held-out documents (every 20th)
+    /// are evaluated on.
+    #[arg(long, requires = "model")]
+    corpus: Option<PathBuf>,
+    /// Hook point to splice at (default: the SAE's metadata.hook_name).
+    #[arg(long)]
+    hook: Option<String>,
+    /// Tokens to evaluate on (rounded up to whole contexts).
+    #[arg(long, default_value_t = 16_384)]
+    tokens: usize,
+    /// Tokens per context (default: the SAE's metadata.context_size if at most 1024,
+    /// else 128).
+    #[arg(long)]
+    ctx_len: Option<usize>,
+    /// Contexts per forward (default: about 1024 tokens per batch).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Splice at BOS positions too (they stay excluded from every metric).
+    #[arg(long)]
+    splice_bos: bool,
+    /// Also write the JSON result to this file (e.g. RUN_DIR/eval.json, which
+    /// `saelab report` reads).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Tensor name inside safetensors files.
     #[arg(long)]
     tensor: Option<String>,
@@ -36,6 +74,9 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let sae_dir = resolve_sae_dir(&a.sae);
     let sae = load_sae(&sae_dir)?;
+    if let (Some(model), Some(corpus)) = (&a.model, &a.corpus) {
+        return run_in_model(&a, &sae, &sae_dir, model, corpus);
+    }
     let store = ActivationStore::open(&a.acts, a.tensor.as_deref())?;
     if store.d() != sae.cfg.d_in {
         anyhow::bail!(
@@ -78,6 +119,118 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", table(&metrics, recovery.as_ref()));
     }
     Ok(())
+}
+
+/// The in-model evaluation of `--model` / `--corpus`.
+fn run_in_model(a: &Args, sae: &Sae, sae_dir: &Path, model: &Path, corpus: &Path) -> Result<()> {
+    let hook = match (&a.hook, &sae.cfg.metadata.hook_name) {
+        (Some(h), _) | (None, Some(h)) => h.clone(),
+        (None, None) => bail!(
+            "{}: the SAE's metadata names no hook point; give one with --hook",
+            sae_dir.display()
+        ),
+    };
+    let ctx_len = match (a.ctx_len, sae.cfg.metadata.context_size) {
+        (Some(l), _) => l,
+        (None, Some(l)) if (2..=1024).contains(&l) => l,
+        _ => DEFAULT_CTX_LEN,
+    };
+    let n_contexts = a.tokens.div_ceil(ctx_len.max(1)).max(1);
+    let lm = load_model(model)?;
+    let m = in_model_metrics(
+        &lm,
+        sae,
+        &hook,
+        corpus,
+        ctx_len,
+        n_contexts,
+        a.batch_size,
+        a.splice_bos,
+    )?;
+    let json = serde_json::to_string_pretty(&m)?;
+    if let Some(p) = &a.out {
+        std::fs::write(p, format!("{json}\n")).with_context(|| format!("{}", p.display()))?;
+    }
+    if a.json {
+        println!("{json}");
+    } else {
+        println!("{}", in_model_table(&m));
+    }
+    Ok(())
+}
+
+/// Default context length of in-model evaluations.
+pub const DEFAULT_CTX_LEN: usize = 128;
+
+/// Loads a model with a one-line error naming the file.
+pub fn load_model(path: &Path) -> Result<HookedModel> {
+    let pb = progress::spinner(&format!("loading {}", path.display()));
+    let m = HookedModel::load(path)?;
+    pb.finish_and_clear();
+    Ok(m)
+}
+
+/// Evaluates `sae` in `lm` at `hook` on the first `n_contexts` held-out contexts of
+/// `corpus`, with a progress bar; Ctrl-C stops it.
+#[allow(clippy::too_many_arguments)]
+pub fn in_model_metrics(
+    lm: &HookedModel,
+    sae: &Sae,
+    hook: &str,
+    corpus: &Path,
+    ctx_len: usize,
+    n_contexts: usize,
+    batch_size: Option<usize>,
+    splice_bos: bool,
+) -> Result<InModelMetrics> {
+    let tok = Tokenizer::from_path(lm.source())
+        .with_context(|| format!("tokenizer of {}", lm.source().display()))?;
+    let contexts = corpus_contexts(&tok, corpus, Part::HeldOut, ctx_len, n_contexts)?;
+    let opts = InModelOptions {
+        batch_size: batch_size.unwrap_or((1024 / ctx_len).max(1)),
+        bos_id: tok.bos_id(),
+        splice_bos,
+        ..Default::default()
+    };
+    let pb = progress::bar(2 * contexts.len() as u64, "contexts");
+    let m = evaluate_in_model_with(lm, sae, hook, &contexts, &opts, |p| {
+        let base = if p.pass == "mean" { contexts.len() } else { 0 };
+        pb.set_position((base + p.done) as u64);
+        pb.set_message(p.pass);
+        if STOP.load(Ordering::SeqCst) {
+            return Err(saelab_core::Error::Interrupted);
+        }
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    Ok(m)
+}
+
+/// The in-model metrics as an aligned table: CE block, then reconstruction.
+pub fn in_model_table(m: &InModelMetrics) -> String {
+    let rows: Vec<(&str, String)> = vec![
+        ("hook", m.hook.clone()),
+        ("contexts", format!("{} x {}", m.contexts, m.ctx_len)),
+        ("scored_tokens", m.scored_tokens.to_string()),
+        ("ce_clean", format!("{:.4}", m.ce_clean)),
+        ("ce_sae", format!("{:.4}", m.ce_sae)),
+        ("ce_zero", format!("{:.4}", m.ce_zero)),
+        ("ce_mean", format!("{:.4}", m.ce_mean)),
+        ("ce_loss_score", format!("{:.4}", m.ce_loss_score)),
+        ("delta_ce", format!("{:.4}", m.delta_ce)),
+        ("kl_sae", format!("{:.4}", m.kl_sae)),
+        (
+            "splice_cost_ratio",
+            format!("{:.3}", m.timing.splice_cost_ratio),
+        ),
+    ];
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0).max(18);
+    let mut s: Vec<String> = rows
+        .iter()
+        .map(|(k, v)| format!("{k:<w$}  {v:>12}"))
+        .collect();
+    s.push(table(&m.recon, None));
+    s.join("\n")
 }
 
 /// A run directory's `sae/` if present, else the path itself.

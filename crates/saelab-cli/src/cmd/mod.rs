@@ -5,5 +5,7 @@ pub mod convert;
 pub mod eval;
 pub mod extract;
 pub mod inspect;
+pub mod report;
+pub mod sweep;
 pub mod synth;
 pub mod train;

@@ -225,7 +225,7 @@ fn combo_table(base: &toml::Table, c: &Combo) -> Result<toml::Table> {
     Ok(t)
 }
 
-fn width(d: usize, d_sae: Option<usize>, expansion: Option<usize>) -> usize {
+pub(crate) fn width(d: usize, d_sae: Option<usize>, expansion: Option<usize>) -> usize {
     match (d_sae, expansion) {
         (Some(n), _) => n,
         (None, Some(e)) => e * d,
@@ -247,7 +247,7 @@ fn run_name(hook: Option<&str>, cfg: &SaeConfig) -> String {
 
 /// The run directories of `out`: `out` itself for one run, `out/<name>` for several;
 /// fails early if `out` already holds a run or a sweep.
-fn run_dirs(out: &Path, names: &[String]) -> Result<Vec<PathBuf>> {
+pub(crate) fn run_dirs(out: &Path, names: &[String]) -> Result<Vec<PathBuf>> {
     for f in ["run.json", SWEEP_FILE] {
         if out.join(f).exists() {
             bail!(
@@ -269,7 +269,7 @@ fn run_dirs(out: &Path, names: &[String]) -> Result<Vec<PathBuf>> {
 }
 
 /// Records the sweep's members in `out/sweep.json` (several runs only).
-fn write_sweep(out: &Path, names: &[String]) -> Result<()> {
+pub(crate) fn write_sweep(out: &Path, names: &[String]) -> Result<()> {
     if names.len() > 1 {
         saelab_core::io::check_writable(out)?;
         std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
@@ -321,7 +321,7 @@ fn new_store(a: &Args) -> Result<()> {
 }
 
 /// SAE metadata from the manifest of an activation cache, when the data is one.
-fn cache_metadata(data: &DataSpec) -> Option<saelab_core::config::SaeMetadata> {
+pub(crate) fn cache_metadata(data: &DataSpec) -> Option<saelab_core::config::SaeMetadata> {
     let dir = data.paths.first()?;
     if !dir.join(saelab_lm::cache::MANIFEST).is_file() {
         return None;
@@ -348,7 +348,7 @@ fn cache_metadata(data: &DataSpec) -> Option<saelab_core::config::SaeMetadata> {
     })
 }
 
-fn train_on_store(
+pub(crate) fn train_on_store(
     store: &ActivationStore,
     runs: &mut [Run],
     names: &[String],
@@ -376,7 +376,7 @@ fn train_on_store(
 }
 
 /// Evenly spaced rows of the training range (never the validation rows).
-fn init_sample(store: &ActivationStore, val_fraction: f64) -> Result<Matrix> {
+pub(crate) fn init_sample(store: &ActivationStore, val_fraction: f64) -> Result<Matrix> {
     let split = Split::new(store.rows(), val_fraction)?;
     let n = split.train.len().min(INIT_SAMPLE_ROWS);
     if n == 0 {
@@ -633,7 +633,7 @@ fn new_stream(a: &Args) -> Result<()> {
 // ---------------------------------------------------------------------------------
 // Resuming.
 
-fn resume(dir: &Path, stop_after: Option<u64>) -> Result<()> {
+pub(crate) fn resume(dir: &Path, stop_after: Option<u64>) -> Result<()> {
     let sweep = dir.join(SWEEP_FILE);
     let names: Vec<String> = if sweep.is_file() {
         let v: serde_json::Value = serde_json::from_slice(
@@ -829,14 +829,24 @@ fn train_loop(
         );
     }
     result?;
-    for (i, run) in runs.iter().enumerate() {
-        if n_runs > 1 {
-            println!("== {}", names[i]);
-        }
-        if let Some(m) = &last_val[i] {
+    if n_runs == 1 {
+        if let Some(m) = &last_val[0] {
             println!("{}", crate::cmd::eval::table(m, None));
         }
-        println!("SAE written to {}", run.dir.join("sae").display());
+        println!("SAE written to {}", runs[0].dir.join("sae").display());
+        return Ok(());
     }
+    let w = names.iter().map(String::len).max().unwrap_or(3).max(3);
+    println!("{:<w$} {:>8} {:>8} {:>8}", "run", "L0", "FVU", "dead");
+    for (name, m) in names.iter().zip(&last_val) {
+        match m {
+            Some(m) => println!(
+                "{name:<w$} {:>8.1} {:>8.4} {:>8.4}",
+                m.l0, m.fvu, m.dead_frac
+            ),
+            None => println!("{name:<w$} (no validation rows)"),
+        }
+    }
+    println!("SAEs written to {}/<run>/sae", out.display());
     Ok(())
 }
