@@ -323,7 +323,7 @@ mod tests {
     use super::*;
 
     /// The data spec shared by the runs.
-    fn data_of(s: &Sweep) -> Option<DataSpec> {
+    fn data_of(s: &Sweep) -> Option<saelab_core::fit::DataSpec> {
         s.runs
             .first()
             .and_then(|r| runfile::parse(r.table.clone()).ok())
