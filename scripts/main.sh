@@ -11,7 +11,8 @@
 #                                  (every 20th), BOS positions excluded
 #   4. saelab train                TopK, d_sae = EXPANSION x 576, k = K, on the train cache
 #   5. saelab eval                 FVU, L0, dead fraction, ... on the held-out cache
-#   6. (issue 4) in-model evaluation: CE / KL with the SAE spliced into the model
+#   6. saelab eval --model       CE loss score, ΔCE and KL with the SAE spliced into the
+#                                  model on INMODEL_TOKENS held-out tokens
 #   7. a summary
 #
 # Idempotent: a complete cache is reused (`saelab extract` says so and exits), a
@@ -24,6 +25,7 @@
 #   TRAIN_TOKENS    [4000000]   training tokens (epochs over the cache: TRAIN/EXTRACT)
 #   HOOK            [blocks.15.hook_resid_post]
 #   K [32]  EXPANSION [16]  LR [1e-3]  BATCH_SIZE [4096]  CTX_LEN [128]  BATCH [8]
+#   INMODEL_TOKENS  [16384]     held-out tokens for the in-model evaluation
 #   EVAL_EVERY      [50]        steps between validation evaluations during training
 #   RUN_DIR         [runs/main] where caches, the SAE and the summary go
 #   SAELAB_THREADS  [all cores] threads for the model and the trainer
@@ -47,6 +49,7 @@ BATCH_SIZE="${BATCH_SIZE:-4096}"
 CTX_LEN="${CTX_LEN:-128}"
 BATCH="${BATCH:-8}"
 EVAL_EVERY="${EVAL_EVERY:-50}"
+INMODEL_TOKENS="${INMODEL_TOKENS:-16384}"
 RUN_DIR="${RUN_DIR:-runs/main}"
 export RAYON_NUM_THREADS="${SAELAB_THREADS:-${RAYON_NUM_THREADS:-$(nproc)}}"
 
@@ -102,20 +105,18 @@ t0=$(now)
 t_eval=$(secs "$t0" "$(now)")
 
 step "6/7 in-model evaluation (CE / KL with the SAE spliced in)"
-# MAIN-JOB: IN-MODEL EVAL (issue 4). `saelab eval --model` (crate saelab-eval) splices
-# the SAE into the forward at $HOOK and reports ce_clean, ce_sae, ce_zero,
-# ce_loss_score, delta_ce and kl_sae on held-out text. Put its command here, writing
-# JSON to "$RUN_DIR/eval-in-model.json", e.g.
-#   "$SAELAB" eval --sae "$SAE_RUN" --model "$MODEL" --corpus "$CORPUS" ... --json \
-#     > "$RUN_DIR/eval-in-model.json"
-echo "(not yet available: see issue 4)"
+t0=$(now)
+"$SAELAB" eval --sae "$SAE_RUN" --model "$MODEL" --corpus "$CORPUS" --ctx-len "$CTX_LEN" \
+  --tokens "$INMODEL_TOKENS" --out "$SAE_RUN/eval.json"
+cp "$SAE_RUN/eval.json" "$RUN_DIR/eval-in-model.json"
+t_inmodel=$(secs "$t0" "$(now)")
 
 step "7/7 summary"
 python3 - "$TRAIN_CACHE" "$HELDOUT_CACHE" "$SAE_RUN" "$RUN_DIR" \
-  "$t_build" "$t_extract" "$t_heldout" "$t_train" "$t_eval" <<'EOF' | tee "$RUN_DIR/summary.txt"
+  "$t_build" "$t_extract" "$t_heldout" "$t_train" "$t_eval" "$t_inmodel" <<'EOF' | tee "$RUN_DIR/summary.txt"
 import json, os, sys
 train, held, run, run_dir = sys.argv[1:5]
-t_build, t_extract, t_heldout, t_train, t_eval = map(float, sys.argv[5:10])
+t_build, t_extract, t_heldout, t_train, t_eval, t_inmodel = map(float, sys.argv[5:11])
 mt = json.load(open(os.path.join(train, "manifest.json")))
 mh = json.load(open(os.path.join(held, "manifest.json")))
 cfg = json.load(open(os.path.join(run, "sae", "cfg.json")))
@@ -132,10 +133,14 @@ print(f"SAE        {cfg['architecture']} d_sae = {cfg['d_sae']}, k = {k}, "
 print(f"held-out   FVU {ev['fvu']:.4f}  (explained variance {ev['explained_variance']:.4f})  "
       f"L0 {ev['l0']:.2f}  dead {ev['dead_frac']:.4f}  cos {ev['cos_sim']:.4f}  "
       f"({ev['tokens']} tokens, eval {t_eval:.1f} s)")
-inm = os.path.join(run_dir, "eval-in-model.json")
-if os.path.exists(inm):
-    e = json.load(open(inm))
-    print("in-model   " + "  ".join(f"{k} {v:.4f}" for k, v in e.items()
-                                     if isinstance(v, (int, float))))
+e = json.load(open(os.path.join(run_dir, "eval-in-model.json")))
+m = e.get("in_model", e)
+def g(key):
+    v = m.get(key)
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+print(f"in-model   CE clean {g('ce_clean')}  SAE {g('ce_sae')}  zero {g('ce_zero')}  "
+      f"mean {g('ce_mean')}  nats")
+print(f"           ce_loss_score {g('ce_loss_score')}  delta_ce {g('delta_ce')}  "
+      f"kl_sae {g('kl_sae')}  ({m.get('scored_tokens', '?')} tokens, {t_inmodel:.1f} s)")
 print(f"SAE files  {os.path.join(run, 'sae')}")
 EOF

@@ -9,7 +9,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo test --workspace --release
 
-# The main job, small (real model: setup, extract, train, evaluate), in a fresh folder.
+# The main job, small (real model: setup, extract, train, evaluate, in-model evaluation),
+# in a fresh folder.
 rm -rf target/ci-main
-EXTRACT_TOKENS=20000 HELDOUT_TOKENS=4096 TRAIN_TOKENS=40960 EVAL_EVERY=0 \
+EXTRACT_TOKENS=20000 HELDOUT_TOKENS=4096 TRAIN_TOKENS=40960 EVAL_EVERY=0 INMODEL_TOKENS=2048 \
   RUN_DIR=target/ci-main ./scripts/main.sh

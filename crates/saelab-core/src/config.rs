@@ -88,7 +88,7 @@ mod defaults {
         1.0 / 32.0
     }
     pub fn threshold_momentum() -> f32 {
-        0.01
+        0.1
     }
     pub fn l0_coefficient() -> f32 {
         1e-3

@@ -18,7 +18,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.out.exists() {
         anyhow::bail!("{}: already exists; choose a new --out", a.out.display());
     }
-    let sae = load_sae(&crate::cmd::eval::resolve_sae_dir(&a.input))?;
+    let sae = load_sae(&saelab_eval::report::sae_dir(&a.input))?;
     save_sae(&sae, &a.out, None)?;
     println!(
         "wrote {} ({}, d_in {}, d_sae {})",

@@ -72,7 +72,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let sae_dir = resolve_sae_dir(&a.sae);
+    let sae_dir = saelab_eval::report::sae_dir(&a.sae);
     let sae = load_sae(&sae_dir)?;
     if let (Some(model), Some(corpus)) = (&a.model, &a.corpus) {
         return run_in_model(&a, &sae, &sae_dir, model, corpus);
@@ -149,7 +149,7 @@ fn run_in_model(a: &Args, sae: &Sae, sae_dir: &Path, model: &Path, corpus: &Path
     )?;
     let json = serde_json::to_string_pretty(&m)?;
     if let Some(p) = &a.out {
-        std::fs::write(p, format!("{json}\n")).with_context(|| format!("{}", p.display()))?;
+        saelab_core::io::write_file_atomic(p, format!("{json}\n").as_bytes())?;
     }
     if a.json {
         println!("{json}");
@@ -231,15 +231,6 @@ pub fn in_model_table(m: &InModelMetrics) -> String {
         .collect();
     s.push(table(&m.recon, None));
     s.join("\n")
-}
-
-/// A run directory's `sae/` if present, else the path itself.
-pub fn resolve_sae_dir(p: &Path) -> PathBuf {
-    if p.join("sae").join("cfg.json").exists() {
-        p.join("sae")
-    } else {
-        p.to_path_buf()
-    }
 }
 
 fn read_matrix(p: &Path) -> Result<Matrix> {

@@ -14,7 +14,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let dir = crate::cmd::eval::resolve_sae_dir(&a.path);
+    let dir = saelab_eval::report::sae_dir(&a.path);
     let info = saelab_core::format::describe(&dir)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);

@@ -1,6 +1,7 @@
 //! One module per `saelab` subcommand.
 
 pub mod bench;
+pub mod bench_model;
 pub mod convert;
 pub mod eval;
 pub mod extract;

@@ -32,7 +32,7 @@
 //!
 //! Run names are the architecture followed by `-<key><value>` for every axis, axes in
 //! alphabetical order of their keys, the last varying fastest (short keys:
-//! `k`, `lam` for l1_coefficient, `l0c`, `x` for expansion_factor, `n` for d_sae); a grid's `name = "..."`
+//! `k`, `lam` for l1_coefficient, `l0c`, `th` for init_threshold, `x` for expansion_factor, `n` for d_sae); a grid's `name = "..."`
 //! replaces the architecture part.
 
 use std::path::{Path, PathBuf};
@@ -91,6 +91,7 @@ fn short_key(k: &str) -> &str {
     match k {
         "l1_coefficient" => "lam",
         "l0_coefficient" => "l0c",
+        "init_threshold" => "th",
         "expansion_factor" => "x",
         "d_sae" => "n",
         other => other,

@@ -11,7 +11,12 @@
 //! gets the reconstruction gradient on the selected entries only.
 //!
 //! Inference threshold: after each step, `θ ← (1 − m) θ + m · min(selected values)`
-//! (`m = threshold_momentum`; the first step sets θ directly). At inference BatchTopK is
+//! (`m = threshold_momentum`; the first step sets θ directly). One batch's minimum is
+//! already a precise estimate (the `k·B`-th largest of `B·n` values), so the EMA only
+//! needs to smooth a little; what it must not do is lag: the selected values shrink a
+//! lot early in training, and with `m = 0.01` θ lagged so far behind that halfway
+//! through a 244-step run on SmolLM2 activations it gave an inference L0 of 25 for
+//! k = 64. The default `m = 0.1` forgets in about ten steps. At inference BatchTopK is
 //! JumpReLU with θ for every latent, `f = pre · 1[pre > θ]`, which gives no batch
 //! dependence; [`Architecture::to_file`] writes that JumpReLU form (`threshold [n]`,
 //! [`ArchConfig::Jumprelu`]). θ is the extra training state ([`Architecture::state`]).

@@ -276,7 +276,7 @@ pub struct BenchReport {
 }
 
 /// Process CPU time (user + system) in seconds, from `/proc/self/stat` (Linux only).
-fn cpu_seconds() -> Option<f64> {
+pub fn cpu_seconds() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which is in parentheses and may contain spaces).
     let rest = &s[s.rfind(')')? + 2..];
@@ -286,7 +286,8 @@ fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// Median of `v` (sorts it); NaN when empty.
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n == 0 {

@@ -1,50 +1,14 @@
 //! Tests of text sources, the split and packing. Packing tests run on a small
-//! byte-level tokenizer built here, and again on the real SmolLM2 tokenizer and corpus
+//! byte-level tokenizer (`test_support`), and again on the real SmolLM2 tokenizer and corpus
 //! when `data/` is present.
 
-use std::collections::HashMap;
 use std::path::Path;
-
-use candle_core::quantized::gguf_file::Value as V;
 
 use super::*;
 use crate::error::Error;
+use crate::test_support::tiny_tokenizer;
 use crate::tokenizer::tests::{real_corpus, smollm2};
 use crate::tokenizer::Tokenizer;
-
-/// A real (if tiny) byte-level BPE: BOS + the 256 byte symbols + a few merges.
-fn tiny_tokenizer() -> Tokenizer {
-    let mut tokens = vec!["<s>".to_string()];
-    let mut next = 256u32;
-    for b in 0u32..256 {
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
-        let c = if printable {
-            char::from_u32(b).unwrap()
-        } else {
-            next += 1;
-            char::from_u32(next - 1).unwrap()
-        };
-        tokens.push(c.to_string());
-    }
-    let merges = ["t h", "th e", "Ġ the", "a n", "an d"];
-    for m in merges {
-        tokens.push(m.replace(' ', ""));
-    }
-    let strs = |v: Vec<String>| V::Array(v.into_iter().map(V::String).collect());
-    let mut md = HashMap::new();
-    md.insert("tokenizer.ggml.model".to_string(), V::String("gpt2".into()));
-    md.insert("tokenizer.ggml.pre".to_string(), V::String("smollm".into()));
-    let mut types = vec![V::I32(1); tokens.len()];
-    types[0] = V::I32(3);
-    md.insert("tokenizer.ggml.token_type".to_string(), V::Array(types));
-    md.insert("tokenizer.ggml.tokens".to_string(), strs(tokens));
-    md.insert(
-        "tokenizer.ggml.merges".to_string(),
-        strs(merges.iter().map(|s| s.to_string()).collect()),
-    );
-    md.insert("tokenizer.ggml.bos_token_id".to_string(), V::U32(0));
-    Tokenizer::from_gguf_metadata(&md, "tiny.gguf").unwrap()
-}
 
 fn small_corpus() -> Corpus {
     let texts = [
