@@ -83,7 +83,7 @@ pub struct RunSummary {
     pub dir: PathBuf,
     /// Architecture as trained (`batchtopk` even though it is saved as JumpReLU).
     pub arch: String,
-    /// The sparsity hyperparameter, printed: `k=32`, `λ=5`, `λ0=0.001`.
+    /// The sparsity hyperparameters, printed: `k=32`, `λ=5`, `λ0=0.001 θ0=0.001`.
     pub sparsity: String,
     /// Number of latents.
     pub d_sae: usize,
@@ -116,7 +116,11 @@ fn sparsity_label(a: &ArchConfig) -> String {
         ArchConfig::Relu { l1_coefficient } | ArchConfig::Gated { l1_coefficient } => {
             format!("λ={l1_coefficient}")
         }
-        ArchConfig::Jumprelu { l0_coefficient, .. } => format!("λ0={l0_coefficient}"),
+        ArchConfig::Jumprelu {
+            l0_coefficient,
+            init_threshold,
+            ..
+        } => format!("λ0={l0_coefficient} θ0={init_threshold}"),
     }
 }
 
