@@ -51,6 +51,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -115,4 +116,15 @@ fn one_line(e: &anyhow::Error) -> String {
         out.push_str(&s);
     }
     out.replace('\n', " ")
+}
+
+/// Restores the default SIGPIPE action (Rust ignores it), so that `saelab … | head`
+/// ends quietly when the reader goes away instead of panicking on the failed write.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first in `main`, before any other thread exists; SIG_DFL is a
+    // valid action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
