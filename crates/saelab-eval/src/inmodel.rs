@@ -513,29 +513,55 @@ pub fn evaluate_in_model_with<S: AsRef<[u32]>>(
     check_sae(model, sae)?;
     let plan = Plan::new(model, hook, contexts, opts)?;
     let mut t = Timing::default();
-    let zeros = vec![0f32; plan.d];
     let mut sums = SaeSums::new(sae);
+    let (base, _mean) = baseline_passes(
+        model,
+        &plan,
+        opts,
+        &mut t,
+        |b, lp, t| plan.spliced(model, sae, b, &lp, &mut sums, t),
+        ("clean+sae+zero", Some("mean")),
+        &mut on_progress,
+    )?;
+    Ok(finish(&plan, &base, &sums, t))
+}
+
+/// The passes that do not depend on the SAE, shared by [`evaluate_in_model_with`] and
+/// [`InModelEvalSet::new_with`]: per batch the clean forward (its next-token
+/// log-probabilities handed to `with_clean`) and the zero-ablated forward, then (once
+/// the mean activation is known) the mean-ablated forwards. Progress is reported under
+/// `labels.0` for the first pass and `labels.1`, if given, for the mean pass. Returns
+/// the baseline CEs and the mean-ablation vector; forward times go to `t`.
+fn baseline_passes(
+    model: &HookedModel,
+    plan: &Plan<'_>,
+    opts: &InModelOptions,
+    t: &mut Timing,
+    mut with_clean: impl FnMut(&BatchPlan, Vec<f32>, &mut Timing) -> Result<()>,
+    labels: (&'static str, Option<&'static str>),
+    on_progress: &mut impl FnMut(Progress) -> Result<()>,
+) -> Result<(Baseline, Vec<f32>)> {
     let mut base = Baseline {
         ce_clean: 0.0,
         ce_zero: 0.0,
         ce_mean: 0.0,
         timing: Timing::default(),
     };
+    let zeros = vec![0f32; plan.d];
     let mut mean_acc = MeanAcc::new(plan.d);
     let total = plan.contexts.len();
     for b in &plan.batches {
-        let (lp, ce, acts) = plan.clean(model, b, opts.mean.is_none(), &mut t)?;
+        let (lp, ce, acts) = plan.clean(model, b, opts.mean.is_none(), t)?;
         base.ce_clean += ce;
         if let Some(a) = &acts {
             mean_acc.add(a, &b.mask);
         }
-        plan.spliced(model, sae, b, &lp, &mut sums, &mut t)?;
-        drop(lp);
+        with_clean(b, lp, t)?;
         let mut s = 0.0;
-        base.ce_zero += plan.ablated(model, b, &zeros, &mut s, &mut t)?;
+        base.ce_zero += plan.ablated(model, b, &zeros, &mut s, t)?;
         t.zero_s += s;
         on_progress(Progress {
-            pass: "clean+sae+zero",
+            pass: labels.0,
             done: b.contexts.end,
             total,
         })?;
@@ -546,15 +572,17 @@ pub fn evaluate_in_model_with<S: AsRef<[u32]>>(
     };
     for b in &plan.batches {
         let mut s = 0.0;
-        base.ce_mean += plan.ablated(model, b, &mean, &mut s, &mut t)?;
+        base.ce_mean += plan.ablated(model, b, &mean, &mut s, t)?;
         t.mean_s += s;
-        on_progress(Progress {
-            pass: "mean",
-            done: b.contexts.end,
-            total,
-        })?;
+        if let Some(pass) = labels.1 {
+            on_progress(Progress {
+                pass,
+                done: b.contexts.end,
+                total,
+            })?;
+        }
     }
-    Ok(finish(&plan, &base, &sums, t))
+    Ok((base, mean))
 }
 
 /// Per-dimension mean of the activation rows selected by a mask, in f64.
@@ -646,43 +674,21 @@ impl InModelEvalSet {
         let cache_bytes = plan.scored_tokens as usize * plan.vocab * 4;
         let cache = cache_bytes <= opts.max_cached_bytes;
         let mut t = Timing::default();
-        let mut base = Baseline {
-            ce_clean: 0.0,
-            ce_zero: 0.0,
-            ce_mean: 0.0,
-            timing: Timing::default(),
-        };
-        let zeros = vec![0f32; plan.d];
-        let mut mean_acc = MeanAcc::new(plan.d);
         let mut lps = Vec::new();
-        let total = plan.contexts.len();
-        for b in &plan.batches {
-            let (lp, ce, acts) = plan.clean(model, b, opts.mean.is_none(), &mut t)?;
-            base.ce_clean += ce;
-            if let Some(a) = &acts {
-                mean_acc.add(a, &b.mask);
-            }
-            if cache {
-                lps.push(lp);
-            }
-            let mut s = 0.0;
-            base.ce_zero += plan.ablated(model, b, &zeros, &mut s, &mut t)?;
-            t.zero_s += s;
-            on_progress(Progress {
-                pass: "baseline",
-                done: b.contexts.end,
-                total,
-            })?;
-        }
-        let mean = match &opts.mean {
-            Some(m) => m.clone(),
-            None => mean_acc.finish()?,
-        };
-        for b in &plan.batches {
-            let mut s = 0.0;
-            base.ce_mean += plan.ablated(model, b, &mean, &mut s, &mut t)?;
-            t.mean_s += s;
-        }
+        let (mut base, mean) = baseline_passes(
+            model,
+            &plan,
+            opts,
+            &mut t,
+            |_, lp, _| {
+                if cache {
+                    lps.push(lp);
+                }
+                Ok(())
+            },
+            ("baseline", None),
+            &mut on_progress,
+        )?;
         base.timing = t;
         let hook = plan.hook.clone();
         drop(plan);
