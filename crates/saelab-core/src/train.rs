@@ -356,12 +356,7 @@ impl Trainer {
         let dead: Vec<bool> = (0..self.tokens_since_fired.len())
             .map(|j| self.is_dead(j))
             .collect();
-        {
-            use rayon::prelude::*;
-            for (_, g) in self.grads.iter_mut() {
-                g.data.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
-            }
-        }
+        self.grads.fill_zero();
         ph.mark("scale, dead, zero grads");
         let ctx = StepContext {
             sparsity_scale,
