@@ -249,32 +249,6 @@ pub fn resume_run(dir: &Path) -> Result<(Run, serde_json::Value)> {
     ))
 }
 
-/// Trains on a store: the common case of [`fit`]. The validation split is the store's
-/// last `val_fraction` rows (at most [`MAX_VAL_ROWS`] of them during training).
-pub fn fit_store(
-    store: &ActivationStore,
-    runs: &mut [Run],
-    data_state: Option<&serde_json::Value>,
-    stop: &AtomicBool,
-    on_event: impl FnMut(Event),
-) -> Result<()> {
-    let Some(first) = runs.first() else {
-        return Ok(());
-    };
-    let cfg = first.trainer.train_config().clone();
-    let split = Split::new(store.rows(), cfg.val_fraction)?;
-    let mut source = StoreSource::new(store, &split, cfg.batch_size, cfg.seed, data_state)?;
-    let val = if split.val.is_empty() {
-        None
-    } else {
-        Some(Validation {
-            store,
-            rows: split.val.clone(),
-        })
-    };
-    fit(&mut source, val.as_ref(), runs, stop, on_event)
-}
-
 /// Trains every run to completion (or until `stop` is set, after which a checkpoint is
 /// written and [`Error::Interrupted`] returned). All runs must share the batch size,
 /// step count and position: they consume the same batches from `source`. Runs are

@@ -357,6 +357,18 @@ pub(crate) fn train_on_store(
     stop_after: Option<u64>,
 ) -> Result<()> {
     let cfg = runs[0].trainer.train_config().clone();
+    // The split and the shuffle come from the first run: the others must agree.
+    if let Some(r) = runs.iter().find(|r| {
+        let c = r.trainer.train_config();
+        c.seed != cfg.seed || c.val_fraction != cfg.val_fraction
+    }) {
+        bail!(
+            "{}: differs from {} in seed or val_fraction; runs trained in one pass share \
+             the data split and order",
+            r.dir.display(),
+            runs[0].dir.display()
+        );
+    }
     let split = Split::new(store.rows(), cfg.val_fraction)?;
     let mut source = StoreSource::new(store, &split, cfg.batch_size, cfg.seed, state)?;
     let val = (!split.val.is_empty()).then(|| Validation {
