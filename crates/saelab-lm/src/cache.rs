@@ -833,11 +833,12 @@ fn write_shard(
     } else {
         format!("{index} complete shards, {} rows", manifests[0].rows)
     };
+    let ints = shard_ints(buf);
     for (h, dir) in dirs.iter().enumerate() {
         let m = &manifests[h];
         let path = dir.join(&file);
         write_atomic(&path, &consistent, |w| {
-            write_shard_bytes(w, m.dtype, &hooks[h], first_context, buf, h)
+            write_shard_bytes(w, m.dtype, &hooks[h], first_context, buf, &ints, h)
         })?;
     }
     for (m, dir) in manifests.iter_mut().zip(dirs) {
@@ -854,17 +855,13 @@ fn write_shard(
     Ok(())
 }
 
-/// The safetensors encoding of one shard, streamed to `w`.
-fn write_shard_bytes(
-    w: &mut impl Write,
-    dtype: CacheDType,
-    hook: &str,
-    first_context: u64,
-    buf: &CapturedRows,
-    h: usize,
-) -> std::io::Result<()> {
-    let (rows, d) = (buf.rows, buf.d);
-    let ints: [(&str, Vec<i64>); 5] = [
+/// The per-row integer tensors of a shard, by name (the same for every hook).
+type ShardInts = [(&'static str, Vec<i64>); 5];
+
+/// Token ids, document ids, positions (−1 for a prepended BOS), context ids and
+/// positions of the rows in `buf`, as the shard's i64 tensors.
+fn shard_ints(buf: &CapturedRows) -> ShardInts {
+    [
         (
             "token_ids",
             buf.token_ids.iter().map(|&x| x as i64).collect(),
@@ -885,7 +882,20 @@ fn write_shard_bytes(
             "context_positions",
             buf.context_positions.iter().map(|&x| x as i64).collect(),
         ),
-    ];
+    ]
+}
+
+/// The safetensors encoding of one shard, streamed to `w`.
+fn write_shard_bytes(
+    w: &mut impl Write,
+    dtype: CacheDType,
+    hook: &str,
+    first_context: u64,
+    buf: &CapturedRows,
+    ints: &ShardInts,
+    h: usize,
+) -> std::io::Result<()> {
+    let (rows, d) = (buf.rows, buf.d);
     let mut header = serde_json::Map::new();
     let mut meta = BTreeMap::new();
     meta.insert("format", FORMAT.to_string());
@@ -899,7 +909,7 @@ fn write_shard_bytes(
                            "data_offsets": [0, act_bytes]}),
     );
     let mut off = act_bytes;
-    for (name, v) in &ints {
+    for (name, v) in ints {
         header.insert(
             (*name).into(),
             serde_json::json!({"dtype": "I64", "shape": [v.len()], "data_offsets": [off, off + 8 * v.len()]}),
@@ -926,7 +936,7 @@ fn write_shard_bytes(
         }
         w.write_all(&chunk)?;
     }
-    for (_, v) in &ints {
+    for (_, v) in ints {
         chunk.clear();
         v.iter()
             .for_each(|x| chunk.extend_from_slice(&x.to_le_bytes()));
