@@ -206,11 +206,7 @@ impl<'a> ContextStream<'a> {
                 bytes += self.docs[end].text.len();
                 end += 1;
             }
-            let tok = self.tok;
-            let encoded: Vec<Vec<u32>> = self.docs[start..end]
-                .par_iter()
-                .map(|d| tok.encode(&d.text).map_err(|e| in_document(d, e)))
-                .collect::<Result<_>>()?;
+            let encoded = tokenize_documents(self.tok, &self.docs[start..end])?;
             for (doc, ids) in self.docs[start..end].iter().zip(encoded) {
                 let n = ids.len() + 1;
                 let last_pos = u32::try_from(ids.len())
