@@ -813,7 +813,7 @@ pub fn write_report(runs: &[RunSummary], out: &Path, format: PlotFormat) -> Resu
         }
     }
     let md = markdown(runs, &fvu, &images, files.plots_skipped.as_deref());
-    std::fs::write(&files.markdown, md).map_err(|e| Error::io(&files.markdown, e))?;
+    saelab_core::io::write_file_atomic(&files.markdown, md.as_bytes())?;
     Ok(files)
 }
 

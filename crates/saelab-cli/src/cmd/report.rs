@@ -114,8 +114,10 @@ pub fn run(a: Args) -> Result<()> {
                         .with_context(|| format!("{}", s.dir.display()))?;
                     pb.finish_and_clear();
                     let path = s.dir.join(EVAL_FILE);
-                    std::fs::write(&path, serde_json::to_string_pretty(&m)? + "\n")
-                        .with_context(|| format!("{}", path.display()))?;
+                    saelab_core::io::write_file_atomic(
+                        &path,
+                        (serde_json::to_string_pretty(&m)? + "\n").as_bytes(),
+                    )?;
                     eprintln!(
                         "{}: CE loss score {:.4}, KL {:.4}, ΔCE {:.4}",
                         s.name, m.ce_loss_score, m.kl_sae, m.delta_ce
