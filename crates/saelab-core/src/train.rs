@@ -356,8 +356,7 @@ impl Trainer {
         let dead: Vec<bool> = (0..self.tokens_since_fired.len())
             .map(|j| self.is_dead(j))
             .collect();
-        self.grads.fill_zero();
-        ph.mark("scale, dead, zero grads");
+        ph.mark("scale, dead");
         let ctx = StepContext {
             sparsity_scale,
             dead: &dead,

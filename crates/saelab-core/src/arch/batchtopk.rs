@@ -33,7 +33,7 @@ use crate::config::{ArchConfig, Dims};
 use crate::error::{Error, Result};
 use crate::kernels::select::topk_rows;
 use crate::kernels::select::{for_each_above, TopKSelector};
-use crate::kernels::sparse::Workspace;
+use crate::kernels::sparse::{AuxLatents, Workspace};
 use crate::kernels::{affine, ROW_CHUNK};
 use crate::latents::Latents;
 use crate::rng::Rng;
@@ -105,13 +105,15 @@ impl BatchTopK {
         let aux = AuxSpec::new(self.aux.k, self.aux.coefficient, ctx.dead);
         let k_aux = self.aux.k;
         let mut ph = crate::kernels::Phases::start();
+        let dense_aux = self.ws.prepare_aux(n, x.rows, &aux.dead, k_aux);
         self.ws.encoder.load(w_enc, d, n);
         let lower = self.threshold.map(|t| 0.5 * t).filter(|&l| l > 0.0);
         let mut selected = None;
         if let Some(l) = lower {
             let thr = vec![l; n];
             let dead = &aux.dead;
-            let parts = self.ws.encoder.run(
+            let (encoder, aux_rows) = self.ws.encoder_with_aux();
+            let parts = encoder.run(
                 w_enc,
                 x,
                 Some(b_dec),
@@ -127,21 +129,34 @@ impl BatchTopK {
                     for_each_above(pre, &thr, |j, v| cand.push((r as u32, j as u32, v)));
                     if !dead.is_empty() {
                         sel.among_unordered(pre, dead, k_aux);
-                        auxl.push_row(sel.result().iter().copied());
+                        if dense_aux {
+                            // SAFETY: the encoder visits row r once, on one task.
+                            unsafe { aux_rows.write(r, sel.result()) };
+                        } else {
+                            auxl.push_row(sel.result().iter().copied());
+                        }
                     }
                 },
             );
             ph.mark("encode+candidates");
             let total: usize = parts.iter().map(|p| p.0.len()).sum();
             if total >= m {
+                let sparse_aux = aux.on() && !dense_aux;
                 let mut aux_lat = Latents::with_capacity(n, x.rows, k_aux);
                 let mut cand = Vec::with_capacity(total);
                 for (c, a, _) in parts {
                     cand.extend_from_slice(&c);
-                    if !dead.is_empty() {
+                    if sparse_aux {
                         aux_lat.append(&a);
                     }
                 }
+                let aux_lat = if !aux.on() {
+                    AuxLatents::Off
+                } else if dense_aux {
+                    AuxLatents::Dense
+                } else {
+                    AuxLatents::Sparse(aux_lat)
+                };
                 selected = Some((select_candidates(&cand, m, x.rows, n), aux_lat));
                 ph.mark("select");
             }
@@ -167,17 +182,23 @@ impl BatchTopK {
                     },
                 );
                 let lat = batch_topk(&pre, m);
-                let aux_lat = if aux.on() {
-                    topk_rows(&pre, k_aux, Some(ctx.dead))
+                let aux_lat = if !aux.on() {
+                    AuxLatents::Off
                 } else {
-                    Latents::new(n)
+                    let l = topk_rows(&pre, k_aux, Some(ctx.dead));
+                    if dense_aux {
+                        self.ws.set_dense_aux(&l);
+                        AuxLatents::Dense
+                    } else {
+                        AuxLatents::Sparse(l)
+                    }
                 };
                 ph.mark("dense pre + select");
                 (lat, aux_lat)
             }
         };
         self.update_threshold(&lat);
-        sparse_step(&mut self.ws, p, x, grads, lat, &aux_lat, &aux)
+        sparse_step(&mut self.ws, p, x, grads, lat, aux_lat, &aux)
     }
 
     /// The inference threshold θ (0 before the first training step).
@@ -367,6 +388,8 @@ impl Architecture for BatchTopK {
         if !ctx.reference {
             return self.train_step_fast(p, x, ctx, grads);
         }
+        // The reference kernels accumulate.
+        grads.fill_zero();
         let kern = Kernels {
             reference: ctx.reference,
         };

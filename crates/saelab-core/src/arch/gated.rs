@@ -72,6 +72,8 @@ impl Gated {
         grads: &mut ParamSet,
     ) -> StepOutput {
         let (frozen_w_dec, frozen_b_dec) = frozen;
+        // The kernels below accumulate.
+        grads.fill_zero();
         let w_enc = &p.get("W_enc").data;
         let (b_gate, r_mag, b_mag) = (
             &p.get("b_gate").data,

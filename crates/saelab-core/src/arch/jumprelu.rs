@@ -145,7 +145,7 @@ impl JumpRelu {
             }
         }
         for ((g, gt), t) in g_log_theta.data.iter_mut().zip(&g_theta).zip(&theta) {
-            *g += gt * t;
+            *g = gt * t;
         }
         let g_pre: Vec<f32> = g_f
             .iter()
@@ -225,6 +225,8 @@ impl Architecture for JumpRelu {
         if !ctx.reference {
             return self.train_step_fast(p, x, ctx, grads);
         }
+        // The reference kernels accumulate.
+        grads.fill_zero();
         let kern = Kernels {
             reference: ctx.reference,
         };

@@ -74,8 +74,10 @@ pub trait Architecture: Send + Sync {
     fn encode(&self, params: &ParamSet, x_enc: &Matrix) -> Latents;
 
     /// Training: forward pass, loss and gradient on `x` `[B, d_in]` (normalised input,
-    /// `b_dec` *not* subtracted) with training-form parameters. Gradients are *added*
-    /// into `grads` (same names and shapes as `params`).
+    /// `b_dec` *not* subtracted) with training-form parameters. Gradients are *written*
+    /// into `grads` (same names and shapes as `params`): every entry is overwritten,
+    /// whatever it held before, so the trainer never clears them (the fast TopK-family
+    /// step writes each gradient once instead of zeroing it and adding into it).
     fn train_step(
         &mut self,
         params: &ParamSet,
@@ -114,5 +116,101 @@ pub fn build(cfg: &ArchConfig) -> Box<dyn Architecture> {
         ArchConfig::Jumprelu { .. } => Box::new(jumprelu::JumpRelu::new(cfg.clone())),
         ArchConfig::Gated { .. } => Box::new(gated::Gated::new(cfg.clone())),
         ArchConfig::Groupmax { .. } => Box::new(groupmax::GroupMax::new(cfg.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy of `p`'s shapes filled with NaN: an entry a step fails to write shows.
+    pub(crate) fn nan_like(p: &ParamSet) -> ParamSet {
+        let mut g = p.zeros_like();
+        for (_, t) in g.iter_mut() {
+            t.data.fill(f32::NAN);
+        }
+        g
+    }
+
+    #[test]
+    fn train_step_overwrites_every_gradient_entry() {
+        let dims = Dims {
+            d_in: 13,
+            n: 67,
+            d_out: 13,
+        };
+        let some_dead: Vec<bool> = (0..67).map(|j| j % 5 == 2).collect();
+        let all_dead = vec![true; 67];
+        let topk = |aux_k| ArchConfig::Topk {
+            k: 5,
+            aux_k,
+            aux_coefficient: 1.0 / 32.0,
+        };
+        let batchtopk = |aux_k| ArchConfig::Batchtopk {
+            k: 5,
+            aux_k,
+            aux_coefficient: 1.0 / 32.0,
+            threshold_momentum: 0.1,
+        };
+        // (config, dead set): AuxK over a small dead set takes the dense route, over
+        // all latents with a small k_aux the sparse one.
+        let cases = [
+            (topk(6), &some_dead),
+            (topk(5), &all_dead),
+            (batchtopk(6), &some_dead),
+            (batchtopk(5), &all_dead),
+            (
+                ArchConfig::Jumprelu {
+                    l0_coefficient: 0.05,
+                    bandwidth: 0.05,
+                    init_threshold: 0.1,
+                },
+                &some_dead,
+            ),
+            (
+                ArchConfig::Relu {
+                    l1_coefficient: 2.0,
+                },
+                &some_dead,
+            ),
+            (
+                ArchConfig::Gated {
+                    l1_coefficient: 1.0,
+                },
+                &some_dead,
+            ),
+        ];
+        for (cfg, dead) in cases {
+            for reference in [false, true] {
+                let mut rng = Rng::new(4);
+                let (mut a1, mut a2) = (build(&cfg), build(&cfg));
+                let p = gradcheck::perturbed_params(a1.as_ref(), dims, &mut rng, 0.1);
+                let ctx = StepContext {
+                    sparsity_scale: 1.0,
+                    dead,
+                    reference,
+                };
+                // Two steps each, so that state-dependent routes (BatchTopK's threshold,
+                // ReLU's density) are taken alike.
+                for step in 0..2 {
+                    let x = gradcheck::random_batch(&mut rng, 41, 13);
+                    let mut g1 = p.zeros_like();
+                    let mut g2 = nan_like(&p);
+                    let o1 = a1.train_step(&p, &x, &ctx, &mut g1);
+                    let o2 = a2.train_step(&p, &x, &ctx, &mut g2);
+                    assert_eq!(o1.loss.to_bits(), o2.loss.to_bits());
+                    for ((name, t1), (_, t2)) in g1.iter().zip(g2.iter()) {
+                        for (i, (u, v)) in t1.data.iter().zip(&t2.data).enumerate() {
+                            assert!(
+                                u.to_bits() == v.to_bits(),
+                                "{} (reference {reference}, step {step}): {name}[{i}] is \
+                                 {u} from zeroed gradients, {v} from NaN-filled ones",
+                                cfg.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

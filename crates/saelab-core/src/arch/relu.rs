@@ -120,16 +120,7 @@ impl Relu {
             *g += c * norms[j];
         }
         let l1 = c as f64 * l1;
-        g_w_dec
-            .data
-            .par_chunks_mut(d.max(1))
-            .zip(w_dec.par_chunks(d.max(1)))
-            .zip(norms.par_iter().zip(f_sum.par_iter()))
-            .for_each(|((grow, row), (&nrm, &fs))| {
-                if nrm > 0.0 && fs > 0.0 {
-                    crate::kernels::axpy(c * fs as f32 / nrm, row, grow);
-                }
-            });
+        // Writes every gradient entry; the L1 term's decoder part is added after.
         self.ws.backward(
             x,
             b_dec,
@@ -145,6 +136,16 @@ impl Relu {
                 b_dec: &mut g_b_dec.data,
             },
         );
+        g_w_dec
+            .data
+            .par_chunks_mut(d.max(1))
+            .zip(w_dec.par_chunks(d.max(1)))
+            .zip(norms.par_iter().zip(f_sum.par_iter()))
+            .for_each(|((grow, row), (&nrm, &fs))| {
+                if nrm > 0.0 && fs > 0.0 {
+                    crate::kernels::axpy(c * fs as f32 / nrm, row, grow);
+                }
+            });
         self.ws.g_f = g_f;
         Some(StepOutput {
             loss: mse + l1,
@@ -190,6 +191,8 @@ impl Architecture for Relu {
                 return out;
             }
         }
+        // The dense route's kernels accumulate.
+        grads.fill_zero();
         let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
         let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
         let [g_w_enc, g_b_enc, g_w_dec, g_b_dec] =
@@ -403,7 +406,8 @@ mod tests {
         };
         let run = |a: &mut Relu, dense_above| {
             a.dense_above = dense_above;
-            let mut g = p.zeros_like();
+            // NaN-filled: both routes must write every gradient entry.
+            let mut g = super::super::tests::nan_like(&p);
             let o = a.train_step(&p, &x, &ctx, &mut g);
             (o, g)
         };

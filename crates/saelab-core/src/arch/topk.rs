@@ -10,7 +10,7 @@ use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
 use crate::kernels::affine;
 use crate::kernels::select::{topk_rows, TopKSelector};
-use crate::kernels::sparse::{AuxBackward, AuxInput, Grads, Workspace, AUX_DENSE_ABOVE};
+use crate::kernels::sparse::{AuxBackward, AuxInput, AuxLatents, Grads, Workspace};
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
@@ -54,20 +54,9 @@ impl TopK {
     ) -> StepOutput {
         let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
         let b_dec = &p.get("b_dec").data;
-        let (d, n) = (x.cols, b_enc.len());
         let aux = AuxSpec::new(self.aux_k, self.aux_coefficient, ctx.dead);
-        let (lat, aux_lat) = encode_topk(
-            &mut self.ws,
-            x,
-            w_enc,
-            b_enc,
-            b_dec,
-            d,
-            n,
-            self.k,
-            aux.on().then_some((self.aux_k, &aux.dead[..])),
-        );
-        sparse_step(&mut self.ws, p, x, grads, lat, &aux_lat, &aux)
+        let (lat, aux_lat) = encode_topk(&mut self.ws, x, w_enc, b_enc, b_dec, self.k, &aux);
+        sparse_step(&mut self.ws, p, x, grads, lat, aux_lat, &aux)
     }
 }
 
@@ -75,6 +64,8 @@ impl TopK {
 pub(crate) struct AuxSpec {
     /// Dead latents, increasing (empty: AuxK off this step).
     pub dead: Vec<u32>,
+    /// AuxK latents per token.
+    pub k: usize,
     /// Coefficient of the term.
     pub coefficient: f32,
 }
@@ -92,6 +83,7 @@ impl AuxSpec {
             } else {
                 Vec::new()
             },
+            k: k_aux,
             coefficient,
         }
     }
@@ -104,15 +96,16 @@ impl AuxSpec {
 
 /// The sparse part of a TopK-family step once the latents are selected: decoder
 /// forward, MSE (+ AuxK over `aux_lat`, whose entries are at dead latents), and every
-/// gradient, added into `grads`. Every main latent is positive and passes its gradient
-/// to its pre-activation.
+/// gradient, written into `grads` (every entry overwritten). Every main latent is
+/// positive and passes its gradient to its pre-activation. The workspace's AuxK state
+/// is the one [`Workspace::prepare_aux`] set for `aux`.
 pub(crate) fn sparse_step(
     ws: &mut Workspace,
     p: &ParamSet,
     x: &Matrix,
     grads: &mut ParamSet,
     lat: Latents,
-    aux_lat: &Latents,
+    aux_lat: AuxLatents,
     aux: &AuxSpec,
 ) -> StepOutput {
     let w_enc = &p.get("W_enc").data;
@@ -122,15 +115,17 @@ pub(crate) fn sparse_step(
     let bsz = x.rows.max(1) as f64;
     let mut ph = crate::kernels::Phases::start();
     let c = aux.coefficient;
-    let dense_aux =
-        aux.on() && aux_lat.nnz() as f64 > AUX_DENSE_ABOVE * (x.rows * aux.dead.len()) as f64;
+    let sparse_aux = match &aux_lat {
+        AuxLatents::Sparse(l) => Some(l),
+        _ => None,
+    };
     let sums = ws.rows(
         x,
         w_dec,
         b_dec,
         &lat,
-        (aux.on() && !dense_aux).then_some(AuxInput {
-            latents: aux_lat,
+        sparse_aux.map(|l| AuxInput {
+            latents: l,
             coefficient: c,
         }),
     );
@@ -139,17 +134,10 @@ pub(crate) fn sparse_step(
     let mut terms = vec![("mse", mse)];
     let mut loss = mse;
     let (g_pre, g_pre_aux) = (std::mem::take(&mut ws.g_f), std::mem::take(&mut ws.g_f_aux));
-    let aux_mode = if !aux.on() {
-        AuxBackward::None
-    } else if dense_aux {
-        AuxBackward::Dense {
-            latents: aux_lat,
-            dead: &aux.dead,
-            coefficient: c,
-        }
-    } else {
-        ws.set_dead(&aux.dead);
-        AuxBackward::Sparse(aux_lat, &g_pre_aux)
+    let aux_mode = match &aux_lat {
+        AuxLatents::Off => AuxBackward::None,
+        AuxLatents::Dense => AuxBackward::Dense { coefficient: c },
+        AuxLatents::Sparse(l) => AuxBackward::Sparse(l, &g_pre_aux),
     };
     let dense_sq = ws.backward(
         x,
@@ -169,7 +157,7 @@ pub(crate) fn sparse_step(
     ws.g_f = g_pre;
     ws.g_f_aux = g_pre_aux;
     ph.mark("backward");
-    if aux.on() {
+    if !matches!(aux_lat, AuxLatents::Off) {
         let a = c as f64 * (sums.aux_sq + dense_sq) / bsz;
         terms.push(("aux", a));
         loss += a;
@@ -183,50 +171,66 @@ pub(crate) fn sparse_step(
 }
 
 /// Fused encoder and TopK selection: per row, the `k` largest positive pre-activations
-/// (`pre = (x − b_dec) W_enc + b_enc`), and with `aux = Some((k_aux, dead))` the `k_aux`
-/// largest positive ones among the `dead` latents, computed block by block without
-/// storing the `[B, n]` pre-activations. Rows' entries are sorted by decreasing value.
-#[allow(clippy::too_many_arguments)]
+/// (`pre = (x − b_dec) W_enc + b_enc`), and with AuxK on the `aux.k` largest positive
+/// ones among the dead latents — sparse, or written straight into the workspace's dense
+/// `F` when [`Workspace::prepare_aux`] picks the dense route — computed block by block
+/// without storing the `[B, n]` pre-activations. Main rows' entries are sorted by
+/// decreasing value.
 pub(crate) fn encode_topk(
     ws: &mut Workspace,
     x: &Matrix,
     w_enc: &[f32],
     b_enc: &[f32],
     b_dec: &[f32],
-    d: usize,
-    n: usize,
     k: usize,
-    aux: Option<(usize, &[u32])>,
-) -> (Latents, Latents) {
+    aux: &AuxSpec,
+) -> (Latents, AuxLatents) {
+    let (d, n) = (x.cols, b_enc.len());
     let mut ph = crate::kernels::Phases::start();
+    let dense_aux = ws.prepare_aux(n, x.rows, &aux.dead, aux.k);
     ws.encoder.load(w_enc, d, n);
     ph.mark("pack W_enc");
-    let parts = ws.encoder.run(
+    let (encoder, aux_rows) = ws.encoder_with_aux();
+    let (ka, dead) = (aux.k, &aux.dead[..]);
+    let parts = encoder.run(
         w_enc,
         x,
         Some(b_dec),
         b_enc,
         || (Latents::new(n), Latents::new(n), TopKSelector::default()),
-        |(main, auxl, sel), _r, pre| {
+        |(main, auxl, sel), r, pre| {
             sel.row(pre, k);
             main.push_row(sel.result().iter().copied());
-            if let Some((ka, dead)) = aux {
+            if aux.on() {
                 sel.among_unordered(pre, dead, ka);
-                auxl.push_row(sel.result().iter().copied());
+                if dense_aux {
+                    // SAFETY: the encoder visits row r once, on one task.
+                    unsafe { aux_rows.write(r, sel.result()) };
+                } else {
+                    auxl.push_row(sel.result().iter().copied());
+                }
             }
         },
     );
     ph.mark("encode+select");
     let mut lat = Latents::with_capacity(n, x.rows, k);
-    let mut auxl = Latents::with_capacity(n, x.rows, aux.map_or(0, |a| a.0));
+    let sparse_aux = aux.on() && !dense_aux;
+    let mut auxl = Latents::with_capacity(n, x.rows, if sparse_aux { ka } else { 0 });
     for (m, a, _) in &parts {
         lat.append(m);
-        if aux.is_some() {
+        if sparse_aux {
             auxl.append(a);
         }
     }
     ph.mark("gather latents");
-    (lat, auxl)
+    let aux_lat = if !aux.on() {
+        AuxLatents::Off
+    } else if dense_aux {
+        AuxLatents::Dense
+    } else {
+        AuxLatents::Sparse(auxl)
+    };
+    (lat, aux_lat)
 }
 
 impl Architecture for TopK {
@@ -253,6 +257,8 @@ impl Architecture for TopK {
         if !ctx.reference {
             return self.train_step_fast(p, x, ctx, grads);
         }
+        // The reference kernels accumulate.
+        grads.fill_zero();
         let kern = Kernels {
             reference: ctx.reference,
         };

@@ -91,16 +91,17 @@ impl Encoder {
             .for_each(|(p, panel)| {
                 let c0 = p * NR;
                 let w = (n - c0).min(NR);
-                for i in 0..d {
+                for (i, pair) in panel.chunks_exact_mut(2).enumerate() {
                     let src = &w_enc[i * n + c0..i * n + c0 + w];
-                    let (l0, l1) = panel[2 * i..2 * i + 2].split_at_mut(1);
-                    l0[0].0 = [0.0; 16];
-                    l1[0].0 = [0.0; 16];
-                    for (c, &v) in src.iter().enumerate() {
-                        if c < 16 {
-                            l0[0].0[c] = v;
-                        } else {
-                            l1[0].0[c - 16] = v;
+                    if w == NR {
+                        pair[0].0.copy_from_slice(&src[..16]);
+                        pair[1].0.copy_from_slice(&src[16..]);
+                    } else {
+                        // The last, partial panel: zero-padded.
+                        pair[0].0 = [0.0; 16];
+                        pair[1].0 = [0.0; 16];
+                        for (c, &v) in src.iter().enumerate() {
+                            pair[c / 16].0[c % 16] = v;
                         }
                     }
                 }

@@ -285,11 +285,12 @@ thread_local! {
     static GT_LOCAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The main pairs' latent pass, fused with the encoder-gradient transposition: for each
-/// chunk of latents, `∂L/∂W_dec[j] += Σ f · g_out[r]`, the encoder column
-/// `c_j = Σ g · x[r]` (plus the compact AuxK row `aux_gt[pos[j]]` for dead latents),
-/// `colsum[j] += Σ g`, then `∂L/∂W_enc[:, j] += c_j − b_dec · colsum[j]` written as
-/// contiguous pieces of the chunk's columns.
+/// The main pairs' latent pass, fused with the encoder-gradient transposition. For
+/// each chunk of latents it *writes* (every entry of the chunk's rows and columns):
+/// `∂L/∂W_dec[j] = aux_gw[pos[j]] + Σ f · g_out[r]`, the encoder column
+/// `c_j = aux_gt[pos[j]] + Σ g · x[r]` (the AuxK terms only for dead latents, whose
+/// `pos[j] ≠ u32::MAX`), `colsum[j] += Σ g`, then `∂L/∂W_enc[:, j] = c_j − b_dec ·
+/// colsum[j]` as contiguous pieces of the chunk's columns.
 #[allow(clippy::too_many_arguments)]
 fn main_pass(
     grouped: &Grouped,
@@ -297,7 +298,7 @@ fn main_pass(
     x: &Matrix,
     b_dec: &[f32],
     pos: &[u32],
-    aux_gt: &[f32],
+    (aux_gt, aux_gw): (&[f32], &[f32]),
     g_w_dec: &mut [f32],
     g_w_enc: &mut [f32],
     colsum: &mut [f32],
@@ -305,6 +306,7 @@ fn main_pass(
     let (n, d) = (grouped.n, x.cols);
     assert_eq!(grouped.blocks, 1, "main_pass: pairs must form one block");
     assert_eq!(g_w_enc.len(), d * n, "main_pass: g_w_enc is not [d, n]");
+    assert_eq!(g_w_dec.len(), n * d, "main_pass: g_w_dec is not [n, d]");
     let off = &grouped.offsets;
     let gwe = SyncPtr(g_w_enc.as_mut_ptr());
     g_w_dec
@@ -321,9 +323,14 @@ fn main_pass(
                 for (jj, c) in cs.iter_mut().enumerate() {
                     let j = j0 + jj;
                     let gt_j = &mut local[jj * d..(jj + 1) * d];
-                    let p = pos[j];
-                    if p != u32::MAX {
-                        gt_j.copy_from_slice(&aux_gt[p as usize * d..(p as usize + 1) * d]);
+                    let gw_j = &mut gw[jj * d..(jj + 1) * d];
+                    match pos[j] {
+                        u32::MAX => gw_j.fill(0.0),
+                        p => {
+                            let row = p as usize * d..(p as usize + 1) * d;
+                            gt_j.copy_from_slice(&aux_gt[row.clone()]);
+                            gw_j.copy_from_slice(&aux_gw[row]);
+                        }
                     }
                     let (lo, hi) = (off[j], off[j + 1]);
                     if lo == hi {
@@ -331,7 +338,7 @@ fn main_pass(
                     }
                     *c += grouped.g[lo..hi].iter().sum::<f32>();
                     dual_scatter(
-                        &mut gw[jj * d..(jj + 1) * d],
+                        gw_j,
                         gt_j,
                         &grouped.rows[lo..hi],
                         &grouped.f[lo..hi],
@@ -345,7 +352,7 @@ fn main_pass(
                     let dst = unsafe { gwe.slice(i * n + j0, len) };
                     let b = b_dec[i];
                     for (jj, v) in dst.iter_mut().enumerate() {
-                        *v += local[jj * d + i] - b * cs[jj];
+                        *v = local[jj * d + i] - b * cs[jj];
                     }
                 }
             });
@@ -416,20 +423,42 @@ pub struct Workspace {
     pub g_f_aux: Vec<f32>,
     grouped: Grouped,
     grouped_aux: Grouped,
-    gt: Vec<f32>,
+    /// This step's dead latents, increasing (set by [`Workspace::prepare_aux`]).
+    dead: Vec<u32>,
+    /// `dead_pos[j]`: the position of latent `j` in `dead` (`u32::MAX` if alive).
+    dead_pos: Vec<u32>,
+    /// Compact AuxK gradients over the dead set: encoder columns `[|dead|, d]` and
+    /// decoder rows `[|dead|, d]`; [`main_pass`] starts each dead latent's
+    /// accumulators from them.
+    aux_gt: Vec<f32>,
+    aux_gw: Vec<f32>,
     colsum: Vec<f32>,
     dense: DenseAuxBuffers,
-    /// The dead set for [`AuxBackward::Sparse`] (set with [`Workspace::set_dead`]).
-    sparse_dead: Vec<u32>,
 }
 
 #[derive(Default)]
 struct DenseAuxBuffers {
-    pos: Vec<u32>,
+    /// `F [B, |dead|]`: the AuxK latents over the dead set.
     f: Vec<f32>,
+    /// `W_D [|dead|, d]`: their decoder rows, and `W_Dᵀ [d, |dead|]`.
     w: Vec<f32>,
+    wt: Vec<f32>,
+    /// `G [B, |dead|]`: `∂L/∂pre` of the AuxK term over the dead set.
     gf: Vec<f32>,
-    tmp: Vec<f32>,
+    /// The products `F W_D` and `g_aux W_Dᵀ` on the encoder's engine.
+    fwd: crate::kernels::encoder::Encoder,
+    bwd: crate::kernels::encoder::Encoder,
+}
+
+/// How a step's AuxK latents are held.
+pub enum AuxLatents {
+    /// No AuxK term this step.
+    Off,
+    /// Sparse rows over all latents (every entry at a dead latent).
+    Sparse(Latents),
+    /// Dense over the dead set, in the workspace: written row by row through
+    /// [`AuxRows::write`] or at once by [`Workspace::set_dense_aux`].
+    Dense,
 }
 
 /// How the AuxK pairs are differentiated in [`Workspace::backward`].
@@ -440,21 +469,17 @@ pub enum AuxBackward<'a> {
     /// `∂L/∂pre` at their entries.
     Sparse(&'a Latents, &'a [f32]),
     /// Dense over the dead set: everything (reconstruction, loss, gradients) computed
-    /// here with matrix products restricted to the `dead` latents; worth it when the
-    /// AuxK latents fill a good part of the `[B, |dead|]` matrix.
+    /// with matrix products restricted to the dead latents, from the workspace's `F`;
+    /// worth it when the AuxK latents fill a good part of `[B, |dead|]`.
     Dense {
-        /// AuxK latents (all at dead latents, positive values).
-        latents: &'a Latents,
-        /// The dead latents, increasing.
-        dead: &'a [u32],
         /// Coefficient of the term.
         coefficient: f32,
     },
 }
 
-/// Density of the AuxK latents within `[B, |dead|]` above which
-/// [`AuxBackward::Dense`] is cheaper than the sparse kernels (a dense product costs
-/// `|dead|/k_aux` times the arithmetic, at several times the speed).
+/// Expected density of the AuxK latents within `[B, |dead|]` (`k_aux / |dead|`) above
+/// which [`AuxBackward::Dense`] is cheaper than the sparse kernels (a dense product
+/// costs `|dead|/k_aux` times the arithmetic, at several times the speed).
 pub const AUX_DENSE_ABOVE: f64 = 0.25;
 
 /// Gradients of one step, borrowed from the gradient set.
@@ -473,11 +498,101 @@ pub struct Grads<'a> {
 /// in cache while the dead latents' accumulators are updated).
 const AUX_BLOCK_ROWS: usize = 256;
 
+/// Writes rows of the dense AuxK matrix `F [B, |dead|]` from inside the encoder's
+/// row visits (see [`Workspace::encoder_with_aux`]).
+pub struct AuxRows<'a> {
+    f: SyncPtr,
+    rows: usize,
+    pos: &'a [u32],
+    nd: usize,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl AuxRows<'_> {
+    /// Sets row `r` of `F` to the entries `(latent, value)` (all at dead latents),
+    /// zero elsewhere.
+    ///
+    /// # Safety
+    /// No other call may write row `r` at the same time (the encoder visits every row
+    /// exactly once, on one task).
+    pub unsafe fn write(&self, r: usize, entries: &[(u32, f32)]) {
+        assert!(r < self.rows, "AuxRows: row {r} out of range");
+        let row = self.f.slice(r * self.nd, self.nd);
+        row.fill(0.0);
+        for &(j, v) in entries {
+            let p = self.pos[j as usize];
+            assert!(p != u32::MAX, "AuxK latent {j} is not in the dead set");
+            row[p as usize] = v;
+        }
+    }
+}
+
 impl Workspace {
+    /// Starts a step's AuxK term over the `dead` latents (increasing; empty: no term)
+    /// of `n`, for a batch of `rows` tokens with `k_aux` latents each. Returns whether
+    /// the dense-over-the-dead-set route is taken; then `F` must be filled (every row)
+    /// before [`Workspace::backward`].
+    pub fn prepare_aux(&mut self, n: usize, rows: usize, dead: &[u32], k_aux: usize) -> bool {
+        self.dead.clear();
+        self.dead.extend_from_slice(dead);
+        self.dead_pos.clear();
+        self.dead_pos.resize(n, u32::MAX);
+        for (p, &j) in dead.iter().enumerate() {
+            self.dead_pos[j as usize] = p as u32;
+        }
+        let nd = dead.len();
+        let dense = nd > 0 && k_aux.min(nd) as f64 > AUX_DENSE_ABOVE * nd as f64;
+        if dense {
+            self.dense.f.resize(rows * nd, 0.0);
+        }
+        dense
+    }
+
+    /// The encoder (loaded) together with a writer of the dense AuxK rows, so that the
+    /// encoder's row visits can fill `F` directly. Call after
+    /// [`Workspace::prepare_aux`] returned true.
+    pub fn encoder_with_aux(&mut self) -> (&crate::kernels::encoder::Encoder, AuxRows<'_>) {
+        let nd = self.dead.len();
+        let rows = self.dense.f.len().checked_div(nd).unwrap_or(0);
+        (
+            &self.encoder,
+            AuxRows {
+                f: SyncPtr(self.dense.f.as_mut_ptr()),
+                rows,
+                pos: &self.dead_pos,
+                nd,
+                _borrow: std::marker::PhantomData,
+            },
+        )
+    }
+
+    /// Fills the dense AuxK matrix `F` from sparse latents (all at dead latents).
+    pub fn set_dense_aux(&mut self, lat: &Latents) {
+        let nd = self.dead.len();
+        let pos = &self.dead_pos;
+        self.dense.f.clear();
+        self.dense.f.resize(lat.rows() * nd, 0.0);
+        self.dense
+            .f
+            .par_chunks_mut(nd.max(1))
+            .enumerate()
+            .for_each(|(r, frow)| {
+                let (idx, val) = lat.row(r);
+                for (&j, &v) in idx.iter().zip(val) {
+                    let p = pos[j as usize];
+                    assert!(p != u32::MAX, "AuxK latent {j} is not in the dead set");
+                    frow[p as usize] = v;
+                }
+            });
+    }
+
     /// The backward pass after [`row_pass`] (whose `g_out`/`g_aux` are in `self`):
-    /// `g_pre` is `∂L/∂pre` at the entries of `main` (and `aux_g_pre` at those of
-    /// `aux`). Adds `∂L/∂W_dec`, `∂L/∂W_enc`, `∂L/∂b_enc` and `∂L/∂b_dec` (decoder bias
-    /// and encoder input `x − b_dec`) into `grads`. `x [B, d]` is the raw batch.
+    /// `g_pre` is `∂L/∂pre` at the entries of `main` (and, for sparse AuxK, its own
+    /// at those of the AuxK latents). *Writes* `∂L/∂W_dec`, `∂L/∂W_enc`, `∂L/∂b_enc`
+    /// and `∂L/∂b_dec` (decoder bias and encoder input `x − b_dec`): every entry of
+    /// `grads` is overwritten. `x [B, d]` is the raw batch. With AuxK,
+    /// [`Workspace::prepare_aux`] must have been called for this step. Returns the
+    /// dense AuxK route's `Σ ‖ê − (x − x̂)‖²` (0 otherwise).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
@@ -492,64 +607,50 @@ impl Workspace {
     ) -> f64 {
         let (n, d) = (main.n, x.cols);
         let mut ph = super::Phases::start();
+        if matches!(aux, AuxBackward::None) {
+            self.prepare_aux(n, x.rows, &[], 0);
+        }
+        assert_eq!(
+            self.dead_pos.len(),
+            n,
+            "backward: prepare_aux was not called"
+        );
         self.colsum.clear();
         self.colsum.resize(n, 0.0);
-        // 1. AuxK: its encoder-column gradients over the dead latents into the compact
-        //    `gt [D, d]` (row p for latent dead[p]), decoder rows straight into grads.
+        // 1. AuxK: its encoder-column and decoder-row gradients over the dead latents
+        //    into the compact `aux_gt`, `aux_gw` (row p for latent dead[p]).
+        let nd = self.dead.len();
+        self.aux_gt.clear();
+        self.aux_gt.resize(nd * d, 0.0);
+        self.aux_gw.clear();
+        self.aux_gw.resize(nd * d, 0.0);
         let mut aux_sq = 0.0;
-        let dead: &[u32] = match &aux {
-            AuxBackward::None => &[],
-            AuxBackward::Sparse(..) => &self.sparse_dead,
-            AuxBackward::Dense { dead, .. } => dead,
-        };
-        let dead = dead.to_vec();
-        let nd = dead.len();
-        self.gt.clear();
-        self.gt.resize(nd * d, 0.0);
-        self.dense.pos.clear();
-        self.dense.pos.resize(n, u32::MAX);
-        for (p, &j) in dead.iter().enumerate() {
-            self.dense.pos[j as usize] = p as u32;
-        }
         match aux {
             AuxBackward::None => {}
             AuxBackward::Sparse(al, ag) => {
                 // Re-index the AuxK latents over the dead set, then the token-blocked
-                // latent pass into compact buffers.
-                let pos = &self.dense.pos;
+                // latent pass into the compact buffers.
+                let pos = &self.dead_pos;
                 let mut compact = Latents::with_capacity(nd, al.rows(), 0);
                 compact.indptr.clone_from(&al.indptr);
                 compact.idx.extend(al.idx.iter().map(|&j| pos[j as usize]));
                 compact.val.extend_from_slice(&al.val);
                 self.grouped_aux.build(&compact, ag, AUX_BLOCK_ROWS);
-                let mut gw = std::mem::take(&mut self.dense.tmp);
-                gw.clear();
-                gw.resize(nd * d, 0.0);
                 let mut cs = vec![0.0f32; nd];
                 latent_pass(
                     &self.grouped_aux,
                     Some(&self.g_aux),
                     x,
-                    &mut gw,
-                    &mut self.gt,
+                    &mut self.aux_gw,
+                    &mut self.aux_gt,
                     &mut cs,
                 );
-                for (p, &j) in dead.iter().enumerate() {
-                    let j = j as usize;
-                    self.colsum[j] += cs[p];
-                    let dst = &mut grads.w_dec[j * d..(j + 1) * d];
-                    dst.iter_mut()
-                        .zip(&gw[p * d..(p + 1) * d])
-                        .for_each(|(a, b)| *a += b);
+                for (&j, c) in self.dead.iter().zip(&cs) {
+                    self.colsum[j as usize] += c;
                 }
-                self.dense.tmp = gw;
             }
-            AuxBackward::Dense {
-                latents,
-                dead,
-                coefficient,
-            } => {
-                aux_sq = self.aux_dense(x, w_dec, latents, dead, coefficient, grads.w_dec);
+            AuxBackward::Dense { coefficient } => {
+                aux_sq = self.aux_dense(x, w_dec, coefficient);
             }
         }
         ph.mark("  aux");
@@ -561,20 +662,18 @@ impl Workspace {
             &self.g_out,
             x,
             b_dec,
-            &self.dense.pos,
-            &self.gt,
+            &self.dead_pos,
+            (&self.aux_gt, &self.aux_gw),
             grads.w_dec,
             grads.w_enc,
             &mut self.colsum,
         );
         ph.mark("  main pass");
-        for (g, c) in grads.b_enc.iter_mut().zip(&self.colsum) {
-            *g += c;
-        }
+        grads.b_enc.copy_from_slice(&self.colsum);
         let gsum = column_sums(&self.g_out);
         let s = matvec(w_enc, &self.colsum);
         for ((g, a), b) in grads.b_dec.iter_mut().zip(&gsum).zip(&s) {
-            *g += a - b;
+            *g = a - b;
         }
         ph.mark("  biases");
         aux_sq
@@ -583,114 +682,101 @@ impl Workspace {
     /// [`AuxBackward::Dense`]: with `F [B, D]` the AuxK latents over the `D` dead
     /// latents and `W_D [D, d]` their decoder rows, `ê = F W_D`,
     /// `g_aux = c · 2 (ê + x̂ − x) / B` (`x̂ − x` read back from `g_out`),
-    /// `G = (g_aux W_Dᵀ) ⊙ 1[F > 0]`, then `∂L/∂W_dec[D] += Fᵀ g_aux`,
-    /// `gt[D] += Gᵀ x`, `colsum[D] += Σ_rows G`. Returns `Σ ‖ê − (x − x̂)‖²`.
-    fn aux_dense(
-        &mut self,
-        x: &Matrix,
-        w_dec: &[f32],
-        lat: &Latents,
-        dead: &[u32],
-        coefficient: f32,
-        g_w_dec: &mut [f32],
-    ) -> f64 {
+    /// `G = (g_aux W_Dᵀ) ⊙ 1[F > 0]`, then `aux_gw = Fᵀ g_aux`, `aux_gt = Gᵀ x`,
+    /// `colsum[D] += Σ_rows G`. Returns `Σ ‖ê − (x − x̂)‖²`.
+    fn aux_dense(&mut self, x: &Matrix, w_dec: &[f32], coefficient: f32) -> f64 {
         use super::gemm::{gemm, Transpose};
-        let (b, d, nd) = (x.rows, x.cols, dead.len());
-        let n = lat.n;
+        let (b, d, nd) = (x.rows, x.cols, self.dead.len());
         if nd == 0 || b == 0 {
             return 0.0;
         }
+        assert_eq!(
+            self.dense.f.len(),
+            b * nd,
+            "aux_dense: F is not [B, |dead|]"
+        );
         let mut ph = super::Phases::start();
         let bufs = &mut self.dense;
-        debug_assert_eq!(bufs.pos.len(), n);
-        bufs.f.clear();
-        bufs.f.resize(b * nd, 0.0);
-        {
-            let pos = &bufs.pos;
-            bufs.f.par_chunks_mut(nd).enumerate().for_each(|(r, frow)| {
-                let (idx, val) = lat.row(r);
-                for (&j, &v) in idx.iter().zip(val) {
-                    let p = pos[j as usize];
-                    assert!(p != u32::MAX, "AuxK latent {j} is not in the dead set");
-                    frow[p as usize] = v;
-                }
-            });
-        }
         bufs.w.clear();
         bufs.w.resize(nd * d, 0.0);
         bufs.w
             .par_chunks_mut(d)
-            .zip(dead.par_iter())
+            .zip(self.dead.par_iter())
             .for_each(|(row, &j)| {
                 row.copy_from_slice(&w_dec[j as usize * d..(j as usize + 1) * d]);
             });
-        ph.mark("    aux: build F, W_D");
-        // ê = F W_D, into g_aux.
-        resize(&mut self.g_aux, b, d);
-        gemm(
-            b,
-            nd,
-            d,
-            1.0,
-            &bufs.f,
-            Transpose::No,
-            &bufs.w,
-            Transpose::No,
-            0.0,
-            &mut self.g_aux.data,
-        );
-        ph.mark("    aux: F W_D");
+        ph.mark("    aux: W_D");
+        // ê = F W_D with the encoder's engine, each row turned at once into
+        // g_aux = c · (ê + (x̂ − x)) (x̂ − x = g_out / scale) and its squared norm.
         let scale = 2.0 / b as f32;
         let c = coefficient * scale;
         let inv = 1.0 / scale;
-        let sq: Vec<f64> = self
-            .g_aux
-            .data
-            .par_chunks_mut(64 * d)
-            .zip(self.g_out.data.par_chunks(64 * d))
-            .map(|(ga, go)| {
-                let mut s = 0.0f64;
-                for (a, o) in ga.chunks_mut(d).zip(go.chunks(d)) {
-                    // ê − (x − x̂) = ê + (x̂ − x), with x̂ − x = g_out / scale
-                    super::simd::axpy(inv, o, a);
-                    s += dot(a, a) as f64;
-                    a.iter_mut().for_each(|v| *v *= c);
-                }
-                s
-            })
-            .collect();
-        let aux_sq = sq.iter().sum();
-        // G = (g_aux W_Dᵀ) ⊙ 1[F > 0]
-        bufs.gf.clear();
-        bufs.gf.resize(b * nd, 0.0);
-        ph.mark("    aux: g_aux");
-        gemm(
-            b,
-            d,
-            nd,
-            1.0,
-            &self.g_aux.data,
-            Transpose::No,
+        resize(&mut self.g_aux, b, d);
+        let f = Matrix {
+            rows: b,
+            cols: nd,
+            data: std::mem::take(&mut bufs.f),
+        };
+        bufs.fwd.load(&bufs.w, nd, d);
+        let g_out = &self.g_out;
+        let ga_ptr = SyncPtr(self.g_aux.data.as_mut_ptr());
+        let zeros = vec![0.0f32; d.max(nd)];
+        let sq = bufs.fwd.run(
             &bufs.w,
-            Transpose::Yes,
-            0.0,
-            &mut bufs.gf,
-        );
-        ph.mark("    aux: g_aux W_D^T");
-        bufs.gf
-            .par_chunks_mut(64 * nd)
-            .zip(bufs.f.par_chunks(64 * nd))
-            .for_each(|(g, f)| {
-                for (gv, &fv) in g.iter_mut().zip(f) {
-                    if fv <= 0.0 {
-                        *gv = 0.0;
-                    }
+            &f,
+            None,
+            &zeros[..d],
+            || 0.0f64,
+            |s, r, e_hat| {
+                // SAFETY: the engine visits row r once, on one task.
+                let ga = unsafe { ga_ptr.slice(r * d, d) };
+                let mut sq = 0.0f32;
+                for ((a, &e), &o) in ga.iter_mut().zip(e_hat).zip(g_out.row(r)) {
+                    let diff = e + inv * o;
+                    sq += diff * diff;
+                    *a = c * diff;
                 }
-            });
-        // ∂L/∂W_dec[D] += Fᵀ g_aux
-        bufs.tmp.clear();
-        bufs.tmp.resize(nd * d, 0.0);
+                *s += sq as f64;
+            },
+        );
+        let aux_sq = sq.iter().sum();
+        ph.mark("    aux: F W_D");
+        // G = (g_aux W_Dᵀ) ⊙ 1[F > 0], each row masked as it comes out of the engine,
+        // with per-task column sums of G added in task order (deterministic).
+        bufs.wt.resize(d * nd, 0.0);
+        for (p, row) in bufs.w.chunks(d).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                bufs.wt[i * nd + p] = v;
+            }
+        }
+        bufs.bwd.load(&bufs.wt, d, nd);
+        bufs.gf.resize(b * nd, 0.0);
+        let gf_ptr = SyncPtr(bufs.gf.as_mut_ptr());
+        let fm = &f;
+        let parts = bufs.bwd.run(
+            &bufs.wt,
+            &self.g_aux,
+            None,
+            &zeros[..nd],
+            || vec![0.0f32; nd],
+            |cs, r, line| {
+                // SAFETY: the engine visits row r once, on one task.
+                let grow = unsafe { gf_ptr.slice(r * nd, nd) };
+                for (((g, &v), &fv), a) in grow.iter_mut().zip(line).zip(fm.row(r)).zip(cs) {
+                    let v = if fv > 0.0 { v } else { 0.0 };
+                    *g = v;
+                    *a += v;
+                }
+            },
+        );
+        bufs.f = f.data;
+        for part in &parts {
+            for (&j, v) in self.dead.iter().zip(part) {
+                self.colsum[j as usize] += v;
+            }
+        }
         ph.mark("    aux: mask");
+        // aux_gw = Fᵀ g_aux
         gemm(
             nd,
             b,
@@ -701,20 +787,10 @@ impl Workspace {
             &self.g_aux.data,
             Transpose::No,
             0.0,
-            &mut bufs.tmp,
+            &mut self.aux_gw,
         );
         ph.mark("    aux: F^T g_aux");
-        let gw = SyncPtr(g_w_dec.as_mut_ptr());
-        bufs.tmp
-            .par_chunks(d)
-            .zip(dead.par_iter())
-            .for_each(|(src, &j)| {
-                // SAFETY: dead latents are distinct, so the rows written are disjoint.
-                let dst = unsafe { gw.slice(j as usize * d, d) };
-                dst.iter_mut().zip(src).for_each(|(a, b)| *a += b);
-            });
-        // gt[D] = Gᵀ x (compact), colsum[D] += Σ_rows G
-        ph.mark("    aux: add W_dec grad");
+        // aux_gt = Gᵀ x
         gemm(
             nd,
             b,
@@ -725,29 +801,10 @@ impl Workspace {
             &x.data,
             Transpose::No,
             0.0,
-            &mut self.gt,
+            &mut self.aux_gt,
         );
         ph.mark("    aux: G^T x");
-        let gmat = Matrix {
-            rows: b,
-            cols: nd,
-            data: std::mem::take(&mut bufs.gf),
-        };
-        let cs = column_sums(&gmat);
-        bufs.gf = gmat.data;
-        for (&j, v) in dead.iter().zip(&cs) {
-            self.colsum[j as usize] += v;
-        }
         aux_sq
-    }
-}
-
-impl Workspace {
-    /// The dead latents (increasing) that the AuxK latents of an
-    /// [`AuxBackward::Sparse`] backward are drawn from.
-    pub fn set_dead(&mut self, dead: &[u32]) {
-        self.sparse_dead.clear();
-        self.sparse_dead.extend_from_slice(dead);
     }
 
     /// [`row_pass`] into this workspace's buffers.
