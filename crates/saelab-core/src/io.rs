@@ -5,24 +5,45 @@
 //! existing directory of that name is replaced only after the new one is complete.
 
 use std::fs;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 /// Writes `bytes` to `path` atomically (temporary file + fsync + rename).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_file_with(path, |w| w.write_all(bytes)).map_err(|e| Error::io(path, e))
+}
+
+/// Writes `path` atomically through a buffered writer: `fill` writes a temporary
+/// sibling, which is flushed, synced and renamed over `path`, then the directory is
+/// synced. On any error the temporary file is removed and `path` is left as it was. The
+/// raw I/O error is returned so that callers can say what it means for them (a full
+/// disk, what is still consistent).
+pub fn write_file_with(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = temp_sibling(path);
     let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(path, e))?;
-        f.sync_all().map_err(|e| Error::io(path, e))?;
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        let mut w = BufWriter::with_capacity(1 << 20, fs::File::create(&tmp)?);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(()) => {
+            if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(dir);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    result
 }
 
 /// Builds the directory `dir` atomically: `fill` writes into a fresh temporary

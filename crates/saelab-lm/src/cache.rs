@@ -784,37 +784,14 @@ fn write_error(path: &Path, e: &std::io::Error, consistent: &str) -> Error {
     )
 }
 
-/// Writes `path` atomically through a temporary sibling; on failure the temporary file
-/// is removed and the error names `path`.
+/// [`saelab_core::io::write_file_with`], with an error that says what `consistent`
+/// describes (what the cache still holds intact).
 fn write_atomic(
     path: &Path,
     consistent: &str,
     fill: impl FnOnce(&mut BufWriter<fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let f = fs::File::create(&tmp)?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        fill(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    match result {
-        Ok(()) => {
-            if let Some(dir) = path.parent() {
-                if let Ok(d) = fs::File::open(dir) {
-                    let _ = d.sync_all();
-                }
-            }
-            Ok(())
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(write_error(path, &e, consistent))
-        }
-    }
+    saelab_core::io::write_file_with(path, fill).map_err(|e| write_error(path, &e, consistent))
 }
 
 /// Writes the buffered rows as the next shard of every hook, then the manifests.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::atomic::Ordering;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use saelab_core::evaluate::evaluate_store;
 use saelab_core::format::load_sae;
 use saelab_core::metrics::{dictionary_recovery, ReconMetrics, RecoveryMetrics};
@@ -123,13 +123,11 @@ pub fn run(a: Args) -> Result<()> {
 
 /// The in-model evaluation of `--model` / `--corpus`.
 fn run_in_model(a: &Args, sae: &Sae, sae_dir: &Path, model: &Path, corpus: &Path) -> Result<()> {
-    let hook = match (&a.hook, &sae.cfg.metadata.hook_name) {
-        (Some(h), _) | (None, Some(h)) => h.clone(),
-        (None, None) => bail!(
-            "{}: the SAE's metadata names no hook point; give one with --hook",
-            sae_dir.display()
-        ),
-    };
+    let hook = super::splice_hook(
+        a.hook.as_deref(),
+        sae.cfg.metadata.hook_name.as_deref(),
+        sae_dir,
+    )?;
     let ctx_len = match (a.ctx_len, sae.cfg.metadata.context_size) {
         (Some(l), _) => l,
         (None, Some(l)) if (2..=1024).contains(&l) => l,

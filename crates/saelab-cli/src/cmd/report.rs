@@ -75,12 +75,7 @@ pub fn run(a: Args) -> Result<()> {
             if s.in_model.is_some() && !a.recompute {
                 continue;
             }
-            let hook = a.hook.clone().or(s.hook.clone()).with_context(|| {
-                format!(
-                    "{}: the SAE's metadata names no hook point; give one with --hook",
-                    s.dir.display()
-                )
-            })?;
+            let hook = super::splice_hook(a.hook.as_deref(), s.hook.as_deref(), &s.dir)?;
             by_hook.entry(hook).or_default().push(i);
         }
         if !by_hook.is_empty() {

@@ -150,13 +150,7 @@ impl BatchTopK {
                         aux_lat.append(&a);
                     }
                 }
-                let aux_lat = if !aux.on() {
-                    AuxLatents::Off
-                } else if dense_aux {
-                    AuxLatents::Dense
-                } else {
-                    AuxLatents::Sparse(aux_lat)
-                };
+                let aux_lat = AuxLatents::pick(aux.on(), dense_aux, aux_lat);
                 selected = Some((select_candidates(&cand, m, x.rows, n), aux_lat));
                 ph.mark("select");
             }

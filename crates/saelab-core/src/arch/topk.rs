@@ -223,14 +223,7 @@ pub(crate) fn encode_topk(
         }
     }
     ph.mark("gather latents");
-    let aux_lat = if !aux.on() {
-        AuxLatents::Off
-    } else if dense_aux {
-        AuxLatents::Dense
-    } else {
-        AuxLatents::Sparse(auxl)
-    };
-    (lat, aux_lat)
+    (lat, AuxLatents::pick(aux.on(), dense_aux, auxl))
 }
 
 impl Architecture for TopK {

@@ -461,6 +461,18 @@ pub enum AuxLatents {
     Dense,
 }
 
+impl AuxLatents {
+    /// The form for a step whose AuxK term is `on`, on the `dense` route or else held
+    /// as the `sparse` latents.
+    pub fn pick(on: bool, dense: bool, sparse: Latents) -> Self {
+        match (on, dense) {
+            (false, _) => AuxLatents::Off,
+            (true, true) => AuxLatents::Dense,
+            (true, false) => AuxLatents::Sparse(sparse),
+        }
+    }
+}
+
 /// How the AuxK pairs are differentiated in [`Workspace::backward`].
 pub enum AuxBackward<'a> {
     /// No AuxK term.
