@@ -130,6 +130,29 @@ fn interrupted_training_resumes_to_identical_weights() {
     assert!(v["fvu"].as_f64().unwrap() < 1.0);
     assert!(v["l0"].as_f64().unwrap() <= 4.0);
     assert!(v["mmcs"].as_f64().unwrap() > 0.3);
+    assert!(
+        v.get("fvu_refit").is_none(),
+        "fvu_refit only when asked for"
+    );
+
+    // --refit: the best values on the SAE's own support do at least as well as its own.
+    let o = saelab(&[
+        "eval",
+        "--sae",
+        p(&full),
+        "--acts",
+        p(&data.join("heldout.npy")),
+        "--refit",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (fvu, refit) = (r["fvu"].as_f64().unwrap(), r["fvu_refit"].as_f64().unwrap());
+    assert_eq!(fvu, v["fvu"].as_f64().unwrap());
+    assert!(
+        refit > 0.0 && refit <= fvu + 1e-9,
+        "fvu_refit {refit} vs fvu {fvu}"
+    );
 
     // inspect and convert work on what train wrote.
     let o = saelab(&["inspect", p(&full)]);
@@ -191,6 +214,13 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
         assert_one_line_error(&o, "ro/run");
         assert!(!target.exists());
     }
+
+    // --refit on a LayerNorm-input SAE (the vendored SAELens fixture, d_in = 16 as here)
+    let ln = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../saelab-core/tests/fixtures/saelens/layer_norm_topk");
+    let held = data.join("heldout.npy");
+    let o = saelab(&["eval", "--sae", p(&ln), "--acts", p(&held), "--refit"]);
+    assert_one_line_error(&o, "layer_norm_topk");
 
     // eval with a width mismatch
     let o = saelab(&[

@@ -348,8 +348,14 @@ pub fn fit_streams(
         for (i, run) in runs.iter().enumerate() {
             if let Some(v) = vals[stream_of[i]].filter(|_| eval_now) {
                 let rows = v.rows.start..v.rows.end.min(v.rows.start + MAX_VAL_ROWS);
-                let metrics =
-                    evaluate_store(&export_sae(&run.trainer)?, v.store, rows.clone(), |_| {})?.0;
+                let metrics = evaluate_store(
+                    &export_sae(&run.trainer)?,
+                    v.store,
+                    rows.clone(),
+                    false,
+                    |_| {},
+                )?
+                .0;
                 append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
                 on_event(Event::Eval {
                     run: i,
@@ -369,7 +375,8 @@ pub fn fit_streams(
         let sae = export_sae(&run.trainer)?;
         let firing = match vals[stream_of[i]] {
             Some(v) => {
-                let (metrics, firing) = evaluate_store(&sae, v.store, v.rows.clone(), |_| {})?;
+                let (metrics, firing) =
+                    evaluate_store(&sae, v.store, v.rows.clone(), false, |_| {})?;
                 append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
                 on_event(Event::Eval {
                     run: i,

@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod latents;
 pub mod metrics;
 pub mod optim;
+pub mod refit;
 pub mod rng;
 pub mod sae;
 pub mod schedule;

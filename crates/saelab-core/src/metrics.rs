@@ -33,6 +33,11 @@ pub struct ReconMetrics {
     pub dead_frac: f64,
     /// Fraction of latents firing on more than 10 % of tokens.
     pub dense_frac: f64,
+    /// The FVU with each token's active latents refit by least squares (same support,
+    /// same decoder; [`crate::refit`]); `fvu − fvu_refit` is the encoder's share.
+    /// Computed only when asked for (`saelab eval --refit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fvu_refit: Option<f64>,
 }
 
 /// Running sums for [`ReconMetrics`]. Sums are kept in f64.
@@ -48,6 +53,7 @@ pub struct MetricsAccumulator {
     sum_dot: f64,
     nnz: u64,
     fires: Vec<u64>,
+    sum_refit_sq: Option<f64>,
 }
 
 impl MetricsAccumulator {
@@ -64,7 +70,14 @@ impl MetricsAccumulator {
             sum_dot: 0.0,
             nnz: 0,
             fires: vec![0; n],
+            sum_refit_sq: None,
         }
+    }
+
+    /// Adds a batch's refit squared error ([`crate::sae::Sae::refit_sq_err`]); give it
+    /// for every batch or for none.
+    pub fn add_refit(&mut self, sq_err: f64) {
+        *self.sum_refit_sq.get_or_insert(0.0) += sq_err;
     }
 
     /// Adds a batch: targets `x [B, d]`, reconstructions `x_hat [B, d]`, and the latents
@@ -146,6 +159,7 @@ impl MetricsAccumulator {
             l0: self.nnz as f64 / t,
             dead_frac: self.fires.iter().filter(|&&c| c == 0).count() as f64 / n,
             dense_frac: self.fires.iter().filter(|&&c| c as f64 > 0.1 * t).count() as f64 / n,
+            fvu_refit: self.sum_refit_sq.map(|s| s / total_var),
         }
     }
 }

@@ -66,6 +66,11 @@ pub struct Args {
     /// True dictionary `[F, d]` (synthetic data): also report mmcs and recovered@0.9.
     #[arg(long)]
     dictionary: Option<PathBuf>,
+    /// Also report `fvu_refit`: the FVU with each token's active latents refit by least
+    /// squares (same support and decoder), i.e. what is left once the encoder's values
+    /// are replaced by the best ones.
+    #[arg(long, conflicts_with = "model")]
+    refit: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -89,7 +94,16 @@ pub fn run(a: Args) -> Result<()> {
     }
     let rows = a.rows.unwrap_or(store.rows()).min(store.rows());
     let pb = progress::bar(rows as u64, "tokens");
-    let (metrics, _) = evaluate_store(&sae, &store, 0..rows, |done| pb.set_position(done as u64))?;
+    if a.refit && !sae.supports_refit() {
+        anyhow::bail!(
+            "{}: --refit needs an SAE that reconstructs its own input without LayerNorm \
+             (this is a transcoder or a LayerNorm-input SAE)",
+            sae_dir.display()
+        );
+    }
+    let (metrics, _) = evaluate_store(&sae, &store, 0..rows, a.refit, |done| {
+        pb.set_position(done as u64)
+    })?;
     pb.finish_and_clear();
     let recovery = match &a.dictionary {
         Some(p) => {
@@ -253,6 +267,9 @@ pub fn table(m: &ReconMetrics, r: Option<&RecoveryMetrics>) -> String {
         ("dead_frac", format!("{:.4}", m.dead_frac)),
         ("dense_frac", format!("{:.4}", m.dense_frac)),
     ];
+    if let Some(f) = m.fvu_refit {
+        rows.push(("fvu_refit", format!("{f:.4}")));
+    }
     if let Some(r) = r {
         rows.push(("mmcs", format!("{:.4}", r.mmcs)));
         rows.push(("recovered@0.9", format!("{:.4}", r.recovered_at_0_9)));
