@@ -115,18 +115,15 @@ fn interrupted_training_resumes_to_identical_weights() {
     assert_eq!(steps, sorted, "log has repeated steps after resume");
 
     // The trained SAE evaluates, and on synthetic data reports dictionary recovery.
-    let o = saelab(&[
-        "eval",
-        "--sae",
-        p(&full),
-        "--acts",
-        p(&data.join("heldout.npy")),
-        "--dictionary",
-        p(&data.join("dictionary.npy")),
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let heldout = data.join("heldout.npy");
+    let eval_json = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--sae", p(&full), "--acts", p(&heldout), "--json"];
+        args.extend_from_slice(extra);
+        let o = saelab(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let v = eval_json(&["--dictionary", p(&data.join("dictionary.npy"))]);
     assert!(v["fvu"].as_f64().unwrap() < 1.0);
     assert!(v["l0"].as_f64().unwrap() <= 4.0);
     assert!(v["mmcs"].as_f64().unwrap() > 0.3);
@@ -136,17 +133,7 @@ fn interrupted_training_resumes_to_identical_weights() {
     );
 
     // --refit: the best values on the SAE's own support do at least as well as its own.
-    let o = saelab(&[
-        "eval",
-        "--sae",
-        p(&full),
-        "--acts",
-        p(&data.join("heldout.npy")),
-        "--refit",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = eval_json(&["--refit"]);
     let (fvu, refit) = (r["fvu"].as_f64().unwrap(), r["fvu_refit"].as_f64().unwrap());
     assert_eq!(fvu, v["fvu"].as_f64().unwrap());
     assert!(
