@@ -59,6 +59,64 @@ pub fn row_norms(w: &[f32], d: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The norm-weighted L1 penalty of the April 2024 update, `c Σ_{r,j} f_rj ‖W_dec[j]‖`
+/// (ReLU SAEs on their latents, Gated on its gate values), split in two so that a
+/// caller can add the decoder part after kernels that overwrite the decoder gradient.
+pub struct NormL1 {
+    c: f32,
+    norms: Vec<f32>,
+    sums: Vec<f64>,
+    /// The penalty `c Σ f ‖W_dec[j]‖`.
+    pub penalty: f64,
+}
+
+impl NormL1 {
+    /// The penalty over the entries of `lat` with coefficient `c` and decoder `w_dec`
+    /// `[n, d]`; adds `c ‖W_dec[j]‖` to each entry's gradient in `g_f` (aligned with
+    /// `lat`'s entries).
+    pub fn new(lat: &Latents, w_dec: &[f32], d: usize, c: f32, g_f: &mut [f32]) -> Self {
+        use rayon::prelude::*;
+        assert_eq!(
+            g_f.len(),
+            lat.nnz(),
+            "NormL1: g_f does not match the latents"
+        );
+        let norms: Vec<f32> = w_dec
+            .par_chunks(d.max(1))
+            .map(|r| kernels::dot(r, r).sqrt())
+            .collect();
+        let mut sums = vec![0.0f64; lat.n];
+        let mut penalty = 0.0f64;
+        for ((&j, &v), g) in lat.idx.iter().zip(&lat.val).zip(g_f.iter_mut()) {
+            let j = j as usize;
+            penalty += v as f64 * norms[j] as f64;
+            sums[j] += v as f64;
+            *g += c * norms[j];
+        }
+        NormL1 {
+            c,
+            norms,
+            sums,
+            penalty: c as f64 * penalty,
+        }
+    }
+
+    /// Adds the decoder part `c (Σ_r f_rj) W_dec[j] / ‖W_dec[j]‖` to `g_w_dec` `[n, d]`.
+    pub fn add_decoder_grad(&self, w_dec: &[f32], g_w_dec: &mut [f32]) {
+        use rayon::prelude::*;
+        let d = w_dec.len() / self.norms.len().max(1);
+        g_w_dec
+            .par_chunks_mut(d.max(1))
+            .zip(w_dec.par_chunks(d.max(1)))
+            .zip(self.norms.par_iter().zip(self.sums.par_iter()))
+            .for_each(|((grow, row), (&nrm, &s))| {
+                if nrm > 0.0 && s > 0.0 {
+                    kernels::axpy(self.c * s as f32 / nrm, row, grow);
+                }
+            });
+    }
+}
+
 /// The MSE term `mean over rows of ‖x̂ − x‖²`: returns `(Σ‖x̂ − x‖², ∂term/∂x̂)`,
 /// the gradient being `2 (x̂ − x) / B`.
 pub fn mse_and_grad(x_hat: &Matrix, x: &Matrix) -> (f64, Matrix) {

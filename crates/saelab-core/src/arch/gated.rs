@@ -29,7 +29,7 @@
 //! `r_mag [n]`, `b_mag [n]`, `W_dec [n, d_out]`, `b_dec [d_out]`; no `b_enc`.
 
 use super::common::{
-    init_tied, mse_and_grad, row_norms, sub_assign, subtract_bias, Kernels, DENSE_DENSITY,
+    init_tied, mse_and_grad, sub_assign, subtract_bias, Kernels, NormL1, DENSE_DENSITY,
 };
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
@@ -123,33 +123,10 @@ impl Gated {
 
         // Sparsity: c Σ ReLU(π_gate,i) ‖W_dec,i‖ with c = λ s / B.
         let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
-        let norms = row_norms(w_dec, d_out);
         let mut g_gate = vec![0.0f32; gate_lat.nnz()];
-        let mut gate_sum = vec![0.0f64; n];
-        let mut l1 = 0.0f64;
-        for ((&j, &v), g) in gate_lat
-            .idx
-            .iter()
-            .zip(&gate_lat.val)
-            .zip(g_gate.iter_mut())
-        {
-            let j = j as usize;
-            l1 += v as f64 * norms[j] as f64;
-            gate_sum[j] += v as f64;
-            *g += c * norms[j];
-        }
-        let l1 = c as f64 * l1;
-        for ((grow, row), (&nrm, &gs)) in g_w_dec
-            .data
-            .chunks_mut(d_out)
-            .zip(w_dec.chunks(d_out))
-            .zip(norms.iter().zip(&gate_sum))
-        {
-            if nrm > 0.0 && gs > 0.0 {
-                let a = c * gs as f32 / nrm;
-                grow.iter_mut().zip(row).for_each(|(g, w)| *g += a * w);
-            }
-        }
+        let penalty = NormL1::new(&gate_lat, w_dec, d_out, c, &mut g_gate);
+        penalty.add_decoder_grad(w_dec, &mut g_w_dec.data);
+        let l1 = penalty.penalty;
 
         // Auxiliary reconstruction through the frozen decoder: trains the gate path only.
         let x_gate = kern.decode(&gate_lat, frozen_w_dec, frozen_b_dec);
@@ -268,6 +245,7 @@ impl Architecture for Gated {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::common::row_norms;
     use crate::arch::gradcheck;
 
     fn arch(l1: f32) -> Gated {

@@ -21,7 +21,7 @@
 //! ones above it (early in training, about half the latents are on).
 
 use super::common::{
-    init_tied, mse_and_grad, row_norms, sub_assign, subtract_bias, Kernels, DENSE_DENSITY,
+    init_tied, mse_and_grad, sub_assign, subtract_bias, Kernels, NormL1, DENSE_DENSITY,
 };
 use super::{Architecture, StepContext, StepOutput};
 use crate::config::{ArchConfig, Dims};
@@ -70,7 +70,6 @@ impl Relu {
         ctx: &StepContext,
         grads: &mut ParamSet,
     ) -> Option<StepOutput> {
-        use rayon::prelude::*;
         let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
         let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
         let (d, n) = (x.cols, b_enc.len());
@@ -107,19 +106,7 @@ impl Relu {
             grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec"]);
         // Sparsity penalty c Σ f_i ‖W_dec,i‖ with c = λ s / B.
         let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
-        let norms: Vec<f32> = w_dec
-            .par_chunks(d.max(1))
-            .map(|r| crate::kernels::dot(r, r).sqrt())
-            .collect();
-        let mut f_sum = vec![0.0f64; n];
-        let mut l1 = 0.0f64;
-        for ((&j, &v), g) in lat.idx.iter().zip(&lat.val).zip(g_f.iter_mut()) {
-            let j = j as usize;
-            l1 += v as f64 * norms[j] as f64;
-            f_sum[j] += v as f64;
-            *g += c * norms[j];
-        }
-        let l1 = c as f64 * l1;
+        let l1 = NormL1::new(&lat, w_dec, d, c, &mut g_f);
         // Writes every gradient entry; the L1 term's decoder part is added after.
         self.ws.backward(
             x,
@@ -136,17 +123,9 @@ impl Relu {
                 b_dec: &mut g_b_dec.data,
             },
         );
-        g_w_dec
-            .data
-            .par_chunks_mut(d.max(1))
-            .zip(w_dec.par_chunks(d.max(1)))
-            .zip(norms.par_iter().zip(f_sum.par_iter()))
-            .for_each(|((grow, row), (&nrm, &fs))| {
-                if nrm > 0.0 && fs > 0.0 {
-                    crate::kernels::axpy(c * fs as f32 / nrm, row, grow);
-                }
-            });
+        l1.add_decoder_grad(w_dec, &mut g_w_dec.data);
         self.ws.g_f = g_f;
+        let l1 = l1.penalty;
         Some(StepOutput {
             loss: mse + l1,
             terms: vec![("mse", mse), ("l1", l1)],
@@ -225,27 +204,9 @@ impl Architecture for Relu {
 
         // Sparsity penalty c Σ f_i ‖W_dec,i‖ with c = λ s / B.
         let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
-        let norms = row_norms(w_dec, d_out);
-        let mut f_sum = vec![0.0f64; norms.len()];
-        let mut l1 = 0.0f64;
-        for ((&j, &v), g) in lat.idx.iter().zip(&lat.val).zip(g_f.iter_mut()) {
-            let j = j as usize;
-            l1 += v as f64 * norms[j] as f64;
-            f_sum[j] += v as f64;
-            *g += c * norms[j];
-        }
-        let l1 = c as f64 * l1;
-        for ((grow, row), (&nrm, &fs)) in g_w_dec
-            .data
-            .chunks_mut(d_out)
-            .zip(w_dec.chunks(d_out))
-            .zip(norms.iter().zip(&f_sum))
-        {
-            if nrm > 0.0 && fs > 0.0 {
-                let a = c * fs as f32 / nrm;
-                grow.iter_mut().zip(row).for_each(|(g, w)| *g += a * w);
-            }
-        }
+        let penalty = NormL1::new(&lat, w_dec, d_out, c, &mut g_f);
+        penalty.add_decoder_grad(w_dec, &mut g_w_dec.data);
+        let l1 = penalty.penalty;
 
         // ReLU' = 1 on every stored (positive) latent.
         let s = kern.encode_backward(
@@ -275,6 +236,7 @@ impl Architecture for Relu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::common::row_norms;
     use crate::arch::gradcheck;
 
     fn arch(l1: f32) -> Relu {
