@@ -284,20 +284,31 @@ impl<'c> Plan<'c> {
         };
         let t0 = Instant::now();
         let all = logits_vec(out.logits.take())?;
-        let ce = self.cross_entropy(&all, b);
-        let lp = self.log_probs(&all, b);
+        let (lp, ce) = self.log_probs_and_ce(&all, b);
         t.scoring_s += t0.elapsed().as_secs_f64();
         Ok((lp, ce, acts))
     }
 
-    /// Log-softmax of the scored rows of all-position logits `[B, T, V]`.
-    fn log_probs(&self, all: &[f32], b: &BatchPlan) -> Vec<f32> {
+    /// Log-softmax of the scored rows of all-position logits `[B, T, V]` (`[S, V]`) and
+    /// their summed next-token CE (as [`Plan::cross_entropy`]), from one log-sum-exp
+    /// per row.
+    fn log_probs_and_ce(&self, all: &[f32], b: &BatchPlan) -> (Vec<f32>, f64) {
         let v = self.vocab;
         let mut lp = vec![0f32; b.scored.len() * v];
-        lp.par_chunks_mut(v)
+        let ce = lp
+            .par_chunks_mut(v)
             .zip(b.scored.par_iter())
-            .for_each(|(out, &r)| log_softmax(&all[r * v..(r + 1) * v], out));
-        lp
+            .zip(b.targets.par_iter())
+            .map(|((out, &r), &tg)| {
+                let row = &all[r * v..(r + 1) * v];
+                let lse = log_sum_exp(row);
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o = x - lse;
+                }
+                ce_row(lse, row, tg)
+            })
+            .sum();
+        (lp, ce)
     }
 
     /// Summed next-token CE `logsumexp(row) − row[target]` over the scored rows of
@@ -422,14 +433,6 @@ fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let sum: f64 = row.iter().map(|&v| exp_f32(v - max) as f64).sum();
     max + sum.ln() as f32
-}
-
-/// `out = row − logsumexp(row)`.
-fn log_softmax(row: &[f32], out: &mut [f32]) {
-    let lse = log_sum_exp(row);
-    for (o, &v) in out.iter_mut().zip(row) {
-        *o = v - lse;
-    }
 }
 
 /// `lse − row[target]` in f64.
