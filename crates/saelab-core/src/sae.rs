@@ -341,9 +341,16 @@ impl Sae {
         Ok((enc.latents, out))
     }
 
-    /// Whether [`Sae::refit_sq_err`] is defined for this SAE.
-    pub fn supports_refit(&self) -> bool {
-        !self.is_transcoder() && self.cfg.input_norm != InputNorm::LayerNorm
+    /// `Ok` if [`Sae::refit_sq_err`] is defined for this SAE, else the error that says
+    /// why not.
+    pub fn check_refit(&self) -> Result<()> {
+        if self.is_transcoder() || self.cfg.input_norm == InputNorm::LayerNorm {
+            return Err(Error::config(
+                "refit needs an SAE that reconstructs its own input without LayerNorm \
+                 (not a transcoder or a LayerNorm-input SAE)",
+            ));
+        }
+        Ok(())
     }
 
     /// `Σ_r ‖x_r − x̂_r‖²` when each row's coefficients on its active `latents` are
@@ -351,21 +358,9 @@ impl Sae {
     /// Defined for SAEs whose output is an affine map of the latents on the input's own
     /// space: not for transcoders or LayerNorm-input SAEs (an error says so).
     pub fn refit_sq_err(&self, x: &Matrix, latents: &Latents) -> Result<f64> {
-        if !self.supports_refit() {
-            return Err(Error::config(
-                "refit needs an SAE that reconstructs its own input without LayerNorm \
-                 (not a transcoder or a LayerNorm-input SAE)",
-            ));
-        }
+        self.check_refit()?;
         self.check_input(x)?;
-        let mut y = x.clone();
-        let b_dec = &self.params.get("b_dec").data;
-        for r in 0..y.rows {
-            y.row_mut(r)
-                .iter_mut()
-                .zip(b_dec)
-                .for_each(|(v, b)| *v -= b);
-        }
+        let mut y = arch::common::subtract_bias(x, &self.params.get("b_dec").data);
         if let Some(s) = self.skip_term(x)? {
             y.data.iter_mut().zip(&s.data).for_each(|(v, s)| *v -= s);
         }

@@ -92,15 +92,12 @@ pub fn run(a: Args) -> Result<()> {
             sae.cfg.d_in
         );
     }
+    if a.refit {
+        sae.check_refit()
+            .with_context(|| format!("{}: --refit", sae_dir.display()))?;
+    }
     let rows = a.rows.unwrap_or(store.rows()).min(store.rows());
     let pb = progress::bar(rows as u64, "tokens");
-    if a.refit && !sae.supports_refit() {
-        anyhow::bail!(
-            "{}: --refit needs an SAE that reconstructs its own input without LayerNorm \
-             (this is a transcoder or a LayerNorm-input SAE)",
-            sae_dir.display()
-        );
-    }
     let (metrics, _) = evaluate_store(&sae, &store, 0..rows, a.refit, |done| {
         pb.set_position(done as u64)
     })?;
