@@ -2,10 +2,10 @@
 //! held in memory; with `--model`, the language-model forward and splice benchmark
 //! instead (`bench_model`). Prints a table, or the full report as JSON with `--json`.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use saelab_core::bench::{self, BenchConfig, WorkloadId};
+
+use crate::cmd::bench_model::ModelBenchArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,42 +43,13 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-    /// Benchmark this language model's forward (extraction rate) instead of W1–W4.
-    #[arg(long, requires = "corpus")]
-    model: Option<PathBuf>,
-    /// Corpus whose held-out documents feed the model benchmark.
-    #[arg(long, requires = "model")]
-    corpus: Option<PathBuf>,
-    /// With --model: also time the forward with this SAE spliced in (splice cost).
-    #[arg(long, requires = "model")]
-    sae: Option<PathBuf>,
-    /// With --model: hook to capture / splice at (default: the SAE's hook, else
-    /// blocks.15.hook_resid_post).
-    #[arg(long, requires = "model")]
-    hook: Option<String>,
-    /// With --model: timed batches (one more runs untimed first).
-    #[arg(long, default_value_t = 8)]
-    batches: usize,
-    /// With --model: contexts per batch.
-    #[arg(long, default_value_t = 8)]
-    contexts: usize,
-    /// With --model: tokens per context.
-    #[arg(long, default_value_t = 128)]
-    ctx_len: usize,
+    #[command(flatten)]
+    lm: ModelBenchArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if let (Some(model), Some(corpus)) = (a.model, a.corpus) {
-        let args = crate::cmd::bench_model::ModelBenchArgs {
-            model,
-            corpus,
-            sae: a.sae,
-            hook: a.hook,
-            batches: a.batches,
-            batch: a.contexts,
-            ctx_len: a.ctx_len,
-        };
-        return crate::cmd::bench_model::run(args, a.json);
+    if let (Some(model), Some(corpus)) = (&a.lm.model, &a.lm.corpus) {
+        return crate::cmd::bench_model::run(&a.lm, model, corpus, a.json);
     }
     let workloads = a
         .workloads

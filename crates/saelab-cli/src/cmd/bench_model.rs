@@ -11,7 +11,7 @@
 //!   the hook; its *splice cost* is the median per-batch ratio S1 / E3.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -28,14 +28,30 @@ use serde::Serialize;
 use crate::progress;
 use crate::STOP;
 
-/// What `saelab bench --model` measures on.
+/// The flags of `saelab bench --model` (part of `saelab bench`'s arguments).
+#[derive(clap::Args)]
 pub struct ModelBenchArgs {
-    pub model: PathBuf,
-    pub corpus: PathBuf,
+    /// Benchmark this language model's forward (extraction rate) instead of W1–W4.
+    #[arg(long, requires = "corpus")]
+    pub model: Option<PathBuf>,
+    /// Corpus whose held-out documents feed the model benchmark.
+    #[arg(long, requires = "model")]
+    pub corpus: Option<PathBuf>,
+    /// With --model: also time the forward with this SAE spliced in (splice cost).
+    #[arg(long, requires = "model")]
     pub sae: Option<PathBuf>,
+    /// With --model: hook to capture / splice at (default: the SAE's hook, else
+    /// blocks.15.hook_resid_post).
+    #[arg(long, requires = "model")]
     pub hook: Option<String>,
+    /// With --model: timed batches (one more runs untimed first).
+    #[arg(long, default_value_t = 8)]
     pub batches: usize,
-    pub batch: usize,
+    /// With --model: contexts per batch.
+    #[arg(long, default_value_t = 8)]
+    pub contexts: usize,
+    /// With --model: tokens per context.
+    #[arg(long, default_value_t = 128)]
     pub ctx_len: usize,
 }
 
@@ -65,10 +81,11 @@ struct ModelReport {
     cpu_per_wall: Option<f64>,
 }
 
-/// Runs the model workloads; prints a table, or JSON with `json`.
-pub fn run(a: ModelBenchArgs, json: bool) -> Result<()> {
-    if a.batches == 0 || a.batch == 0 || a.ctx_len < 2 {
-        bail!("--batches and --batch must be positive and --ctx-len at least 2");
+/// Runs the model workloads on `model` with text from `corpus`; prints a table, or
+/// JSON with `json`.
+pub fn run(a: &ModelBenchArgs, model: &Path, corpus: &Path, json: bool) -> Result<()> {
+    if a.batches == 0 || a.contexts == 0 || a.ctx_len < 2 {
+        bail!("--batches and --contexts must be positive and --ctx-len at least 2");
     }
     let sae = match &a.sae {
         Some(p) => Some(load_sae(&sae_dir(p))?),
@@ -79,18 +96,18 @@ pub fn run(a: ModelBenchArgs, json: bool) -> Result<()> {
         .clone()
         .or_else(|| sae.as_ref().and_then(|s| s.cfg.metadata.hook_name.clone()))
         .unwrap_or_else(|| "blocks.15.hook_resid_post".to_string());
-    let lm = HookedModel::load(&a.model)?;
-    let tok = Tokenizer::from_path(&a.model)?;
+    let lm = HookedModel::load(model)?;
+    let tok = Tokenizer::from_path(model)?;
     // One untimed warm-up batch, then the timed ones.
-    let n_ctx = a.batch * (a.batches + 1);
-    let contexts = corpus_contexts(&tok, &a.corpus, Part::HeldOut, a.ctx_len, n_ctx)?;
-    if contexts.len() < 2 * a.batch {
+    let n_ctx = a.contexts * (a.batches + 1);
+    let contexts = corpus_contexts(&tok, corpus, Part::HeldOut, a.ctx_len, n_ctx)?;
+    if contexts.len() < 2 * a.contexts {
         bail!(
             "{}: only {} held-out contexts of {} tokens; need at least {}",
-            a.corpus.display(),
+            corpus.display(),
             contexts.len(),
             a.ctx_len,
-            2 * a.batch
+            2 * a.contexts
         );
     }
     let last = format!("blocks.{}.hook_resid_post", lm.n_layers() - 1);
@@ -107,7 +124,7 @@ pub fn run(a: ModelBenchArgs, json: bool) -> Result<()> {
         ));
     }
     let mut ratios = Vec::new();
-    let batches: Vec<&[Vec<u32>]> = contexts.chunks_exact(a.batch).collect();
+    let batches: Vec<&[Vec<u32>]> = contexts.chunks_exact(a.contexts).collect();
     let pb = progress::bar(batches.len() as u64, "batches");
     let (mut cpu0, mut wall0) = (None, Instant::now());
     for (i, b) in batches.iter().enumerate() {
@@ -155,12 +172,12 @@ pub fn run(a: ModelBenchArgs, json: bool) -> Result<()> {
         (Some(c0), Some(c1)) => Some((c1 - c0) / wall0.elapsed().as_secs_f64()),
         _ => None,
     };
-    let tokens = (a.batch * a.ctx_len) as f64;
+    let tokens = (a.contexts * a.ctx_len) as f64;
     let timed = batches.len() - 1;
     let report = ModelReport {
-        model: a.model.display().to_string(),
+        model: model.display().to_string(),
         threads: rayon::current_num_threads(),
-        batch: a.batch,
+        batch: a.contexts,
         ctx_len: a.ctx_len,
         timed_batches: timed,
         workloads: workloads
@@ -184,7 +201,7 @@ pub fn run(a: ModelBenchArgs, json: bool) -> Result<()> {
     }
     println!(
         "{} — {timed} timed batches of {} × {} tokens, {} threads",
-        report.model, a.batch, a.ctx_len, report.threads
+        report.model, a.contexts, a.ctx_len, report.threads
     );
     println!("| id | workload | batch (s) | tokens/s |");
     println!("|---|---|---:|---:|");
