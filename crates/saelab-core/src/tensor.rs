@@ -196,8 +196,8 @@ impl ParamSet {
         }
     }
 
-    /// Sets every value to zero, keeping names and shapes (in parallel: gradients of a
-    /// 16× SAE are tens of MB and are zeroed every step).
+    /// Sets every value to zero, keeping names and shapes (in parallel: the gradients of
+    /// a 16× SAE are tens of MB, zeroed each step by the training routes that accumulate).
     pub fn fill_zero(&mut self) {
         use rayon::prelude::*;
         for (_, t) in self.entries.iter_mut() {
