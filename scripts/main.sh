@@ -108,7 +108,6 @@ step "6/7 in-model evaluation (CE / KL with the SAE spliced in)"
 t0=$(now)
 "$SAELAB" eval --sae "$SAE_RUN" --model "$MODEL" --corpus "$CORPUS" --ctx-len "$CTX_LEN" \
   --tokens "$INMODEL_TOKENS" --out "$SAE_RUN/eval.json"
-cp "$SAE_RUN/eval.json" "$RUN_DIR/eval-in-model.json"
 t_inmodel=$(secs "$t0" "$(now)")
 
 step "7/7 summary"
@@ -133,8 +132,7 @@ print(f"SAE        {cfg['architecture']} d_sae = {cfg['d_sae']}, k = {k}, "
 print(f"held-out   FVU {ev['fvu']:.4f}  (explained variance {ev['explained_variance']:.4f})  "
       f"L0 {ev['l0']:.2f}  dead {ev['dead_frac']:.4f}  cos {ev['cos_sim']:.4f}  "
       f"({ev['tokens']} tokens, eval {t_eval:.1f} s)")
-e = json.load(open(os.path.join(run_dir, "eval-in-model.json")))
-m = e.get("in_model", e)
+m = json.load(open(os.path.join(run, "eval.json")))
 def g(key):
     v = m.get(key)
     return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
