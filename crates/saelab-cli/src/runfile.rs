@@ -185,7 +185,10 @@ mod tests {
         assert_eq!(r.train.total_tokens, 1000);
         assert_eq!(r.train.lr, 1e-3);
         assert_eq!(r.expansion_factor, Some(4));
-        assert!(matches!(r.arch, ArchConfig::Topk { k: 16, .. }));
+        assert!(matches!(
+            r.arch,
+            ArchConfig::Topk(saelab_core::arch::TopKConfig { k: 16, .. })
+        ));
     }
 
     #[test]

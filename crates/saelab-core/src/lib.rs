@@ -1,14 +1,27 @@
 //! `saelab-core`: sparse-autoencoder maths with no language-model code.
 //!
-//! - [`arch`]: one file per SAE architecture behind the [`arch::Architecture`] trait;
-//! - [`kernels`]: the dense and sparse CPU products those architectures call;
-//! - [`sae`]: a loaded SAE for inference (`encode`, `decode`, `forward`);
-//! - [`train`], [`optim`], [`schedule`]: the training loop, Adam, warm-ups and decays;
-//! - [`metrics`]: reconstruction and sparsity metrics as defined in DESIGN.md;
-//! - [`format`]: SAELens, sparsify and Gemma Scope files;
-//! - [`store`]: activation matrices from `.npy` / `.safetensors`, memory-mapped;
-//! - [`synth`]: synthetic activations with a known dictionary;
-//! - [`bench`]: the training-step benchmark of BENCH.md (W1–W4).
+//! The path of a training run, top to bottom:
+//!
+//! - [`store`]: activation matrices from `.npy` / `.safetensors` files and caches,
+//!   memory-mapped, split into training and validation rows, served in shuffled batches;
+//! - [`fit`]: the driver — batches from a store (or a model stream) into one or more
+//!   trainers, run directories, checkpoints, resume, Ctrl-C;
+//! - [`train`]: one SAE's trainer (Adam in [`optim`], schedules in [`schedule`], input
+//!   normalisation, unit-norm decoder rows, dead latents, exact checkpoint state);
+//! - [`arch`]: one file per SAE architecture behind two traits (what an SAE *is*, how it
+//!   trains), listed in one registry; [`config`]: the SAE config (`cfg.json`);
+//! - [`kernels`]: the step engine the architectures are written against — the fast CPU
+//!   kernels and the dense reference — and the products and selections inside them;
+//! - [`sae`]: a loaded SAE for inference (`encode`, `decode`, `forward`); [`format`]:
+//!   SAELens, sparsify and Gemma Scope files;
+//! - [`metrics`], [`evaluate`], [`refit`]: the metric definitions of `docs/metrics.md`,
+//!   accumulated batch by batch; dictionary recovery on synthetic data; least-squares
+//!   refits of the latents;
+//! - [`synth`]: synthetic activations with a known dictionary; [`bench`]: the
+//!   training-step benchmark of `docs/bench.md` (W1–W4);
+//! - [`tensor`], [`latents`]: dense matrices, named parameter sets, sparse latents;
+//!   [`io`]: atomic files and directories, tensor files; [`rng`]: the seeded generator;
+//!   [`error`]: the error type (every message names the file and the problem).
 
 pub mod arch;
 pub mod bench;

@@ -16,8 +16,7 @@
 //! `decode` stops at x̂ (SAELens `decode`, sparsify `decode`); `forward` adds the skip term
 //! (SAELens `forward`, sparsify `sae_out`).
 
-use crate::arch;
-use crate::config::{ArchConfig, InputNorm, SaeConfig};
+use crate::config::{InputNorm, SaeConfig};
 use crate::error::{Error, Result};
 use crate::kernels::{self, Transpose};
 use crate::latents::Latents;
@@ -64,25 +63,7 @@ pub struct Sae {
 /// The tensors an SAE with configuration `cfg` must have, with their shapes
 /// (`W_skip` is optional and not listed).
 pub fn required_params(cfg: &SaeConfig) -> Vec<(&'static str, Vec<usize>)> {
-    let (d, n, o) = (cfg.d_in, cfg.d_sae, cfg.d_out);
-    let mut v = vec![
-        ("W_enc", vec![d, n]),
-        ("W_dec", vec![n, o]),
-        ("b_dec", vec![o]),
-    ];
-    match cfg.arch {
-        ArchConfig::Gated { .. } => {
-            v.push(("b_gate", vec![n]));
-            v.push(("r_mag", vec![n]));
-            v.push(("b_mag", vec![n]));
-        }
-        ArchConfig::Jumprelu { .. } | ArchConfig::Batchtopk { .. } => {
-            v.push(("b_enc", vec![n]));
-            v.push(("threshold", vec![n]));
-        }
-        _ => v.push(("b_enc", vec![n])),
-    }
-    v
+    cfg.arch.spec().file_params(cfg.dims())
 }
 
 /// Checks that `cfg` is self-consistent (independently of any weights). Returns a short
@@ -106,20 +87,13 @@ pub fn check_config(cfg: &SaeConfig) -> std::result::Result<(), String> {
     if cfg.input_norm == InputNorm::LayerNorm && cfg.d_in < 2 {
         return Err("layer_norm input normalisation needs d_in >= 2".into());
     }
-    match cfg.arch {
-        ArchConfig::Topk { k, .. } | ArchConfig::Batchtopk { k, .. } if k == 0 => {
-            return Err("k must be at least 1".into())
-        }
-        ArchConfig::Groupmax { k } if k == 0 || !cfg.d_sae.is_multiple_of(k) => {
-            return Err(format!(
-                "groupmax needs k >= 1 dividing d_sae (k={k}, d_sae={})",
-                cfg.d_sae
-            ));
-        }
-        _ => {}
-    }
-    if cfg.rescale_acts_by_decoder_norm && !matches!(cfg.arch, ArchConfig::Topk { .. }) {
-        return Err("rescale_acts_by_decoder_norm is only defined for topk".into());
+    let arch = cfg.arch.spec();
+    arch.check(cfg.dims())?;
+    if cfg.rescale_acts_by_decoder_norm && !arch.rescales_by_decoder_norm() {
+        return Err(format!(
+            "rescale_acts_by_decoder_norm is not defined for {}",
+            cfg.arch.name()
+        ));
     }
     Ok(())
 }
@@ -229,7 +203,7 @@ impl Sae {
     /// exact steps). Fails only if `x` does not have `d_in` columns.
     pub fn encode(&self, x: &Matrix) -> Result<Encoded> {
         let (xe, norm) = self.prepare_input(x)?;
-        let arch = arch::build(&self.cfg.arch);
+        let arch = self.cfg.arch.spec();
         let latents = if self.cfg.rescale_acts_by_decoder_norm {
             // TopK on pre·‖W_dec,j‖: scale the encoder columns and bias by the norms.
             let norms = self.decoder_norms();
@@ -360,7 +334,7 @@ impl Sae {
     pub fn refit_sq_err(&self, x: &Matrix, latents: &Latents) -> Result<f64> {
         self.check_refit()?;
         self.check_input(x)?;
-        let mut y = arch::common::subtract_bias(x, &self.params.get("b_dec").data);
+        let mut y = crate::kernels::subtract_bias(x, &self.params.get("b_dec").data);
         if let Some(s) = self.skip_term(x)? {
             y.data.iter_mut().zip(&s.data).for_each(|(v, s)| *v -= s);
         }
@@ -401,6 +375,7 @@ fn layer_norm_in(x: &mut Matrix) -> Vec<RowNorm> {
 #[allow(clippy::needless_range_loop)] // the naive references index on purpose
 mod tests {
     use super::*;
+    use crate::config::ArchConfig;
     use crate::rng::Rng;
 
     fn random_tensor(rng: &mut Rng, shape: &[usize], scale: f32) -> Tensor {
@@ -411,9 +386,9 @@ mod tests {
     fn relu_sae(d: usize, n: usize, d_out: usize, skip: bool) -> Sae {
         let mut rng = Rng::new(3);
         let mut cfg = SaeConfig::new(
-            ArchConfig::Relu {
+            ArchConfig::Relu(crate::arch::ReluConfig {
                 l1_coefficient: 1.0,
-            },
+            }),
             d,
             n,
         );

@@ -2,8 +2,9 @@
 //!
 //! The trainer owns everything shared by all architectures — Adam, the schedules,
 //! input normalisation, unit-norm decoder rows with parallel-gradient removal,
-//! dead-latent tracking, checkpoints — and calls the [`Architecture`] for the loss and
-//! its gradient. It does not read data: a driver (see [`crate::fit`]) hands it batches,
+//! dead-latent tracking, checkpoints — and calls the architecture's [`Train`] object for
+//! the loss and its gradient, on a step engine ([`StepEngine`]: the fast CPU kernels or,
+//! with `reference_kernels`, the dense reference). It does not read data: a driver (see [`crate::fit`]) hands it batches,
 //! so one pass over the data (or over a model) can feed several trainers at once.
 //!
 //! Determinism: for a given seed, data order and thread count, every step is
@@ -14,10 +15,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::arch::{self, Architecture, StepContext};
-use crate::config::{ArchConfig, SaeConfig};
+use crate::arch::{StepContext, Train};
+use crate::config::SaeConfig;
 use crate::error::{Error, Result};
 use crate::io;
+use crate::kernels::engine::{EngineKind, StepEngine};
 use crate::optim::{clip_grad_norm, Adam, AdamConfig};
 use crate::rng::Rng;
 use crate::schedule::Schedule;
@@ -193,7 +195,11 @@ pub struct StepReport {
 pub struct Trainer {
     cfg: TrainConfig,
     sae_cfg: SaeConfig,
-    arch: Box<dyn Architecture>,
+    arch: Box<dyn Train>,
+    /// The engine the steps run on, and the other kind once it has been used (the
+    /// benchmark alternates them on one trainer).
+    engine: Box<dyn StepEngine>,
+    spare_engine: Option<Box<dyn StepEngine>>,
     params: ParamSet,
     grads: ParamSet,
     adam: Adam,
@@ -211,14 +217,13 @@ impl Trainer {
     /// for the input scale and the `b_dec` initialisation.
     pub fn new(cfg: TrainConfig, sae_cfg: SaeConfig, sample: &Matrix) -> Result<Self> {
         cfg.validate()?;
-        validate_trainable(&sae_cfg)?;
+        let arch = validate_trainable(&sae_cfg)?;
         if sample.cols != sae_cfg.d_in || sample.rows == 0 {
             return Err(Error::Shape(format!(
                 "initialisation sample is [{}, {}], the SAE needs d_in = {}",
                 sample.rows, sample.cols, sae_cfg.d_in
             )));
         }
-        let arch = arch::build(&sae_cfg.arch);
         let mut rng = Rng::new(cfg.seed);
         let mut params = arch.init(sae_cfg.dims(), &mut rng);
         let input_scale = if cfg.normalize_inputs {
@@ -250,6 +255,8 @@ impl Trainer {
         let adam = Adam::new(cfg.adam, &params);
         Ok(Trainer {
             tokens_since_fired: vec![0; sae_cfg.d_sae],
+            engine: engine_kind(&cfg).build(),
+            spare_engine: None,
             cfg,
             sae_cfg,
             arch,
@@ -307,6 +314,25 @@ impl Trainer {
     /// following steps (same maths; the benchmark times both on one trainer).
     pub fn set_reference_kernels(&mut self, on: bool) {
         self.cfg.reference_kernels = on;
+        let want = engine_kind(&self.cfg);
+        if self.engine_kind() != want {
+            let other = self.spare_engine.take().unwrap_or_else(|| want.build());
+            self.spare_engine = Some(std::mem::replace(&mut self.engine, other));
+        }
+    }
+
+    fn engine_kind(&self) -> EngineKind {
+        if self.engine.name() == "reference" {
+            EngineKind::Reference
+        } else {
+            EngineKind::Cpu
+        }
+    }
+
+    /// Replaces the step engine (tests pin the CPU engine's route this way).
+    pub fn set_engine(&mut self, engine: Box<dyn StepEngine>) {
+        self.engine = engine;
+        self.spare_engine = None;
     }
 
     /// Counts the latents where `dead[j]` is true as dead (for the AuxK loss and the
@@ -347,7 +373,7 @@ impl Trainer {
                 batch.cols, self.sae_cfg.d_in
             )));
         }
-        let mut ph = crate::kernels::Phases::start();
+        let _span = tracing::debug_span!("step", step = self.step + 1).entered();
         // Scaled copy of the batch into a buffer kept between steps (no allocation).
         let mut x = std::mem::take(&mut self.scaled);
         scale_into(batch, self.input_scale, &mut x);
@@ -356,15 +382,17 @@ impl Trainer {
         let dead: Vec<bool> = (0..self.tokens_since_fired.len())
             .map(|j| self.is_dead(j))
             .collect();
-        ph.mark("scale, dead");
         let ctx = StepContext {
             sparsity_scale,
             dead: &dead,
-            reference: self.cfg.reference_kernels,
         };
-        let out = self
-            .arch
-            .train_step(&self.params, &x, &ctx, &mut self.grads);
+        let out = self.arch.train_step(
+            self.engine.as_mut(),
+            &self.params,
+            &x,
+            &ctx,
+            &mut self.grads,
+        );
         if !out.loss.is_finite() {
             return Err(Error::config(format!(
                 "loss became {} at step {}; lower the learning rate or check the inputs",
@@ -372,15 +400,14 @@ impl Trainer {
                 self.step + 1
             )));
         }
-        ph.mark("train_step total");
         let unit_norm = self.arch.unit_norm_decoder();
         let lr = self.cfg.lr * schedule.lr_scale(self.step);
+        let adam_span = tracing::debug_span!("adam").entered();
         let grad_norm = if unit_norm && self.cfg.grad_clip.is_none() {
             // Parallel-gradient removal, Adam and renormalisation in one pass.
             let d = self.params.get("W_dec").cols();
             self.adam
                 .step_unit_rows(&mut self.params, &self.grads, lr, Some(("W_dec", d)));
-            ph.mark("adam (unit rows fused)");
             None
         } else {
             if unit_norm {
@@ -394,9 +421,9 @@ impl Trainer {
             if unit_norm {
                 normalize_rows(self.params.get_mut("W_dec"));
             }
-            ph.mark("adam");
             grad_norm
         };
+        drop(adam_span);
         // Dead-latent tracking: tokens since each latent last fired.
         let b = x.rows as u64;
         let mut last_row: Vec<Option<usize>> = vec![None; self.sae_cfg.d_sae];
@@ -418,7 +445,6 @@ impl Trainer {
         let nnz = out.latents.val.iter().filter(|&&v| v != 0.0).count();
         let total_var = centered_sq_sum(&x);
         self.scaled = x;
-        ph.mark("dead tracking, stats");
         Ok(StepReport {
             step: self.step,
             tokens: self.step * self.cfg.batch_size as u64,
@@ -506,7 +532,7 @@ impl Trainer {
             .map_err(|e| Error::bad_file(&json_path, format!("not a saelab trainer state: {e}")))?;
         let st_path = dir.join("trainer_state.safetensors");
         let tensors = io::read_safetensors(&st_path)?;
-        let mut arch = arch::build(&state.sae.arch);
+        let mut arch = validate_trainable(&state.sae).map_err(|e| in_file(&json_path, e))?;
         arch.load_state(&state.arch_state)?;
         let template = arch.init(state.sae.dims(), &mut Rng::new(0));
         let take = |prefix: &str| -> Result<ParamSet> {
@@ -556,6 +582,8 @@ impl Trainer {
             .collect();
         let trainer = Trainer {
             grads: params.zeros_like(),
+            engine: engine_kind(&state.train).build(),
+            spare_engine: None,
             cfg: state.train,
             sae_cfg: state.sae,
             arch,
@@ -583,31 +611,36 @@ struct TrainerState {
     extra: serde_json::Value,
 }
 
-/// Refuses SAE configurations that cannot be trained.
-pub fn validate_trainable(cfg: &SaeConfig) -> Result<()> {
+/// The training object for `cfg`, or a config error saying why it cannot be trained.
+pub fn validate_trainable(cfg: &SaeConfig) -> Result<Box<dyn Train>> {
     if cfg.d_in == 0 || cfg.d_sae == 0 {
         return Err(Error::config("d_in and d_sae must be positive"));
     }
-    match cfg.arch {
-        ArchConfig::Groupmax { .. } => {
-            return Err(Error::config(
-                "groupmax SAEs can be loaded and evaluated, not trained",
-            ))
-        }
-        ArchConfig::Topk { k, .. } | ArchConfig::Batchtopk { k, .. } if k == 0 || k > cfg.d_sae => {
-            return Err(Error::config(format!(
-                "k = {k} must be in 1..={}",
-                cfg.d_sae
-            )))
-        }
-        _ => {}
-    }
+    let arch = cfg.arch.trainer(cfg.dims())?;
     if cfg.d_out != cfg.d_in {
         return Err(Error::config(
             "training transcoders (d_out ≠ d_in) is not supported",
         ));
     }
-    Ok(())
+    Ok(arch)
+}
+
+/// The engine a run's settings ask for.
+fn engine_kind(cfg: &TrainConfig) -> EngineKind {
+    if cfg.reference_kernels {
+        EngineKind::Reference
+    } else {
+        EngineKind::Cpu
+    }
+}
+
+/// `e` with `path` named, when it is a config error (a state file whose SAE config
+/// cannot be trained).
+fn in_file(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Config(m) => Error::bad_file(path, m),
+        other => other,
+    }
 }
 
 /// Removes from each gradient row `g_j` its component along decoder row `w_j`:
@@ -752,6 +785,7 @@ fn centered_sq_sum(x: &Matrix) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ArchConfig;
     use crate::synth::{generate, SynthConfig};
 
     fn synth(d: usize, f: usize, rows: usize) -> Matrix {
@@ -778,11 +812,11 @@ mod tests {
             lr_warmup_steps: 3,
             ..TrainConfig::default()
         };
-        let arch = ArchConfig::Topk {
+        let arch = ArchConfig::Topk(crate::arch::TopKConfig {
             k: 4,
             aux_k: 8,
             aux_coefficient: 1.0 / 32.0,
-        };
+        });
         Trainer::new(cfg, SaeConfig::new(arch, x.cols, 48), &x.slice_rows(0, 256)).unwrap()
     }
 
@@ -843,7 +877,7 @@ mod tests {
         let s = t.input_scale();
         assert!(s != 1.0);
         let (cfg, file) = t.export();
-        let arch = arch::build(&cfg.arch);
+        let arch = cfg.arch.spec();
         let xb = x.slice_rows(0, 16);
         let raw_enc = crate::arch::common::subtract_bias(&xb, &file.get("b_dec").data);
         let lat_raw = arch.encode(&file, &raw_enc);

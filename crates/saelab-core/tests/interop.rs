@@ -394,7 +394,10 @@ fn legacy_saelens_configs_load_with_parity() {
     );
     assert_eq!(sae.cfg.metadata.context_size, Some(128));
     let topk = format::load_sae(&tmp.path().join("topk")).unwrap();
-    assert!(matches!(topk.cfg.arch, ArchConfig::Topk { k: 4, .. }));
+    assert!(matches!(
+        topk.cfg.arch,
+        ArchConfig::Topk(saelab_core::arch::TopKConfig { k: 4, .. })
+    ));
 
     // A topk activation without k is refused, naming the file.
     let dir = tmp.path().join("topk");
@@ -440,7 +443,10 @@ fn describe_reports_every_fixture() {
     let Some(fx) = fixtures() else { return };
     let d = format::describe(&fx.join("sparsify/groupmax")).unwrap();
     assert_eq!((d.d_in, d.d_sae, d.d_out), (16, 64, 16));
-    assert_eq!(d.arch, ArchConfig::Groupmax { k: 4 });
+    assert_eq!(
+        d.arch,
+        ArchConfig::Groupmax(saelab_core::arch::GroupMaxConfig { k: 4 })
+    );
     assert!(d
         .tensors
         .iter()
@@ -471,9 +477,9 @@ fn roundtrip_cases() -> Vec<(&'static str, &'static str, SaeConfig, bool)> {
     v.push((
         "relu",
         "standard",
-        base(ArchConfig::Relu {
+        base(ArchConfig::Relu(saelab_core::arch::ReluConfig {
             l1_coefficient: 2.5,
-        }),
+        })),
         false,
     ));
     let mut c = base(ArchConfig::default_for("topk", 5).unwrap());
@@ -507,9 +513,9 @@ fn roundtrip_cases() -> Vec<(&'static str, &'static str, SaeConfig, bool)> {
         base(ArchConfig::default_for("gated", 0).unwrap()),
         false,
     ));
-    let mut c = base(ArchConfig::Relu {
+    let mut c = base(ArchConfig::Relu(saelab_core::arch::ReluConfig {
         l1_coefficient: 1.0,
-    });
+    }));
     c.d_out = 7;
     c.apply_b_dec_to_input = false;
     v.push(("transcoder", "transcoder", c.clone(), false));
@@ -629,9 +635,9 @@ fn half_precision_weights_are_read_as_f32() {
 fn transposed_weights_are_oriented_by_shape() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = SaeConfig::new(
-        ArchConfig::Relu {
+        ArchConfig::Relu(saelab_core::arch::ReluConfig {
             l1_coefficient: 1.0,
-        },
+        }),
         6,
         15,
     );
@@ -919,11 +925,25 @@ fn missing_files_and_bad_npz_are_clear_errors() {
 
 #[test]
 fn groupmax_cannot_be_saved_in_saelens_format() {
-    let cfg = SaeConfig::new(ArchConfig::Groupmax { k: 4 }, 6, 16);
+    let cfg = SaeConfig::new(
+        ArchConfig::Groupmax(saelab_core::arch::GroupMaxConfig { k: 4 }),
+        6,
+        16,
+    );
     let sae = random_sae(cfg, false, 2);
     let tmp = tempfile::tempdir().unwrap();
     let msg = one_line(&format::save_sae(&sae, &tmp.path().join("g"), None).unwrap_err());
     assert!(msg.contains("groupmax"), "{msg}");
     assert!(!tmp.path().join("g").exists());
-    assert!(!ArchConfig::Groupmax { k: 4 }.trainable());
+    let groupmax = ArchConfig::Groupmax(saelab_core::arch::GroupMaxConfig { k: 4 });
+    let dims = saelab_core::Dims {
+        d_in: 6,
+        n: 16,
+        d_out: 6,
+    };
+    let err = groupmax
+        .trainer(dims)
+        .err()
+        .expect("groupmax is inference-only");
+    assert!(err.to_string().contains("not trained"), "{err}");
 }

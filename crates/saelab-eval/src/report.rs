@@ -34,7 +34,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use saelab_core::config::SaeConfig;
 use saelab_core::format::{load_sae, read_log_sparsity};
-use saelab_core::{ArchConfig, Error, Result};
+use saelab_core::{Error, Result};
 use serde::Serialize;
 
 use crate::inmodel::InModelMetrics;
@@ -109,21 +109,6 @@ pub fn sae_dir(dir: &Path) -> PathBuf {
     }
 }
 
-fn sparsity_label(a: &ArchConfig) -> String {
-    match a {
-        ArchConfig::Topk { k, .. } | ArchConfig::Batchtopk { k, .. } => format!("k={k}"),
-        ArchConfig::Groupmax { k } => format!("groups={k}"),
-        ArchConfig::Relu { l1_coefficient } | ArchConfig::Gated { l1_coefficient } => {
-            format!("λ={l1_coefficient}")
-        }
-        ArchConfig::Jumprelu {
-            l0_coefficient,
-            init_threshold,
-            ..
-        } => format!("λ0={l0_coefficient} θ0={init_threshold}"),
-    }
-}
-
 /// Reads a run directory (or a bare SAE directory). Errors name the file at fault.
 pub fn read_run(dir: &Path) -> Result<RunSummary> {
     let sdir = sae_dir(dir);
@@ -149,7 +134,7 @@ pub fn read_run(dir: &Path) -> Result<RunSummary> {
     let (arch, sparsity, d_sae, hook) = match run_cfg {
         Some(c) => (
             c.arch.name().to_string(),
-            sparsity_label(&c.arch),
+            c.arch.sparsity_label(),
             c.d_sae,
             c.metadata.hook_name.clone(),
         ),
@@ -161,7 +146,7 @@ pub fn read_run(dir: &Path) -> Result<RunSummary> {
                     .trained_as
                     .clone()
                     .unwrap_or_else(|| c.arch.name().to_string()),
-                sparsity_label(&c.arch),
+                c.arch.sparsity_label(),
                 c.d_sae,
                 c.metadata.hook_name.clone(),
             )

@@ -87,14 +87,13 @@ pub struct Sweep {
     pub runs: Vec<SweepRun>,
 }
 
+/// An axis key's short form in run names: the architecture's own (`lam` for
+/// `l1_coefficient`), `x` and `n` for the widths, else the key itself.
 fn short_key(k: &str) -> &str {
     match k {
-        "l1_coefficient" => "lam",
-        "l0_coefficient" => "l0c",
-        "init_threshold" => "th",
         "expansion_factor" => "x",
         "d_sae" => "n",
-        other => other,
+        other => saelab_core::ArchConfig::short_key(other).unwrap_or(other),
     }
 }
 
@@ -371,7 +370,7 @@ mod tests {
         let rf = runfile::parse(s.runs[2].table.clone()).unwrap();
         assert!(matches!(
             rf.arch,
-            saelab_core::ArchConfig::Topk { k: 8, .. }
+            saelab_core::ArchConfig::Topk(saelab_core::arch::TopKConfig { k: 8, .. })
         ));
         assert_eq!(rf.expansion_factor, Some(4));
         assert_eq!(rf.train.lr, 1e-3);
@@ -380,7 +379,7 @@ mod tests {
         assert_eq!(rf.train.total_tokens, 1000);
         assert!(matches!(
             rf.arch,
-            saelab_core::ArchConfig::Relu { l1_coefficient } if l1_coefficient == 3.0
+            saelab_core::ArchConfig::Relu(saelab_core::arch::ReluConfig { l1_coefficient }) if l1_coefficient == 3.0
         ));
         assert_eq!(s.hook.as_deref(), Some("blocks.1.hook_resid_post"));
         assert_eq!(data_of(&s).unwrap().paths, [PathBuf::from("a.npy")]);

@@ -15,7 +15,7 @@ use saelab_core::fit::{self, BatchSource, DataSpec, Event, Run, StoreSource, Val
 use saelab_core::metrics::ReconMetrics;
 use saelab_core::store::{ActivationStore, Split};
 use saelab_core::train::{TrainConfig, Trainer};
-use saelab_core::{ArchConfig, Matrix, SaeConfig};
+use saelab_core::{Matrix, SaeConfig};
 use saelab_lm::contexts::{
     documents_fingerprint, model_fingerprint, tokenizer_for_model, ContextOrder, ContextPlan,
 };
@@ -237,9 +237,8 @@ pub(crate) fn width(d: usize, d_sae: Option<usize>, expansion: Option<usize>) ->
 fn run_name(hook: Option<&str>, cfg: &SaeConfig) -> String {
     let mut parts: Vec<String> = hook.map(str::to_string).into_iter().collect();
     parts.push(cfg.arch.name().to_string());
-    match &cfg.arch {
-        ArchConfig::Topk { k, .. } | ArchConfig::Batchtopk { k, .. } => parts.push(format!("k{k}")),
-        _ => {}
+    if let Some(k) = cfg.arch.knob("k") {
+        parts.push(format!("k{k}"));
     }
     parts.push(format!("n{}", cfg.d_sae));
     parts.join("-")

@@ -6,9 +6,9 @@
 //! `f = pre ⊙ 1[selected]`, `x̂ = f W_dec + b_dec`. Tokens may get more or fewer than
 //! `k` latents; the batch average is at most `k`.
 //!
-//! Loss: `mean ‖x − x̂‖² + aux`, where `aux` is TopK's AuxK term on dead latents
-//! ([`AuxK`], shared with `topk.rs`). The selection is piecewise constant, so `pre`
-//! gets the reconstruction gradient on the selected entries only.
+//! Loss: `mean ‖x − x̂‖² + aux`, where `aux` is the TopK family's AuxK term on dead
+//! latents ([`super::topk_family`]). The selection is piecewise constant, so `pre` gets
+//! the reconstruction gradient on the selected entries only.
 //!
 //! Inference threshold: after each step, `θ ← (1 − m) θ + m · min(selected values)`
 //! (`m = threshold_momentum`; the first step sets θ directly). One batch's minimum is
@@ -18,181 +18,137 @@
 //! through a 244-step run on SmolLM2 activations it gave an inference L0 of 25 for
 //! k = 64. The default `m = 0.1` forgets in about ten steps. At inference BatchTopK is
 //! JumpReLU with θ for every latent, `f = pre · 1[pre > θ]`, which gives no batch
-//! dependence; [`Architecture::to_file`] writes that JumpReLU form (`threshold [n]`,
-//! [`ArchConfig::Jumprelu`]). θ is the extra training state ([`Architecture::state`]).
+//! dependence; [`Train::to_file`] writes that JumpReLU form (`threshold [n]`, saved as
+//! [`ArchConfig::Jumprelu`]). θ is the extra training state ([`Train::state`]).
+//!
+//! Half the current θ is handed to the engine as a lower bound on the batch's cut, so
+//! that the fast engine can collect candidates while the encoder runs.
 //!
 //! Decoder rows are kept at unit norm.
 
-use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
-use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, AuxK, Forward, Kernels};
-use super::jumprelu::jumprelu_latents;
-use super::topk::{sparse_step, AuxSpec};
-use super::{Architecture, StepContext, StepOutput};
-use crate::config::{ArchConfig, Dims};
+use super::common::{init_tied, threshold_latents};
+use super::topk::{check_k, default_aux_coefficient, default_aux_k};
+use super::topk_family::{self, AuxK};
+use super::{
+    ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
+};
+use crate::config::Dims;
 use crate::error::{Error, Result};
-use crate::kernels::select::topk_rows;
-use crate::kernels::select::{for_each_above, TopKSelector};
-use crate::kernels::sparse::{AuxLatents, Workspace};
-use crate::kernels::{affine, ROW_CHUNK};
+use crate::kernels::affine;
+use crate::kernels::engine::{Select, StepEngine};
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet, Tensor};
 
-/// The BatchTopK architecture. Training form: `W_enc [d_in, n]`, `b_enc [n]`,
+/// BatchTopK's hyperparameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchTopKConfig {
+    /// Mean latents kept per token.
+    pub k: usize,
+    /// Dead latents used by the AuxK loss (0 disables AuxK).
+    #[serde(default = "default_aux_k")]
+    pub aux_k: usize,
+    /// Coefficient of the AuxK loss.
+    #[serde(default = "default_aux_coefficient")]
+    pub aux_coefficient: f32,
+    /// EMA momentum of the inference threshold.
+    #[serde(default = "default_threshold_momentum")]
+    pub threshold_momentum: f32,
+}
+
+fn default_threshold_momentum() -> f32 {
+    0.1
+}
+
+impl Registered for BatchTopKConfig {
+    fn with_k(k: usize) -> Self {
+        BatchTopKConfig {
+            k,
+            aux_k: default_aux_k(),
+            aux_coefficient: default_aux_coefficient(),
+            threshold_momentum: default_threshold_momentum(),
+        }
+    }
+}
+
+impl Architecture for BatchTopKConfig {
+    fn check(&self, _dims: Dims) -> std::result::Result<(), String> {
+        if self.k == 0 {
+            return Err("k must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The file form: the JumpReLU tensors (`threshold [n]` = θ for every latent).
+    fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
+        let Dims { d_in, n, d_out } = dims;
+        vec![
+            ("W_enc", vec![d_in, n]),
+            ("W_dec", vec![n, d_out]),
+            ("b_dec", vec![d_out]),
+            ("b_enc", vec![n]),
+            ("threshold", vec![n]),
+        ]
+    }
+
+    /// JumpReLU with the file form's `threshold [n]`.
+    fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
+        let pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
+        threshold_latents(pre, &p.get("threshold").data)
+    }
+
+    fn knobs(&self) -> Vec<Knob> {
+        vec![
+            Knob::new("k", self.k).sparsity("k", "k"),
+            Knob::new("aux_k", self.aux_k),
+            Knob::new("aux_coefficient", self.aux_coefficient),
+            Knob::new("threshold_momentum", self.threshold_momentum),
+        ]
+    }
+
+    /// Written as SAELens `jumprelu` (see [`Architecture::saved_as`]).
+    fn saelens(&self) -> Option<SaeLensForm> {
+        Some(SaeLensForm {
+            architecture: "jumprelu",
+            k: None,
+        })
+    }
+
+    /// JumpReLU with default training hyperparameters (the file form carries θ).
+    fn saved_as(&self) -> Option<ArchConfig> {
+        Some(ArchConfig::default_for("jumprelu", self.k).expect("jumprelu is registered"))
+    }
+
+    fn trainer(&self, dims: Dims) -> std::result::Result<Box<dyn Train>, String> {
+        check_k(self.k, dims.n)?;
+        Ok(Box::new(BatchTopK {
+            cfg: self.clone(),
+            threshold: None,
+        }))
+    }
+}
+
+/// The BatchTopK training object. Training form: `W_enc [d_in, n]`, `b_enc [n]`,
 /// `W_dec [n, d_out]`, `b_dec [d_out]`; file form adds `threshold [n]` (all θ).
 pub struct BatchTopK {
-    cfg: ArchConfig,
-    k: usize,
-    aux: AuxK,
-    momentum: f32,
+    cfg: BatchTopKConfig,
     /// EMA of the smallest selected value; `None` before the first step.
     threshold: Option<f32>,
-    ws: Workspace,
 }
 
 impl BatchTopK {
-    /// Builds from an [`ArchConfig::Batchtopk`].
-    pub fn new(cfg: ArchConfig) -> Self {
-        let ArchConfig::Batchtopk {
-            k,
-            aux_k,
-            aux_coefficient,
-            threshold_momentum,
-        } = cfg
-        else {
-            panic!("BatchTopK::new needs ArchConfig::Batchtopk");
-        };
-        BatchTopK {
-            cfg,
-            k,
-            aux: AuxK {
-                k: aux_k,
-                coefficient: aux_coefficient,
-            },
-            momentum: threshold_momentum,
-            threshold: None,
-            ws: Workspace::default(),
-        }
-    }
-
     /// Updates the inference threshold with the smallest selected value of a step.
     fn update_threshold(&mut self, lat: &Latents) {
+        let m = self.cfg.threshold_momentum;
         if let Some(min) = lat.val.iter().copied().reduce(f32::min) {
             self.threshold = Some(match self.threshold {
                 None => min,
-                Some(t) => (1.0 - self.momentum) * t + self.momentum * min,
+                Some(t) => (1.0 - m) * t + m * min,
             });
         }
-    }
-
-    /// The fast step. The batch-wide selection is made from the entries above a lower
-    /// bound `L` (half the current threshold θ), collected while the encoder runs block
-    /// by block: when at least `k·B` entries exceed `L`, the `k·B` largest of the batch
-    /// all do, so selecting among them is exact. Otherwise (first step, or θ far off)
-    /// the full pre-activations are computed and selected from.
-    fn train_step_fast(
-        &mut self,
-        p: &ParamSet,
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> StepOutput {
-        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
-        let b_dec = &p.get("b_dec").data;
-        let (d, n) = (x.cols, b_enc.len());
-        let m = self.k * x.rows;
-        let aux = AuxSpec::new(self.aux.k, self.aux.coefficient, ctx.dead);
-        let k_aux = self.aux.k;
-        let mut ph = crate::kernels::Phases::start();
-        let dense_aux = self.ws.prepare_aux(n, x.rows, &aux.dead, k_aux);
-        self.ws.encoder.load(w_enc, d, n);
-        let lower = self.threshold.map(|t| 0.5 * t).filter(|&l| l > 0.0);
-        let mut selected = None;
-        if let Some(l) = lower {
-            let thr = vec![l; n];
-            let dead = &aux.dead;
-            let (encoder, aux_rows) = self.ws.encoder_with_aux();
-            let parts = encoder.run(
-                w_enc,
-                x,
-                Some(b_dec),
-                b_enc,
-                || {
-                    (
-                        Vec::<(u32, u32, f32)>::new(),
-                        Latents::new(n),
-                        TopKSelector::default(),
-                    )
-                },
-                |(cand, auxl, sel), r, pre| {
-                    for_each_above(pre, &thr, |j, v| cand.push((r as u32, j as u32, v)));
-                    if !dead.is_empty() {
-                        sel.among_unordered(pre, dead, k_aux);
-                        if dense_aux {
-                            // SAFETY: the encoder visits row r once, on one task.
-                            unsafe { aux_rows.write(r, sel.result()) };
-                        } else {
-                            auxl.push_row(sel.result().iter().copied());
-                        }
-                    }
-                },
-            );
-            ph.mark("encode+candidates");
-            let total: usize = parts.iter().map(|p| p.0.len()).sum();
-            if total >= m {
-                let sparse_aux = aux.on() && !dense_aux;
-                let mut aux_lat = Latents::with_capacity(n, x.rows, k_aux);
-                let mut cand = Vec::with_capacity(total);
-                for (c, a, _) in parts {
-                    cand.extend_from_slice(&c);
-                    if sparse_aux {
-                        aux_lat.append(&a);
-                    }
-                }
-                let aux_lat = AuxLatents::pick(aux.on(), dense_aux, aux_lat);
-                selected = Some((select_candidates(&cand, m, x.rows, n), aux_lat));
-                ph.mark("select");
-            }
-        }
-        let (lat, aux_lat) = match selected {
-            Some(s) => s,
-            None => {
-                // Full pre-activations, then the exact radix selection.
-                let mut pre = Matrix::zeros(x.rows, n);
-                let ptr = pre.data.as_mut_ptr() as usize;
-                self.ws.encoder.run(
-                    w_enc,
-                    x,
-                    Some(b_dec),
-                    b_enc,
-                    || (),
-                    |_, r, row| {
-                        // SAFETY: each row r is visited exactly once; rows are disjoint.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut((ptr as *mut f32).add(r * n), n)
-                        };
-                        dst.copy_from_slice(row);
-                    },
-                );
-                let lat = batch_topk(&pre, m);
-                let aux_lat = if !aux.on() {
-                    AuxLatents::Off
-                } else {
-                    let l = topk_rows(&pre, k_aux, Some(ctx.dead));
-                    if dense_aux {
-                        self.ws.set_dense_aux(&l);
-                        AuxLatents::Dense
-                    } else {
-                        AuxLatents::Sparse(l)
-                    }
-                };
-                ph.mark("dense pre + select");
-                (lat, aux_lat)
-            }
-        };
-        self.update_threshold(&lat);
-        sparse_step(&mut self.ws, p, x, grads, lat, aux_lat, &aux)
     }
 
     /// The inference threshold θ (0 before the first training step).
@@ -201,238 +157,31 @@ impl BatchTopK {
     }
 }
 
-/// Number of histogram bins per radix pass (16 bits of an f32 at a time).
-const BINS: usize = 1 << 16;
-
-/// Counts, over the positive entries of `pre`, the bins `bin(bits)` (`None`: skip).
-fn histogram(pre: &Matrix, bin: impl Fn(u32) -> Option<usize> + Sync) -> Vec<u64> {
-    pre.data
-        .par_chunks(ROW_CHUNK * pre.cols.max(1))
-        .fold(
-            || vec![0u64; BINS],
-            |mut h, chunk| {
-                for &v in chunk {
-                    if v > 0.0 {
-                        if let Some(b) = bin(v.to_bits()) {
-                            h[b] += 1;
-                        }
-                    }
-                }
-                h
-            },
-        )
-        .reduce(
-            || vec![0u64; BINS],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
-}
-
-/// Scanning `hist` from the top bin down, the bin where the running count first
-/// reaches `want` (≥ 1), and how many entries lie in higher bins.
-fn bin_of_rank(hist: &[u64], want: u64) -> (usize, u64) {
-    let mut above = 0u64;
-    for b in (0..hist.len()).rev() {
-        if above + hist[b] >= want {
-            return (b, above);
-        }
-        above += hist[b];
-    }
-    unreachable!("fewer entries than the rank asked for")
-}
-
-/// The `m` largest positive entries of `pre` `[B, n]` across all rows (ties: earlier
-/// row, then lower column, first), as [`Latents`] with each row's entries in increasing
-/// latent order. Fewer than `m` if fewer are positive.
-///
-/// Exact and O(B·n): positive f32 values order like their bit patterns, so the m-th
-/// largest value is found by two 16-bit radix histograms rather than a sort.
-pub fn batch_topk(pre: &Matrix, m: usize) -> Latents {
-    let n = pre.cols;
-    let positive = pre.data.par_iter().filter(|&&v| v > 0.0).count();
-    // Cut: keep values with bits > cut, and the first `ties` entries with bits == cut.
-    let (cut, ties) = if m == 0 {
-        (u32::MAX, 0)
-    } else if positive <= m {
-        (0, 0) // every positive value has bits > 0
-    } else {
-        let m = m as u64;
-        let hi_hist = histogram(pre, |b| Some((b >> 16) as usize));
-        let (hi, above_hi) = bin_of_rank(&hi_hist, m);
-        let lo_hist = histogram(pre, |b| {
-            ((b >> 16) as usize == hi).then_some((b & 0xffff) as usize)
-        });
-        let (lo, above_lo) = bin_of_rank(&lo_hist, m - above_hi);
-        (
-            ((hi as u32) << 16) | lo as u32,
-            (m - above_hi - above_lo) as usize,
-        )
-    };
-    // Tie budget per chunk of rows, in row-major order.
-    let chunks: Vec<&[f32]> = pre.data.chunks(ROW_CHUNK * n.max(1)).collect();
-    let tie_counts: Vec<usize> = chunks
-        .par_iter()
-        .map(|c| c.iter().filter(|v| **v > 0.0 && v.to_bits() == cut).count())
-        .collect();
-    let mut left = ties;
-    let budgets: Vec<usize> = tie_counts
-        .iter()
-        .map(|&c| {
-            let b = c.min(left);
-            left -= b;
-            b
-        })
-        .collect();
-    let parts: Vec<Latents> = chunks
-        .par_iter()
-        .zip(&budgets)
-        .map(|(c, &budget)| {
-            let mut budget = budget;
-            let mut out = Latents::new(n);
-            for row in c.chunks(n.max(1)) {
-                out.push_row(row.iter().enumerate().filter_map(|(j, &v)| {
-                    if v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-                        return None; // not positive (or NaN)
-                    }
-                    let bits = v.to_bits();
-                    let keep = bits > cut
-                        || (bits == cut && budget > 0 && {
-                            budget -= 1;
-                            true
-                        });
-                    keep.then_some((j as u32, v))
-                }));
-            }
-            out
-        })
-        .collect();
-    let mut out = Latents::with_capacity(n, pre.rows, 0);
-    for p in &parts {
-        out.append(p);
-    }
-    out
-}
-
-/// The `m` largest of the candidate entries `(row, column, value)` (listed in row-major
-/// order, all positive), ties broken towards the earlier row, then the lower column —
-/// the rule of [`batch_topk`] — as [`Latents`] with `rows` rows, each row's entries in
-/// increasing latent order.
-fn select_candidates(cand: &[(u32, u32, f32)], m: usize, rows: usize, n: usize) -> Latents {
-    let mut out = Latents::with_capacity(n, rows, m / rows.max(1));
-    let (cut, mut ties) = if m == 0 {
-        (f32::INFINITY, 0)
-    } else if cand.len() <= m {
-        (0.0, 0)
-    } else {
-        let mut vals: Vec<f32> = cand.iter().map(|c| c.2).collect();
-        let (_, &mut cut, _) = vals.select_nth_unstable_by(m - 1, |a, b| b.total_cmp(a));
-        let above = cand.iter().filter(|c| c.2 > cut).count();
-        (cut, m - above)
-    };
-    let mut e = 0;
-    for r in 0..rows {
-        while e < cand.len() && cand[e].0 as usize == r {
-            let (_, j, v) = cand[e];
-            if v > cut
-                || (v == cut && ties > 0 && {
-                    ties -= 1;
-                    true
-                })
-            {
-                out.idx.push(j);
-                out.val.push(v);
-            }
-            e += 1;
-        }
-        out.indptr.push(out.idx.len());
-    }
-    out
-}
-
-impl Architecture for BatchTopK {
-    fn config(&self) -> &ArchConfig {
-        &self.cfg
-    }
-
+impl Train for BatchTopK {
     /// Tied init with unit-norm decoder rows, biases zero.
     fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
         init_tied(dims, 1.0, rng)
     }
 
-    /// JumpReLU with the file form's `threshold [n]` when present (what
-    /// [`Architecture::to_file`] writes), else with the current θ for every latent.
-    fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
-        let b_enc = &p.get("b_enc").data;
-        let pre = affine(x_enc, &p.get("W_enc").data, b_enc);
-        match p.try_get("threshold") {
-            Some(t) => jumprelu_latents(pre, &t.data),
-            None => jumprelu_latents(pre, &vec![self.threshold(); b_enc.len()]),
-        }
-    }
-
     fn train_step(
         &mut self,
+        engine: &mut dyn StepEngine,
         p: &ParamSet,
         x: &Matrix,
         ctx: &StepContext,
         grads: &mut ParamSet,
     ) -> StepOutput {
-        if !ctx.reference {
-            return self.train_step_fast(p, x, ctx, grads);
-        }
-        // The reference kernels accumulate.
-        grads.fill_zero();
-        let kern = Kernels {
-            reference: ctx.reference,
+        let select = Select::BatchTopK {
+            total: self.cfg.k * x.rows,
+            hint: self.threshold.map(|t| 0.5 * t),
         };
-        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
-        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
-        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec] =
-            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec"]);
-        let bsz = x.rows.max(1) as f64;
-
-        let x_enc = subtract_bias(x, b_dec);
-        let pre = affine(&x_enc, w_enc, b_enc);
-        let lat = batch_topk(&pre, self.k * x.rows);
-        let x_hat = kern.decode(&lat, w_dec, b_dec);
-        let (sq_err, g_out) = mse_and_grad(&x_hat, x);
-        let mut loss = sq_err / bsz;
-        let mut terms = vec![("mse", loss)];
-
-        // Reconstruction path: every selected value is positive and passes gradient.
-        let g_f = kern.decode_backward(&lat, &g_out, w_dec, &mut g_w_dec.data, &mut g_b_dec.data);
-        let s = kern.encode_backward(
-            &lat,
-            &g_f,
-            &x_enc,
-            w_enc,
-            &mut g_w_enc.data,
-            Some(&mut g_b_enc.data),
-        );
-        sub_assign(&mut g_b_dec.data, &s);
-
-        let fwd = Forward {
-            x,
-            x_enc: &x_enc,
-            pre: &pre,
-            x_hat: &x_hat,
+        let aux = AuxK {
+            k: self.cfg.aux_k,
+            coefficient: self.cfg.aux_coefficient,
         };
-        if let Some(aux_loss) = self.aux.add_loss_and_grad(p, fwd, ctx, grads) {
-            terms.push(("aux", aux_loss));
-            loss += aux_loss;
-        }
-
-        // Inference threshold: EMA of the smallest selected value.
-        self.update_threshold(&lat);
-
-        StepOutput {
-            loss,
-            terms,
-            latents: lat,
-            sq_err,
-        }
+        let out = topk_family::step(engine, p, x, select, aux, ctx, grads);
+        self.update_threshold(&out.latents);
+        out
     }
 
     fn unit_norm_decoder(&self) -> bool {
@@ -440,7 +189,7 @@ impl Architecture for BatchTopK {
     }
 
     /// The JumpReLU form: the parameters plus `threshold [n]` = θ for every latent,
-    /// under [`ArchConfig::Jumprelu`] (default training hyperparameters).
+    /// under the config [`Architecture::saved_as`] gives.
     fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
         let mut out = params.clone();
         let n = params.get("b_enc").data.len();
@@ -448,9 +197,7 @@ impl Architecture for BatchTopK {
             "threshold",
             Tensor::new(&[n], vec![self.threshold(); n]).unwrap(),
         );
-        let cfg =
-            ArchConfig::default_for("jumprelu", self.k).expect("jumprelu is a known architecture");
-        (out, cfg)
+        (out, ArchConfig::from(self.cfg.clone()).file_form())
     }
 
     /// `{"threshold": θ}` (`null` before the first step).
@@ -482,15 +229,20 @@ impl Architecture for BatchTopK {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::common::subtract_bias;
     use crate::arch::gradcheck;
+    use crate::kernels::cpu::CpuEngine;
 
     fn arch(k: usize, aux_k: usize, momentum: f32) -> BatchTopK {
-        BatchTopK::new(ArchConfig::Batchtopk {
-            k,
-            aux_k,
-            aux_coefficient: 0.5,
-            threshold_momentum: momentum,
-        })
+        BatchTopK {
+            cfg: BatchTopKConfig {
+                k,
+                aux_k,
+                aux_coefficient: 0.5,
+                threshold_momentum: momentum,
+            },
+            threshold: None,
+        }
     }
 
     /// Direct selection: sort every positive entry by (value desc, row, column) and keep
@@ -519,48 +271,6 @@ mod tests {
     }
 
     #[test]
-    fn selection_matches_a_full_sort_including_ties() {
-        let mut rng = Rng::new(7);
-        // Values on a coarse grid, so that many ties straddle the cut; several rows,
-        // more than one row chunk, negatives and zeros.
-        let (rows, n) = (150, 37);
-        let data: Vec<f32> = (0..rows * n)
-            .map(|_| (rng.below(41) as f32 - 20.0) * 0.25)
-            .collect();
-        let pre = Matrix::from_vec(rows, n, data).unwrap();
-        let positive = pre.data.iter().filter(|&&v| v > 0.0).count();
-        for m in [
-            0,
-            1,
-            5,
-            149,
-            150 * 3,
-            2000,
-            positive - 1,
-            positive,
-            positive + 10,
-        ] {
-            let got = batch_topk(&pre, m);
-            assert_eq!(got.rows(), rows);
-            assert_eq!(triples(&got), naive_select(&pre, m), "m = {m}");
-        }
-        // Continuous values spanning many binades.
-        let data: Vec<f32> = (0..rows * n)
-            .map(|_| {
-                (rng.normal() * 3.0).exp() as f32 * if rng.uniform() < 0.3 { -1.0 } else { 1.0 }
-            })
-            .collect();
-        let pre = Matrix::from_vec(rows, n, data).unwrap();
-        for m in [1, 7, 300, 1111, 4000] {
-            assert_eq!(
-                triples(&batch_topk(&pre, m)),
-                naive_select(&pre, m),
-                "m = {m}"
-            );
-        }
-    }
-
-    #[test]
     fn training_selects_k_times_batch_across_the_batch() {
         let (d, n, rows, k) = (6, 24, 17, 3);
         let mut rng = Rng::new(2);
@@ -580,9 +290,8 @@ mod tests {
         let ctx = StepContext {
             sparsity_scale: 1.0,
             dead: &dead,
-            reference: false,
         };
-        let out = a.train_step(&p, &x, &ctx, &mut p.zeros_like());
+        let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
         // Independent pre-activations in f64, then the selection by full sort.
         let (w_enc, b_enc, b_dec) = (
             &p.get("W_enc").data,
@@ -629,53 +338,12 @@ mod tests {
         let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.1);
         let x = gradcheck::random_batch(&mut rng, 9, 6);
         let dead = vec![false; 20];
-        for reference in [false, true] {
-            let ctx = StepContext {
-                sparsity_scale: 1.0,
-                dead: &dead,
-                reference,
-            };
-            gradcheck::check(&mut a, &p, &x, &ctx, &[], 40, None);
-        }
-    }
-
-    #[test]
-    fn auxk_gradient_matches_finite_differences_on_dead_latents() {
-        // As in topk.rs: the AuxK target carries no gradient, so only parameters of
-        // latents that are dead and unselected on this batch have FD = analytic.
-        let (d, n) = (6, 24);
-        let dims = Dims {
-            d_in: d,
-            n,
-            d_out: d,
+        let ctx = StepContext {
+            sparsity_scale: 1.0,
+            dead: &dead,
         };
-        let mut rng = Rng::new(6);
-        let mut a = arch(3, 4, 0.01);
-        let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.1);
-        let x = gradcheck::random_batch(&mut rng, 7, d);
-        let pre = affine(
-            &subtract_bias(&x, &p.get("b_dec").data),
-            &p.get("W_enc").data,
-            &p.get("b_enc").data,
-        );
-        let used = batch_topk(&pre, 3 * 7);
-        let dead: Vec<bool> = (0..n).map(|j| !used.idx.contains(&(j as u32))).collect();
-        assert!(dead.iter().filter(|&&v| v).count() >= 4);
-        let only = |name: &str, i: usize| match name {
-            "W_enc" => dead[i % n],
-            "b_enc" => dead[i],
-            "W_dec" => dead[i / d],
-            _ => false,
-        };
-        for reference in [false, true] {
-            let ctx = StepContext {
-                sparsity_scale: 1.0,
-                dead: &dead,
-                reference,
-            };
-            let out = a.train_step(&p, &x, &ctx, &mut p.zeros_like());
-            assert!(out.terms.iter().any(|(t, v)| *t == "aux" && *v > 0.0));
-            gradcheck::check(&mut a, &p, &x, &ctx, &[], 40, Some(&only));
+        for mut engine in gradcheck::engines() {
+            gradcheck::check(&mut a, engine.as_mut(), &p, &x, &ctx, &[], 40, None);
         }
     }
 
@@ -698,7 +366,6 @@ mod tests {
         let ctx = StepContext {
             sparsity_scale: 1.0,
             dead: &dead,
-            reference: false,
         };
         assert_eq!(a.state(), serde_json::json!({ "threshold": null }));
         let mut want: Option<f64> = None;
@@ -717,7 +384,7 @@ mod tests {
                 None => min,
                 Some(t) => (1.0 - m as f64) * t + m as f64 * min,
             });
-            a.train_step(&p, &x, &ctx, &mut p.zeros_like());
+            a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
             assert!((a.threshold() as f64 - want.unwrap()).abs() < 1e-5);
         }
         // state round trip, and refusal of a malformed state
@@ -756,22 +423,21 @@ mod tests {
         let ctx = StepContext {
             sparsity_scale: 1.0,
             dead: &dead,
-            reference: false,
         };
         for _ in 0..200 {
             let x = gradcheck::random_batch(&mut rng, rows, d);
-            a.train_step(&p, &x, &ctx, &mut p.zeros_like());
+            a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
         }
         let (file, cfg) = a.to_file(&p);
-        assert!(matches!(cfg, ArchConfig::Jumprelu { .. }));
+        assert!(matches!(cfg, ArchConfig::Jumprelu(_)));
         let th = &file.get("threshold").data;
         assert_eq!(th.len(), n);
         assert!(th.iter().all(|&t| t == a.threshold() && t > 0.0));
-        let jump = crate::arch::build(&cfg);
+        let jump = cfg.spec();
         let (mut l0_train, mut l0_file, mut common, mut union) = (0usize, 0usize, 0usize, 0usize);
         for _ in 0..20 {
             let x = gradcheck::random_batch(&mut rng, rows, d);
-            let train = a.train_step(&p, &x, &ctx, &mut p.zeros_like()).latents;
+            let train = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like()).latents;
             let enc = jump.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
             l0_train += train.nnz();
             l0_file += enc.nnz();

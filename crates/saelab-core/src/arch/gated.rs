@@ -28,180 +28,48 @@
 //! Parameters (training and file form, SAELens names): `W_enc [d_in, n]`, `b_gate [n]`,
 //! `r_mag [n]`, `b_mag [n]`, `W_dec [n, d_out]`, `b_dec [d_out]`; no `b_enc`.
 
-use super::common::{
-    init_tied, mse_and_grad, sub_assign, subtract_bias, Kernels, NormL1, DENSE_DENSITY,
+use serde::{Deserialize, Serialize};
+
+use super::common::{init_tied, subtract_bias, NormL1};
+use super::relu::default_l1_coefficient;
+use super::{
+    ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
 };
-use super::{Architecture, StepContext, StepOutput};
-use crate::config::{ArchConfig, Dims};
-use crate::kernels::{affine, dot};
+use crate::config::Dims;
+use crate::kernels::engine::StepEngine;
+use crate::kernels::{affine, mse_and_grad, sub_assign};
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet, Tensor};
 
-/// The Gated architecture.
-pub struct Gated {
-    cfg: ArchConfig,
-    l1_coefficient: f32,
-    /// Gate density above which the dense kernels are used.
-    dense_above: f64,
+/// The Gated SAE's hyperparameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatedConfig {
+    /// λ of the L1 penalty on the gate pre-activations.
+    #[serde(default = "default_l1_coefficient")]
+    pub l1_coefficient: f32,
 }
 
-impl Gated {
-    /// Builds from an [`ArchConfig::Gated`].
-    pub fn new(cfg: ArchConfig) -> Self {
-        let ArchConfig::Gated { l1_coefficient } = cfg else {
-            panic!("Gated::new needs ArchConfig::Gated");
-        };
-        Gated {
-            cfg,
-            l1_coefficient,
-            dense_above: DENSE_DENSITY,
-        }
-    }
-
-    /// [`Architecture::train_step`] with the auxiliary reconstruction decoded through
-    /// `frozen_w_dec [n, d_out]` and `frozen_b_dec [d_out]`, treated as constants.
-    /// `train_step` passes the current `W_dec` and `b_dec`; tests pass fixed copies so
-    /// that finite differences see the same stop-gradient.
-    fn step_with_frozen(
-        &self,
-        p: &ParamSet,
-        frozen: (&[f32], &[f32]),
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> StepOutput {
-        let (frozen_w_dec, frozen_b_dec) = frozen;
-        // The kernels below accumulate.
-        grads.fill_zero();
-        let w_enc = &p.get("W_enc").data;
-        let (b_gate, r_mag, b_mag) = (
-            &p.get("b_gate").data,
-            &p.get("r_mag").data,
-            &p.get("b_mag").data,
-        );
-        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
-        let [g_w_enc, g_b_gate, g_r_mag, g_b_mag, g_w_dec, g_b_dec] =
-            grads.get_many_mut(["W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"]);
-        let n = b_gate.len();
-        let d_out = b_dec.len();
-        let bsz = x.rows.max(1) as f64;
-        let scale: Vec<f32> = r_mag.iter().map(|r| r.exp()).collect();
-
-        // Forward. Both paths share x' W_enc; the pattern is the gate-open set, with
-        // f = ReLU(π_mag) (possibly 0) and ReLU(π_gate) = π_gate stored on it.
-        let x_enc = subtract_bias(x, b_dec);
-        let xw = affine(&x_enc, w_enc, &vec![0.0; n]);
-        let mut f_lat = Latents::with_capacity(n, x.rows, 0);
-        let mut gate_val = Vec::new();
-        for r in 0..x.rows {
-            let row = xw.row(r);
-            f_lat.push_row((0..n).filter_map(|j| {
-                let gate = row[j] + b_gate[j];
-                (gate > 0.0).then(|| {
-                    gate_val.push(gate);
-                    (j as u32, (row[j] * scale[j] + b_mag[j]).max(0.0))
-                })
-            }));
-        }
-        let gate_lat = Latents {
-            val: gate_val,
-            ..f_lat.clone()
-        };
-        let kern = Kernels::for_density(ctx.reference, &gate_lat, self.dense_above);
-
-        // Reconstruction: trains the magnitude path and the decoder.
-        let x_hat = kern.decode(&f_lat, w_dec, b_dec);
-        let (sq_err, g_out) = mse_and_grad(&x_hat, x);
-        let mse = sq_err / bsz;
-        let g_f = kern.decode_backward(&f_lat, &g_out, w_dec, &mut g_w_dec.data, &mut g_b_dec.data);
-        let g_mag: Vec<f32> = g_f
-            .iter()
-            .zip(&f_lat.val)
-            .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
-            .collect();
-
-        // Sparsity: c Σ ReLU(π_gate,i) ‖W_dec,i‖ with c = λ s / B.
-        let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
-        let mut g_gate = vec![0.0f32; gate_lat.nnz()];
-        let penalty = NormL1::new(&gate_lat, w_dec, d_out, c, &mut g_gate);
-        penalty.add_decoder_grad(w_dec, &mut g_w_dec.data);
-        let l1 = penalty.penalty;
-
-        // Auxiliary reconstruction through the frozen decoder: trains the gate path only.
-        let x_gate = kern.decode(&gate_lat, frozen_w_dec, frozen_b_dec);
-        let (aux_sq, g_aux) = mse_and_grad(&x_gate, x);
-        let aux = aux_sq / bsz;
-        let g_gate_aux = if kern.reference {
-            let mut sw = vec![0.0f32; frozen_w_dec.len()];
-            let mut sb = vec![0.0f32; d_out];
-            kern.decode_backward(&gate_lat, &g_aux, frozen_w_dec, &mut sw, &mut sb)
-        } else {
-            latent_grads(&gate_lat, &g_aux, frozen_w_dec)
-        };
-        g_gate
-            .iter_mut()
-            .zip(&g_gate_aux)
-            .for_each(|(g, a)| *g += a);
-
-        // Encoder: ∂π_gate/∂W_enc = x', ∂π_mag/∂W_enc = x' exp(r_mag), so one backward
-        // pass over the gate pattern with g = g_gate + g_mag · exp(r_mag).
-        let mut g_pre = Vec::with_capacity(gate_lat.nnz());
-        for r in 0..x.rows {
-            let row = xw.row(r);
-            for e in gate_lat.indptr[r]..gate_lat.indptr[r + 1] {
-                let j = gate_lat.idx[e] as usize;
-                g_b_gate.data[j] += g_gate[e];
-                g_b_mag.data[j] += g_mag[e];
-                g_r_mag.data[j] += g_mag[e] * row[j] * scale[j];
-                g_pre.push(g_gate[e] + g_mag[e] * scale[j]);
-            }
-        }
-        let s = kern.encode_backward(&gate_lat, &g_pre, &x_enc, w_enc, &mut g_w_enc.data, None);
-        sub_assign(&mut g_b_dec.data, &s);
-
-        let mut latents = f_lat;
-        latents.prune_zeros();
-        StepOutput {
-            loss: mse + l1 + aux,
-            terms: vec![("mse", mse), ("l1", l1), ("aux", aux)],
-            latents,
-            sq_err,
+impl Registered for GatedConfig {
+    fn with_k(_k: usize) -> Self {
+        GatedConfig {
+            l1_coefficient: default_l1_coefficient(),
         }
     }
 }
 
-/// `∂L/∂f` at every stored latent for `x̂ = f W + b`, given `g_out = ∂L/∂x̂ [B, d]`,
-/// without touching any weight gradient (the decoder here is frozen).
-fn latent_grads(lat: &Latents, g_out: &Matrix, w: &[f32]) -> Vec<f32> {
-    let d = g_out.cols;
-    let mut out = Vec::with_capacity(lat.nnz());
-    for r in 0..lat.rows() {
-        let g = g_out.row(r);
-        for &j in lat.row(r).0 {
-            out.push(dot(&w[j as usize * d..(j as usize + 1) * d], g));
-        }
-    }
-    out
-}
-
-impl Architecture for Gated {
-    fn config(&self) -> &ArchConfig {
-        &self.cfg
-    }
-
-    /// Tied init with unit-norm decoder rows (`W_enc = W_decᵀ`), `b_gate = r_mag =
-    /// b_mag = 0` (so both paths start equal), `b_dec = 0`.
-    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
-        let mut tied = init_tied(dims, 1.0, rng);
-        let mut p = ParamSet::new();
-        p.insert("W_enc", tied.remove("W_enc").unwrap());
-        for name in ["b_gate", "r_mag", "b_mag"] {
-            p.insert(name, Tensor::zeros(&[dims.n]));
-        }
-        p.insert("W_dec", tied.remove("W_dec").unwrap());
-        p.insert("b_dec", tied.remove("b_dec").unwrap());
-        p
+impl Architecture for GatedConfig {
+    fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
+        let Dims { d_in, n, d_out } = dims;
+        vec![
+            ("W_enc", vec![d_in, n]),
+            ("W_dec", vec![n, d_out]),
+            ("b_dec", vec![d_out]),
+            ("b_gate", vec![n]),
+            ("r_mag", vec![n]),
+            ("b_mag", vec![n]),
+        ]
     }
 
     fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
@@ -225,20 +93,168 @@ impl Architecture for Gated {
         Latents::from_dense(&xw)
     }
 
+    fn knobs(&self) -> Vec<Knob> {
+        vec![Knob::new("l1_coefficient", self.l1_coefficient).sparsity("lam", "λ")]
+    }
+
+    fn saelens(&self) -> Option<SaeLensForm> {
+        Some(SaeLensForm {
+            architecture: "gated",
+            k: None,
+        })
+    }
+
+    fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {
+        Ok(Box::new(Gated { cfg: self.clone() }))
+    }
+}
+
+/// The Gated training object (training and file form are the same).
+pub struct Gated {
+    cfg: GatedConfig,
+}
+
+impl Gated {
+    /// [`Train::train_step`] with the auxiliary reconstruction decoded through
+    /// `frozen_w_dec [n, d_out]` and `frozen_b_dec [d_out]`, treated as constants.
+    /// `train_step` passes the current `W_dec` and `b_dec`; tests pass fixed copies so
+    /// that finite differences see the same stop-gradient.
+    fn step_with_frozen(
+        &self,
+        engine: &mut dyn StepEngine,
+        p: &ParamSet,
+        frozen: (&[f32], &[f32]),
+        x: &Matrix,
+        ctx: &StepContext,
+        grads: &mut ParamSet,
+    ) -> StepOutput {
+        let (frozen_w_dec, frozen_b_dec) = frozen;
+        // The operations below accumulate.
+        grads.fill_zero();
+        let w_enc = &p.get("W_enc").data;
+        let (b_gate, r_mag, b_mag) = (
+            &p.get("b_gate").data,
+            &p.get("r_mag").data,
+            &p.get("b_mag").data,
+        );
+        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
+        let [g_w_enc, g_b_gate, g_r_mag, g_b_mag, g_w_dec, g_b_dec] =
+            grads.get_many_mut(["W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"]);
+        let n = b_gate.len();
+        let d_out = b_dec.len();
+        let bsz = x.rows.max(1) as f64;
+        let scale: Vec<f32> = r_mag.iter().map(|r| r.exp()).collect();
+
+        // Forward. Both paths share x' W_enc; the pattern is the gate-open set, with
+        // f = ReLU(π_mag) (possibly 0) and ReLU(π_gate) = π_gate stored on it.
+        let x_enc = subtract_bias(x, b_dec);
+        let xw = engine.pre_activations(&x_enc, w_enc, &vec![0.0; n]);
+        let mut f_lat = Latents::with_capacity(n, x.rows, 0);
+        let mut gate_val = Vec::new();
+        for r in 0..x.rows {
+            let row = xw.row(r);
+            f_lat.push_row((0..n).filter_map(|j| {
+                let gate = row[j] + b_gate[j];
+                (gate > 0.0).then(|| {
+                    gate_val.push(gate);
+                    (j as u32, (row[j] * scale[j] + b_mag[j]).max(0.0))
+                })
+            }));
+        }
+        let gate_lat = Latents {
+            val: gate_val,
+            ..f_lat.clone()
+        };
+
+        // Reconstruction: trains the magnitude path and the decoder.
+        let x_hat = engine.decode(&f_lat, w_dec, b_dec);
+        let (sq_err, g_out) = mse_and_grad(&x_hat, x);
+        let mse = sq_err / bsz;
+        let g_f = engine.decode_backward(&f_lat, &g_out, w_dec, &mut g_w_dec.data, &mut g_b_dec.data);
+        let g_mag: Vec<f32> = g_f
+            .iter()
+            .zip(&f_lat.val)
+            .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
+            .collect();
+
+        // Sparsity: c Σ ReLU(π_gate,i) ‖W_dec,i‖ with c = λ s / B.
+        let c = self.cfg.l1_coefficient * ctx.sparsity_scale / bsz as f32;
+        let mut g_gate = vec![0.0f32; gate_lat.nnz()];
+        let penalty = NormL1::new(&gate_lat, w_dec, d_out, c, &mut g_gate);
+        penalty.add_decoder_grad(w_dec, &mut g_w_dec.data);
+        let l1 = penalty.penalty;
+
+        // Auxiliary reconstruction through the frozen decoder: trains the gate path only.
+        let x_gate = engine.decode(&gate_lat, frozen_w_dec, frozen_b_dec);
+        let (aux_sq, g_aux) = mse_and_grad(&x_gate, x);
+        let aux = aux_sq / bsz;
+        let g_gate_aux = engine.latent_grads(&gate_lat, &g_aux, frozen_w_dec);
+        g_gate
+            .iter_mut()
+            .zip(&g_gate_aux)
+            .for_each(|(g, a)| *g += a);
+
+        // Encoder: ∂π_gate/∂W_enc = x', ∂π_mag/∂W_enc = x' exp(r_mag), so one backward
+        // pass over the gate pattern with g = g_gate + g_mag · exp(r_mag).
+        let mut g_pre = Vec::with_capacity(gate_lat.nnz());
+        for r in 0..x.rows {
+            let row = xw.row(r);
+            for e in gate_lat.indptr[r]..gate_lat.indptr[r + 1] {
+                let j = gate_lat.idx[e] as usize;
+                g_b_gate.data[j] += g_gate[e];
+                g_b_mag.data[j] += g_mag[e];
+                g_r_mag.data[j] += g_mag[e] * row[j] * scale[j];
+                g_pre.push(g_gate[e] + g_mag[e] * scale[j]);
+            }
+        }
+        let s = engine.encode_backward(&gate_lat, &g_pre, &x_enc, w_enc, &mut g_w_enc.data, None);
+        sub_assign(&mut g_b_dec.data, &s);
+
+        let mut latents = f_lat;
+        latents.prune_zeros();
+        StepOutput {
+            loss: mse + l1 + aux,
+            terms: vec![("mse", mse), ("l1", l1), ("aux", aux)],
+            latents,
+            sq_err,
+        }
+    }
+}
+
+impl Train for Gated {
+    /// Tied init with unit-norm decoder rows (`W_enc = W_decᵀ`), `b_gate = r_mag =
+    /// b_mag = 0` (so both paths start equal), `b_dec = 0`.
+    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
+        let mut tied = init_tied(dims, 1.0, rng);
+        let mut p = ParamSet::new();
+        p.insert("W_enc", tied.remove("W_enc").unwrap());
+        for name in ["b_gate", "r_mag", "b_mag"] {
+            p.insert(name, Tensor::zeros(&[dims.n]));
+        }
+        p.insert("W_dec", tied.remove("W_dec").unwrap());
+        p.insert("b_dec", tied.remove("b_dec").unwrap());
+        p
+    }
+
     fn train_step(
         &mut self,
+        engine: &mut dyn StepEngine,
         p: &ParamSet,
         x: &Matrix,
         ctx: &StepContext,
         grads: &mut ParamSet,
     ) -> StepOutput {
         let frozen = (&p.get("W_dec").data[..], &p.get("b_dec").data[..]);
-        self.step_with_frozen(p, frozen, x, ctx, grads)
+        self.step_with_frozen(engine, p, frozen, x, ctx, grads)
     }
 
     /// True, as in the paper (see the module notes on the L1 weighting).
     fn unit_norm_decoder(&self) -> bool {
         true
+    }
+
+    fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
+        (params.clone(), self.cfg.clone().into())
     }
 }
 
@@ -247,9 +263,12 @@ mod tests {
     use super::*;
     use crate::arch::common::row_norms;
     use crate::arch::gradcheck;
+    use crate::kernels::cpu::CpuEngine;
 
     fn arch(l1: f32) -> Gated {
-        Gated::new(ArchConfig::Gated { l1_coefficient: l1 })
+        Gated {
+            cfg: GatedConfig { l1_coefficient: l1 },
+        }
     }
 
     /// Gated with the auxiliary decoder frozen at fixed values, so that the loss it
@@ -260,28 +279,26 @@ mod tests {
         b_dec: Vec<f32>,
     }
 
-    impl Architecture for Frozen {
-        fn config(&self) -> &ArchConfig {
-            self.inner.config()
-        }
+    impl Train for Frozen {
         fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
             self.inner.init(dims, rng)
         }
-        fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
-            self.inner.encode(p, x_enc)
-        }
         fn train_step(
             &mut self,
+            engine: &mut dyn StepEngine,
             p: &ParamSet,
             x: &Matrix,
             ctx: &StepContext,
             grads: &mut ParamSet,
         ) -> StepOutput {
             self.inner
-                .step_with_frozen(p, (&self.w_dec, &self.b_dec), x, ctx, grads)
+                .step_with_frozen(engine, p, (&self.w_dec, &self.b_dec), x, ctx, grads)
         }
         fn unit_norm_decoder(&self) -> bool {
             true
+        }
+        fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
+            self.inner.to_file(params)
         }
     }
 
@@ -388,13 +405,12 @@ mod tests {
         let bf = rows as f64;
         let want = [mse / bf, 0.6 * s * l1 / bf, aux / bf];
         let dead = vec![false; n];
-        for reference in [false, true] {
-            let ctx = StepContext {
-                sparsity_scale: s as f32,
-                dead: &dead,
-                reference,
-            };
-            let out = a.train_step(&p, &x, &ctx, &mut p.zeros_like());
+        let ctx = StepContext {
+            sparsity_scale: s as f32,
+            dead: &dead,
+        };
+        for mut engine in gradcheck::engines() {
+            let out = a.train_step(engine.as_mut(), &p, &x, &ctx, &mut p.zeros_like());
             let names: Vec<&str> = out.terms.iter().map(|t| t.0).collect();
             assert_eq!(names, ["mse", "l1", "aux"]);
             for ((_, got), w) in out.terms.iter().zip(want) {
@@ -413,8 +429,7 @@ mod tests {
             d_out: 6,
         };
         let mut rng = Rng::new(5);
-        let mut inner = arch(0.8);
-        inner.dense_above = 1.0; // fast path: sparse kernels
+        let inner = arch(0.8);
         let p = params(&inner, dims, &mut rng);
         let x = gradcheck::random_batch(&mut rng, 9, 6);
         let dead = vec![false; 20];
@@ -423,20 +438,19 @@ mod tests {
             w_dec: p.get("W_dec").data.clone(),
             b_dec: p.get("b_dec").data.clone(),
         };
-        for reference in [false, true] {
-            let ctx = StepContext {
-                sparsity_scale: 0.9,
-                dead: &dead,
-                reference,
-            };
+        let ctx = StepContext {
+            sparsity_scale: 0.9,
+            dead: &dead,
+        };
+        for mut engine in gradcheck::engines() {
             // At the frozen point, train_step and the frozen wrapper agree exactly, so
             // the finite-difference check below is a check of train_step's gradient.
             let (mut g1, mut g2) = (p.zeros_like(), p.zeros_like());
-            let o1 = frozen.inner.train_step(&p, &x, &ctx, &mut g1);
-            let o2 = frozen.train_step(&p, &x, &ctx, &mut g2);
+            let o1 = frozen.inner.train_step(engine.as_mut(), &p, &x, &ctx, &mut g1);
+            let o2 = frozen.train_step(engine.as_mut(), &p, &x, &ctx, &mut g2);
             assert_eq!(o1.loss, o2.loss);
             assert_eq!(g1, g2);
-            gradcheck::check(&mut frozen, &p, &x, &ctx, &[], 40, None);
+            gradcheck::check(&mut frozen, engine.as_mut(), &p, &x, &ctx, &[], 40, None);
         }
     }
 
@@ -462,10 +476,10 @@ mod tests {
         let ctx = StepContext {
             sparsity_scale: 1.0,
             dead: &dead,
-            reference: false,
         };
+        let mut engine = CpuEngine::default();
         let mut g = p.zeros_like();
-        a.train_step(&p, &x, &ctx, &mut g);
+        a.train_step(&mut engine, &p, &x, &ctx, &mut g);
         let x_enc = subtract_bias(&x, &p.get("b_dec").data);
         let pre = affine(&x_enc, &p.get("W_enc").data, &p.get("b_gate").data);
         let gate = Latents::from_dense(&Matrix {
@@ -486,12 +500,13 @@ mod tests {
                             / rows as f64
                     })
                     .sum();
-                let loss_at = |delta: f32, a: &mut Gated| {
+                let mut loss_at = |delta: f32| {
                     let mut q = p.clone();
                     q.get_mut("W_dec").data[k] += delta;
-                    a.train_step(&q, &x, &ctx, &mut q.zeros_like()).loss
+                    a.train_step(&mut engine, &q, &x, &ctx, &mut q.zeros_like())
+                        .loss
                 };
-                let fd = (loss_at(h, &mut a) - loss_at(-h, &mut a)) / (2.0 * h as f64);
+                let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
                 let an = g.get("W_dec").data[k] as f64 + aux_grad;
                 assert!(
                     (fd - an).abs() <= 2e-2 * fd.abs().max(an.abs()) + 2e-3,
@@ -518,13 +533,12 @@ mod tests {
         let ctx = StepContext {
             sparsity_scale: 1.0,
             dead: &dead,
-            reference: false,
         };
-        let out = a.train_step(&p, &x, &ctx, &mut p.zeros_like());
+        let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
         let (file, cfg) = a.to_file(&p);
-        assert_eq!(&cfg, a.config());
+        assert_eq!(cfg, ArchConfig::Gated(a.cfg.clone()));
         assert!(!file.contains("b_enc"));
-        let enc = a.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
+        let enc = a.cfg.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
         assert!(out.latents.nnz() > 0);
         assert_eq!(enc, out.latents);
     }

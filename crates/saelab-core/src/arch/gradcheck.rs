@@ -1,18 +1,15 @@
 //! Finite-difference gradient checks shared by the architecture tests.
 
-use super::{Architecture, StepContext};
+use super::{StepContext, Train};
 use crate::config::Dims;
+use crate::kernels::cpu::CpuEngine;
+use crate::kernels::engine::{EngineKind, StepEngine};
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
 
 /// Random parameters for `arch`: its own initialisation, then every value perturbed so
 /// that biases are non-zero and no symmetry hides a wrong gradient.
-pub fn perturbed_params(
-    arch: &dyn Architecture,
-    dims: Dims,
-    rng: &mut Rng,
-    scale: f32,
-) -> ParamSet {
+pub fn perturbed_params(arch: &dyn Train, dims: Dims, rng: &mut Rng, scale: f32) -> ParamSet {
     let mut p = arch.init(dims, rng);
     for (_, t) in p.iter_mut() {
         for v in t.data.iter_mut() {
@@ -20,6 +17,16 @@ pub fn perturbed_params(
         }
     }
     p
+}
+
+/// The engines every architecture's gradient is checked on: the CPU engine pinned to
+/// its sparse kernels, the CPU engine pinned to its dense route, and the reference.
+pub fn engines() -> Vec<Box<dyn StepEngine>> {
+    vec![
+        Box::new(CpuEngine::with_dense_above(1.0)),
+        Box::new(CpuEngine::with_dense_above(0.0)),
+        EngineKind::Reference.build(),
+    ]
 }
 
 /// A `[rows, d]` batch of standard-normal inputs.
@@ -35,15 +42,17 @@ pub fn random_batch(rng: &mut Rng, rows: usize, d: usize) -> Matrix {
 /// Which coordinates to check: `(tensor name, flat index) -> bool`.
 pub type CoordFilter<'a> = &'a dyn Fn(&str, usize) -> bool;
 
-/// Compares the analytic gradient of `arch.train_step` with central differences of its
+/// Compares the analytic gradient of `arch.train_step` on `engine` with central differences of its
 /// loss for `samples` random coordinates of every parameter except those in `skip`
 /// (and, given `only`, only coordinates it accepts — for losses with a stop-gradient,
 /// where the finite difference is only the gradient where the stopped value is constant).
 /// Coordinates where the loss is not smooth at step `h` (a latent crossing a TopK or
 /// threshold boundary) are detected by a one-sided disagreement and skipped; at least
 /// half of the sampled coordinates of every tensor must be checked.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
-    arch: &mut dyn Architecture,
+    arch: &mut dyn Train,
+    engine: &mut dyn StepEngine,
     params: &ParamSet,
     x: &Matrix,
     ctx: &StepContext,
@@ -52,7 +61,7 @@ pub fn check(
     only: Option<CoordFilter>,
 ) {
     let mut grads = params.zeros_like();
-    arch.train_step(params, x, ctx, &mut grads);
+    arch.train_step(engine, params, x, ctx, &mut grads);
     let mut rng = Rng::new(99);
     let h = 1e-3f32;
     for (name, t) in params.iter() {
@@ -69,15 +78,15 @@ pub fn check(
         let tries = samples.min(candidates.len());
         for _ in 0..tries {
             let i = candidates[rng.below(candidates.len() as u64) as usize];
-            let loss_at = |delta: f32, arch: &mut dyn Architecture| {
+            let mut loss_at = |delta: f32| {
                 let mut q = params.clone();
                 q.get_mut(name).data[i] += delta;
                 let mut g = params.zeros_like();
-                arch.train_step(&q, x, ctx, &mut g).loss
+                arch.train_step(engine, &q, x, ctx, &mut g).loss
             };
-            let l0 = loss_at(0.0, arch);
-            let lp = loss_at(h, arch);
-            let lm = loss_at(-h, arch);
+            let l0 = loss_at(0.0);
+            let lp = loss_at(h);
+            let lm = loss_at(-h);
             let (fwd, bwd) = ((lp - l0) / h as f64, (l0 - lm) / h as f64);
             let scale = fwd.abs().max(bwd.abs()).max(1e-2);
             if (fwd - bwd).abs() > 0.05 * scale + 1e-2 {

@@ -6,50 +6,56 @@
 //! `pre = x_enc · W_enc + b_enc`. Ties go to the lowest index (as `torch.max` does on
 //! CPU). Groups whose maximum is zero contribute no stored latent.
 //!
-//! **Training is not supported.** saelab reads GroupMax SAEs from sparsify files to run
-//! and evaluate them, but never trains one: [`crate::config::ArchConfig::trainable`]
-//! returns `false` for it and the trainer must refuse such a config before calling
-//! [`Architecture::train_step`], which therefore is never reached (it panics with a
-//! message saying so, as the trait has no error path).
+//! saelab reads GroupMax SAEs from sparsify files to run and evaluate them, but does not
+//! train them: the config implements [`Architecture`] only, and its
+//! [`Architecture::trainer`] says so.
 
-use super::common::init_tied;
-use super::{Architecture, StepContext, StepOutput};
-use crate::config::{ArchConfig, Dims};
+use serde::{Deserialize, Serialize};
+
+use super::{Architecture, Knob, Registered, SaeLensForm, Train};
+use crate::config::Dims;
 use crate::kernels::affine;
 use crate::latents::Latents;
-use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
 
-/// The GroupMax architecture.
-pub struct GroupMax {
-    cfg: ArchConfig,
-    k: usize,
+/// GroupMax's hyperparameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMaxConfig {
+    /// Number of groups.
+    pub k: usize,
 }
 
-impl GroupMax {
-    /// Builds from an [`ArchConfig::Groupmax`].
-    pub fn new(cfg: ArchConfig) -> Self {
-        let ArchConfig::Groupmax { k } = cfg else {
-            panic!("GroupMax::new needs ArchConfig::Groupmax");
-        };
-        GroupMax { cfg, k }
+impl Registered for GroupMaxConfig {
+    fn with_k(k: usize) -> Self {
+        GroupMaxConfig { k }
     }
 }
 
-impl Architecture for GroupMax {
-    fn config(&self) -> &ArchConfig {
-        &self.cfg
+impl Architecture for GroupMaxConfig {
+    fn check(&self, dims: Dims) -> Result<(), String> {
+        if self.k == 0 || !dims.n.is_multiple_of(self.k) {
+            return Err(format!(
+                "groupmax needs k >= 1 dividing d_sae (k={}, d_sae={})",
+                self.k, dims.n
+            ));
+        }
+        Ok(())
     }
 
-    /// Tied initialisation with unit-norm decoder rows (as sparsify initialises); only
-    /// useful to build test SAEs, since GroupMax is never trained.
-    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
-        init_tied(dims, 1.0, rng)
+    fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
+        let Dims { d_in, n, d_out } = dims;
+        vec![
+            ("W_enc", vec![d_in, n]),
+            ("W_dec", vec![n, d_out]),
+            ("b_dec", vec![d_out]),
+            ("b_enc", vec![n]),
+        ]
     }
 
     /// `x_enc [B, d_in]` → latents `[B, n]` with at most `k` entries per row, one per
     /// group, ordered by group. Needs `W_enc [d_in, n]`, `b_enc [n]`, `n % k == 0`
-    /// (checked by the SAE config validation).
+    /// (checked by [`Architecture::check`]).
     fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
         let pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
         let n = pre.cols;
@@ -71,18 +77,17 @@ impl Architecture for GroupMax {
         out
     }
 
-    fn train_step(
-        &mut self,
-        _p: &ParamSet,
-        _x: &Matrix,
-        _ctx: &StepContext,
-        _g: &mut ParamSet,
-    ) -> StepOutput {
-        unreachable!("GroupMax is inference-only; the trainer refuses configs where ArchConfig::trainable() is false")
+    fn knobs(&self) -> Vec<Knob> {
+        vec![Knob::new("k", self.k).sparsity("k", "groups")]
     }
 
-    fn unit_norm_decoder(&self) -> bool {
-        true
+    /// SAELens has no GroupMax.
+    fn saelens(&self) -> Option<SaeLensForm> {
+        None
+    }
+
+    fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {
+        Err("groupmax SAEs can be loaded and evaluated, not trained".into())
     }
 }
 
@@ -100,10 +105,26 @@ mod tests {
             "b_enc",
             Tensor::new(&[6], vec![0.5, 2.0, -3.0, -4.0, 1.0, 1.0]).unwrap(),
         );
-        let a = GroupMax::new(ArchConfig::Groupmax { k: 3 });
+        let a = GroupMaxConfig { k: 3 };
         let x = Matrix::from_vec(1, 1, vec![0.0]).unwrap();
         let l = a.encode(&p, &x);
         // group 0 → latent 1 (2.0); group 1 all negative → nothing; group 2 tie → latent 4.
         assert_eq!(l.row(0), (&[1u32, 4][..], &[2.0f32, 1.0][..]));
+    }
+
+    #[test]
+    fn is_inference_only_and_checks_its_groups() {
+        let dims = |n| Dims {
+            d_in: 4,
+            n,
+            d_out: 4,
+        };
+        let a = GroupMaxConfig { k: 3 };
+        let err = a.trainer(dims(6)).err().expect("groupmax cannot be trained");
+        assert!(err.contains("not trained"), "{err}");
+        assert!(a.check(dims(6)).is_ok());
+        assert!(a.check(dims(7)).unwrap_err().contains("dividing d_sae"));
+        assert!(GroupMaxConfig { k: 0 }.check(dims(6)).is_err());
+        assert!(a.saelens().is_none());
     }
 }

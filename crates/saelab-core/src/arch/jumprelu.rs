@@ -26,58 +26,128 @@
 //! Decoder rows are kept at unit norm (Gemma Scope; DESIGN.md). The file form replaces
 //! `log_threshold` by `threshold = exp(log_threshold)`.
 
-use super::common::{init_tied, mse_and_grad, sub_assign, subtract_bias, Kernels};
-use super::{Architecture, StepContext, StepOutput};
-use crate::config::{ArchConfig, Dims};
+use serde::{Deserialize, Serialize};
+
+use super::common::{encoder, init_tied, threshold_latents};
+use super::{
+    ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
+};
+use crate::config::Dims;
 use crate::kernels::affine;
-use crate::kernels::select::for_each_above;
-use crate::kernels::sparse::{AuxBackward, Grads, Workspace};
+use crate::kernels::engine::{AuxSelect, Grads, Select, StepEngine};
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet, Tensor};
 
-/// The JumpReLU architecture. Training form: `W_enc [d_in, n]`, `b_enc [n]`,
+/// JumpReLU's hyperparameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JumpReluConfig {
+    /// λ of the L0 penalty, reached at the end of the sparsity warm-up.
+    #[serde(default = "default_l0_coefficient")]
+    pub l0_coefficient: f32,
+    /// Bandwidth ε of the rectangle kernel.
+    #[serde(default = "default_bandwidth")]
+    pub bandwidth: f32,
+    /// Initial threshold θ for every latent.
+    #[serde(default = "default_init_threshold")]
+    pub init_threshold: f32,
+}
+
+/// Gemma Scope's λ for unit-norm inputs.
+fn default_l0_coefficient() -> f32 {
+    1e-3
+}
+
+/// Gemma Scope's ε.
+fn default_bandwidth() -> f32 {
+    1e-3
+}
+
+fn default_init_threshold() -> f32 {
+    1e-3
+}
+
+impl Registered for JumpReluConfig {
+    fn with_k(_k: usize) -> Self {
+        JumpReluConfig {
+            l0_coefficient: default_l0_coefficient(),
+            bandwidth: default_bandwidth(),
+            init_threshold: default_init_threshold(),
+        }
+    }
+}
+
+impl Architecture for JumpReluConfig {
+    fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
+        let Dims { d_in, n, d_out } = dims;
+        vec![
+            ("W_enc", vec![d_in, n]),
+            ("W_dec", vec![n, d_out]),
+            ("b_dec", vec![d_out]),
+            ("b_enc", vec![n]),
+            ("threshold", vec![n]),
+        ]
+    }
+
+    fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
+        let pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
+        threshold_latents(pre, &p.get("threshold").data)
+    }
+
+    fn knobs(&self) -> Vec<Knob> {
+        vec![
+            Knob::new("l0_coefficient", self.l0_coefficient).sparsity("l0c", "λ0"),
+            Knob::new("bandwidth", self.bandwidth),
+            Knob::new("init_threshold", self.init_threshold).sparsity("th", "θ0"),
+        ]
+    }
+
+    fn saelens(&self) -> Option<SaeLensForm> {
+        Some(SaeLensForm {
+            architecture: "jumprelu",
+            k: None,
+        })
+    }
+
+    fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {
+        Ok(Box::new(JumpRelu { cfg: self.clone() }))
+    }
+}
+
+/// The JumpReLU training object. Training form: `W_enc [d_in, n]`, `b_enc [n]`,
 /// `W_dec [n, d_out]`, `b_dec [d_out]`, `log_threshold [n]`; file form has
 /// `threshold [n]` in place of `log_threshold`.
 pub struct JumpRelu {
-    cfg: ArchConfig,
-    l0_coefficient: f32,
-    bandwidth: f32,
-    init_threshold: f32,
-    ws: Workspace,
+    cfg: JumpReluConfig,
 }
 
-impl JumpRelu {
-    /// Builds from an [`ArchConfig::Jumprelu`].
-    pub fn new(cfg: ArchConfig) -> Self {
-        let ArchConfig::Jumprelu {
-            l0_coefficient,
-            bandwidth,
-            init_threshold,
-        } = cfg
-        else {
-            panic!("JumpRelu::new needs ArchConfig::Jumprelu");
-        };
-        JumpRelu {
-            cfg,
-            l0_coefficient,
-            bandwidth,
-            init_threshold,
-            ws: Workspace::default(),
-        }
+impl Train for JumpRelu {
+    /// Tied init with unit-norm decoder rows, `b_enc = 0`, `b_dec = 0`,
+    /// `log_threshold = ln(init_threshold)` for every latent.
+    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
+        let mut p = init_tied(dims, 1.0, rng);
+        p.insert(
+            "log_threshold",
+            Tensor::new(&[dims.n], vec![self.cfg.init_threshold.ln(); dims.n]).unwrap(),
+        );
+        p
     }
 
-    /// The fast step: the encoder runs block by block and keeps, per token, the latents
-    /// that are on (`pre > θ`) or inside the kernel band (`|pre − θ| < ε/2`), with their
-    /// pre-activations for the θ estimator; everything after is sparse.
-    fn train_step_fast(
+    /// The encoder keeps, per token, the latents that are on (`pre > θ`) or inside the
+    /// kernel band (`|pre − θ| < ε/2`), with their pre-activations for the θ estimator.
+    /// Band entries that are off are stored with value 0: they do not change x̂ but the
+    /// θ estimator needs `∂L/∂f` there. Active entries hold `pre > θ > 0`, so "stored
+    /// value ≠ 0" is "latent on".
+    fn train_step(
         &mut self,
+        engine: &mut dyn StepEngine,
         p: &ParamSet,
         x: &Matrix,
         ctx: &StepContext,
         grads: &mut ParamSet,
     ) -> StepOutput {
-        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
+        let enc = encoder(p);
         let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
         let theta: Vec<f32> = p
             .get("log_threshold")
@@ -85,11 +155,12 @@ impl JumpRelu {
             .iter()
             .map(|v| v.exp())
             .collect();
-        let (d, n) = (x.cols, theta.len());
-        let eps = self.bandwidth;
+        let n = theta.len();
+        let eps = self.cfg.bandwidth;
         let half = 0.5 * eps;
         let bsz = x.rows.max(1) as f64;
-        // A superset filter (a little below θ − ε/2), then the exact classification.
+        // A superset of the band and the active latents (a little below θ − ε/2), then
+        // the exact classification.
         let lower: Vec<f32> = theta
             .iter()
             .map(|&t| {
@@ -97,226 +168,66 @@ impl JumpRelu {
                 l - l.abs() * 1e-5 - f32::MIN_POSITIVE
             })
             .collect();
-        self.ws.encoder.load(w_enc, d, n);
-        let parts = self.ws.encoder.run(
-            w_enc,
-            x,
-            Some(b_dec),
-            b_enc,
-            || (Latents::new(n), Vec::<f32>::new()),
-            |(lat, band), _r, pre| {
-                for_each_above(pre, &lower, |j, v| {
-                    let t = theta[j];
-                    let in_band = (v - t).abs() < half;
-                    if v > t {
-                        lat.idx.push(j as u32);
-                        lat.val.push(v);
-                        band.push(if in_band { v } else { f32::NAN });
-                    } else if in_band {
-                        lat.idx.push(j as u32);
-                        lat.val.push(0.0);
-                        band.push(v);
-                    }
-                });
-                lat.indptr.push(lat.idx.len());
-            },
-        );
-        let mut pattern = Latents::with_capacity(n, x.rows, 0);
         let mut band = Vec::new();
-        for (l, b) in &parts {
-            pattern.append(l);
-            band.extend_from_slice(b);
-        }
+        let sel = engine
+            .encode(x, enc, Select::Above(&lower), AuxSelect::OFF)
+            .refine(|superset| {
+                let mut pattern = Latents::with_capacity(n, superset.rows(), 0);
+                for r in 0..superset.rows() {
+                    let (idx, val) = superset.row(r);
+                    for (&j, &v) in idx.iter().zip(val) {
+                        let t = theta[j as usize];
+                        let in_band = (v - t).abs() < half;
+                        if v > t {
+                            pattern.idx.push(j);
+                            pattern.val.push(v);
+                            band.push(if in_band { v } else { f32::NAN });
+                        } else if in_band {
+                            pattern.idx.push(j);
+                            pattern.val.push(0.0);
+                            band.push(v);
+                        }
+                    }
+                    pattern.indptr.push(pattern.idx.len());
+                }
+                pattern
+            });
+        let pattern = &sel.latents;
         let l0_count = pattern.val.iter().filter(|&&v| v != 0.0).count();
-        let sums = self.ws.rows(x, w_dec, b_dec, &pattern, None);
-        let mse = sums.sq_err / bsz;
-        let lam = (self.l0_coefficient * ctx.sparsity_scale) as f64;
+        let mut rec = engine.reconstruct(x, w_dec, b_dec, &sel);
+        let sq_err = rec.sq_err;
+        let mse = sq_err / bsz;
+        let lam = (self.cfg.l0_coefficient * ctx.sparsity_scale) as f64;
         let l0_term = lam * l0_count as f64 / bsz;
-        let g_f = std::mem::take(&mut self.ws.g_f);
-        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec, g_log_theta] =
-            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"]);
-        // θ pseudo-gradient over the band entries, then chain rule to log θ.
+        // θ pseudo-gradient over the band entries (from ∂L/∂f there, including off
+        // entries), then chain rule to log θ.
         let l0_per_token = (lam / bsz) as f32;
         let mut g_theta = vec![0.0f32; n];
-        for ((&j, &g), &v) in pattern.idx.iter().zip(&g_f).zip(&band) {
+        for ((&j, &g), &v) in pattern.idx.iter().zip(&rec.g_f).zip(&band) {
             if !v.is_nan() {
                 let j = j as usize;
                 g_theta[j] -= (theta[j] / eps) * g + l0_per_token / eps;
             }
         }
+        // pre gets ∂L/∂f where the latent is on, nothing where it is off.
+        for (g, &v) in rec.g_f.iter_mut().zip(&pattern.val) {
+            if v == 0.0 {
+                *g = 0.0;
+            }
+        }
+        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec, g_log_theta] =
+            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"]);
         for ((g, gt), t) in g_log_theta.data.iter_mut().zip(&g_theta).zip(&theta) {
             *g = gt * t;
         }
-        let g_pre: Vec<f32> = g_f
-            .iter()
-            .zip(&pattern.val)
-            .map(|(&g, &v)| if v != 0.0 { g } else { 0.0 })
-            .collect();
-        self.ws.backward(
-            x,
-            b_dec,
-            w_enc,
-            &pattern,
-            &g_pre,
-            w_dec,
-            AuxBackward::None,
-            Grads {
-                w_enc: &mut g_w_enc.data,
-                b_enc: &mut g_b_enc.data,
-                w_dec: &mut g_w_dec.data,
-                b_dec: &mut g_b_dec.data,
-            },
-        );
-        self.ws.g_f = g_f;
-        let mut latents = pattern;
-        latents.prune_zeros();
-        StepOutput {
-            loss: mse + l0_term,
-            terms: vec![("mse", mse), ("l0", l0_term)],
-            latents,
-            sq_err: sums.sq_err,
-        }
-    }
-}
-
-/// JumpReLU activation with SAELens semantics, in place on dense pre-activations
-/// `pre [B, n]` with thresholds `theta [n]`: keeps `pre` where `pre > θ` and `pre > 0`,
-/// zeroes the rest, and returns the non-zeros as [`Latents`].
-pub fn jumprelu_latents(mut pre: Matrix, theta: &[f32]) -> Latents {
-    for row in pre.data.chunks_mut(theta.len().max(1)) {
-        for (v, &t) in row.iter_mut().zip(theta) {
-            // SAELens: ReLU(pre) · 1[pre > θ]
-            if !(*v > t && *v > 0.0) {
-                *v = 0.0;
-            }
-        }
-    }
-    Latents::from_dense(&pre)
-}
-
-impl Architecture for JumpRelu {
-    fn config(&self) -> &ArchConfig {
-        &self.cfg
-    }
-
-    /// Tied init with unit-norm decoder rows, `b_enc = 0`, `b_dec = 0`,
-    /// `log_threshold = ln(init_threshold)` for every latent.
-    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
-        let mut p = init_tied(dims, 1.0, rng);
-        p.insert(
-            "log_threshold",
-            Tensor::new(&[dims.n], vec![self.init_threshold.ln(); dims.n]).unwrap(),
-        );
-        p
-    }
-
-    fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
-        let pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
-        jumprelu_latents(pre, &p.get("threshold").data)
-    }
-
-    fn train_step(
-        &mut self,
-        p: &ParamSet,
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> StepOutput {
-        if !ctx.reference {
-            return self.train_step_fast(p, x, ctx, grads);
-        }
-        // The reference kernels accumulate.
-        grads.fill_zero();
-        let kern = Kernels {
-            reference: ctx.reference,
+        let sae = Grads {
+            w_enc: &mut g_w_enc.data,
+            b_enc: &mut g_b_enc.data,
+            w_dec: &mut g_w_dec.data,
+            b_dec: &mut g_b_dec.data,
         };
-        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
-        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
-        let theta: Vec<f32> = p
-            .get("log_threshold")
-            .data
-            .iter()
-            .map(|v| v.exp())
-            .collect();
-        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec, g_log_theta] =
-            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"]);
-        let n = theta.len();
-        let eps = self.bandwidth;
-        let half = 0.5 * eps;
-        let bsz = x.rows.max(1) as f64;
-
-        let x_enc = subtract_bias(x, b_dec);
-        let pre = affine(&x_enc, w_enc, b_enc);
-
-        // Pattern: every latent that is on (pre > θ) or inside the kernel band
-        // (|pre − θ| < ε/2). Band entries that are off are stored with value 0: they do
-        // not change x̂ but the θ estimator needs ∂L/∂f there.
-        // Active entries hold pre > θ > 0, so "stored value ≠ 0" is "latent on".
-        let mut pattern = Latents::with_capacity(n, x.rows, 0);
-        for r in 0..x.rows {
-            pattern.push_row(pre.row(r).iter().zip(&theta).enumerate().filter_map(
-                |(j, (&v, &t))| {
-                    if v > t {
-                        Some((j as u32, v))
-                    } else if (v - t).abs() < half {
-                        Some((j as u32, 0.0))
-                    } else {
-                        None
-                    }
-                },
-            ));
-        }
-        let l0_count = pattern.val.iter().filter(|&&v| v != 0.0).count();
-
-        let x_hat = kern.decode(&pattern, w_dec, b_dec);
-        let (sq_err, g_out) = mse_and_grad(&x_hat, x);
-        let mse = sq_err / bsz;
-        let lam = (self.l0_coefficient * ctx.sparsity_scale) as f64;
-        let l0_term = lam * l0_count as f64 / bsz;
-
-        // ∂L/∂f at every stored entry (also off band entries).
-        let g_f = kern.decode_backward(
-            &pattern,
-            &g_out,
-            w_dec,
-            &mut g_w_dec.data,
-            &mut g_b_dec.data,
-        );
-
-        // θ pseudo-gradient (rectangle-kernel STE), then chain rule to log θ.
-        let l0_per_token = (lam / bsz) as f32;
-        let mut g_theta = vec![0.0f32; n];
-        for r in 0..x.rows {
-            let row = pre.row(r);
-            let (lo, hi) = (pattern.indptr[r], pattern.indptr[r + 1]);
-            for (&j, &g) in pattern.idx[lo..hi].iter().zip(&g_f[lo..hi]) {
-                let j = j as usize;
-                if (row[j] - theta[j]).abs() < half {
-                    g_theta[j] -= (theta[j] / eps) * g + l0_per_token / eps;
-                }
-            }
-        }
-        for ((g, gt), t) in g_log_theta.data.iter_mut().zip(&g_theta).zip(&theta) {
-            *g += gt * t;
-        }
-
-        // pre gets ∂L/∂f where the latent is on.
-        let g_pre: Vec<f32> = g_f
-            .iter()
-            .zip(&pattern.val)
-            .map(|(&g, &v)| if v != 0.0 { g } else { 0.0 })
-            .collect();
-        let s = kern.encode_backward(
-            &pattern,
-            &g_pre,
-            &x_enc,
-            w_enc,
-            &mut g_w_enc.data,
-            Some(&mut g_b_enc.data),
-        );
-        sub_assign(&mut g_b_dec.data, &s);
-
-        let mut latents = pattern;
+        engine.backward(x, enc, w_dec, &sel, rec, sae);
+        let mut latents = sel.latents;
         latents.prune_zeros();
         StepOutput {
             loss: mse + l0_term,
@@ -341,21 +252,25 @@ impl Architecture for JumpRelu {
                 out.insert(name, t.clone());
             }
         }
-        (out, self.cfg.clone())
+        (out, self.cfg.clone().into())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::common::subtract_bias;
     use crate::arch::gradcheck;
+    use crate::kernels::cpu::CpuEngine;
 
     fn arch(l0_coefficient: f32, bandwidth: f32) -> JumpRelu {
-        JumpRelu::new(ArchConfig::Jumprelu {
-            l0_coefficient,
-            bandwidth,
-            init_threshold: 1e-3,
-        })
+        JumpRelu {
+            cfg: JumpReluConfig {
+                l0_coefficient,
+                bandwidth,
+                init_threshold: 1e-3,
+            },
+        }
     }
 
     /// Parameters with thresholds spread around 0.1–0.5, so that a good share of the
@@ -402,13 +317,21 @@ mod tests {
         let p = params(&a, dims, &mut rng);
         let x = gradcheck::random_batch(&mut rng, 9, 6);
         let dead = vec![false; 20];
-        for reference in [false, true] {
-            let ctx = StepContext {
-                sparsity_scale: 0.8,
-                dead: &dead,
-                reference,
-            };
-            gradcheck::check(&mut a, &p, &x, &ctx, &["log_threshold"], 40, None);
+        let ctx = StepContext {
+            sparsity_scale: 0.8,
+            dead: &dead,
+        };
+        for mut engine in gradcheck::engines() {
+            gradcheck::check(
+                &mut a,
+                engine.as_mut(),
+                &p,
+                &x,
+                &ctx,
+                &["log_threshold"],
+                40,
+                None,
+            );
         }
     }
 
@@ -478,14 +401,13 @@ mod tests {
         assert!(in_band >= 10, "only {in_band} entries in the kernel band");
         let want_loss = mse / bf + (lam * s) as f64 * l0 / bf;
         let dead = vec![false; n];
-        for reference in [false, true] {
-            let ctx = StepContext {
-                sparsity_scale: s,
-                dead: &dead,
-                reference,
-            };
+        let ctx = StepContext {
+            sparsity_scale: s,
+            dead: &dead,
+        };
+        for mut engine in gradcheck::engines() {
             let mut g = p.zeros_like();
-            let out = a.train_step(&p, &x, &ctx, &mut g);
+            let out = a.train_step(engine.as_mut(), &p, &x, &ctx, &mut g);
             assert!((out.loss - want_loss).abs() < 1e-4 * want_loss);
             assert_eq!(out.latents.nnz() as f64, l0);
             for (j, (&got, &w)) in g.get("log_threshold").data.iter().zip(&want).enumerate() {
@@ -513,12 +435,11 @@ mod tests {
         let ctx = StepContext {
             sparsity_scale: 1.0,
             dead: &dead,
-            reference: false,
         };
         let mut g = p.zeros_like();
-        let out = a.train_step(&p, &x, &ctx, &mut g);
+        let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut g);
         let (file, cfg) = a.to_file(&p);
-        assert_eq!(&cfg, a.config());
+        assert_eq!(cfg, ArchConfig::Jumprelu(a.cfg.clone()));
         assert!(!file.contains("log_threshold"));
         for (t, l) in file
             .get("threshold")
@@ -528,7 +449,7 @@ mod tests {
         {
             assert_eq!(*t, l.exp());
         }
-        let enc = a.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
+        let enc = a.cfg.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
         assert!(out.latents.nnz() > 0 && out.latents.nnz() < 33 * 40);
         assert_eq!(enc, out.latents);
     }

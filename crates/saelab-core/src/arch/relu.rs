@@ -16,133 +16,54 @@
 //!
 //! Initialisation: decoder rows random directions of norm 0.1, `W_enc = W_decᵀ`.
 //!
-//! ReLU latents are as sparse as training has made them, so a step uses the sparse
-//! kernels while the batch's latent density is below [`DENSE_DENSITY`] and the dense
-//! ones above it (early in training, about half the latents are on).
+//! ReLU latents are as sparse as training has made them (about half are on early in
+//! training); the engine picks sparse or dense products by the batch's density.
 
-use super::common::{
-    init_tied, mse_and_grad, sub_assign, subtract_bias, Kernels, NormL1, DENSE_DENSITY,
+use serde::{Deserialize, Serialize};
+
+use super::common::{encoder, init_tied, sae_grads, NormL1};
+use super::{
+    ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
 };
-use super::{Architecture, StepContext, StepOutput};
-use crate::config::{ArchConfig, Dims};
+use crate::config::Dims;
 use crate::kernels::affine;
-use crate::kernels::select::for_each_above;
-use crate::kernels::sparse::{AuxBackward, Grads, Workspace};
+use crate::kernels::engine::{AuxSelect, Select, StepEngine};
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
 
-/// The ReLU architecture: `W_enc [d_in, n]`, `b_enc [n]`, `W_dec [n, d_out]`,
-/// `b_dec [d_out]` (training and file form are the same).
-pub struct Relu {
-    cfg: ArchConfig,
-    l1_coefficient: f32,
-    /// Latent density above which the dense kernels are used.
-    dense_above: f64,
-    /// Latent density of the previous fast step (`None` before the first): the next
-    /// step takes the fused sparse route when it was at most `dense_above`.
-    last_density: Option<f64>,
-    ws: Workspace,
+/// The ReLU SAE's hyperparameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReluConfig {
+    /// λ, reached at the end of the sparsity warm-up.
+    #[serde(default = "default_l1_coefficient")]
+    pub l1_coefficient: f32,
 }
 
-impl Relu {
-    /// Builds from an [`ArchConfig::Relu`].
-    pub fn new(cfg: ArchConfig) -> Self {
-        let ArchConfig::Relu { l1_coefficient } = cfg else {
-            panic!("Relu::new needs ArchConfig::Relu");
-        };
-        Relu {
-            cfg,
-            l1_coefficient,
-            dense_above: DENSE_DENSITY,
-            last_density: None,
-            ws: Workspace::default(),
-        }
-    }
+/// Default λ of the norm-weighted L1 penalties (ReLU, Gated), for inputs scaled to
+/// `E‖x‖² = d`.
+pub(crate) fn default_l1_coefficient() -> f32 {
+    5.0
+}
 
-    /// The fused sparse step: the encoder runs block by block keeping the positive
-    /// pre-activations; decoder, penalty and gradients are sparse. `None` (nothing
-    /// changed) when the batch turns out denser than `dense_above`.
-    fn train_step_sparse(
-        &mut self,
-        p: &ParamSet,
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> Option<StepOutput> {
-        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
-        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
-        let (d, n) = (x.cols, b_enc.len());
-        let bsz = x.rows.max(1) as f64;
-        let zero = vec![0.0f32; n];
-        self.ws.encoder.load(w_enc, d, n);
-        let parts = self.ws.encoder.run(
-            w_enc,
-            x,
-            Some(b_dec),
-            b_enc,
-            || Latents::new(n),
-            |lat, _r, pre| {
-                for_each_above(pre, &zero, |j, v| {
-                    lat.idx.push(j as u32);
-                    lat.val.push(v);
-                });
-                lat.indptr.push(lat.idx.len());
-            },
-        );
-        let mut lat = Latents::with_capacity(n, x.rows, 0);
-        for l in &parts {
-            lat.append(l);
+impl Registered for ReluConfig {
+    fn with_k(_k: usize) -> Self {
+        ReluConfig {
+            l1_coefficient: default_l1_coefficient(),
         }
-        let density = lat.nnz() as f64 / (x.rows * n).max(1) as f64;
-        self.last_density = Some(density);
-        if density > self.dense_above {
-            return None;
-        }
-        let sums = self.ws.rows(x, w_dec, b_dec, &lat, None);
-        let mse = sums.sq_err / bsz;
-        let mut g_f = std::mem::take(&mut self.ws.g_f);
-        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec] =
-            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec"]);
-        // Sparsity penalty c Σ f_i ‖W_dec,i‖ with c = λ s / B.
-        let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
-        let l1 = NormL1::new(&lat, w_dec, d, c, &mut g_f);
-        // Writes every gradient entry; the L1 term's decoder part is added after.
-        self.ws.backward(
-            x,
-            b_dec,
-            w_enc,
-            &lat,
-            &g_f,
-            w_dec,
-            AuxBackward::None,
-            Grads {
-                w_enc: &mut g_w_enc.data,
-                b_enc: &mut g_b_enc.data,
-                w_dec: &mut g_w_dec.data,
-                b_dec: &mut g_b_dec.data,
-            },
-        );
-        l1.add_decoder_grad(w_dec, &mut g_w_dec.data);
-        self.ws.g_f = g_f;
-        let l1 = l1.penalty;
-        Some(StepOutput {
-            loss: mse + l1,
-            terms: vec![("mse", mse), ("l1", l1)],
-            latents: lat,
-            sq_err: sums.sq_err,
-        })
     }
 }
 
-impl Architecture for Relu {
-    fn config(&self) -> &ArchConfig {
-        &self.cfg
-    }
-
-    /// Tied init with decoder rows of norm 0.1, biases zero.
-    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
-        init_tied(dims, 0.1, rng)
+impl Architecture for ReluConfig {
+    fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
+        let Dims { d_in, n, d_out } = dims;
+        vec![
+            ("W_enc", vec![d_in, n]),
+            ("W_dec", vec![n, d_out]),
+            ("b_dec", vec![d_out]),
+            ("b_enc", vec![n]),
+        ]
     }
 
     fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
@@ -151,78 +72,61 @@ impl Architecture for Relu {
         Latents::from_dense(&pre)
     }
 
+    fn knobs(&self) -> Vec<Knob> {
+        vec![Knob::new("l1_coefficient", self.l1_coefficient).sparsity("lam", "λ")]
+    }
+
+    fn saelens(&self) -> Option<SaeLensForm> {
+        Some(SaeLensForm {
+            architecture: "standard",
+            k: None,
+        })
+    }
+
+    fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {
+        Ok(Box::new(Relu { cfg: self.clone() }))
+    }
+}
+
+/// The ReLU training object: `W_enc [d_in, n]`, `b_enc [n]`, `W_dec [n, d_out]`,
+/// `b_dec [d_out]` (training and file form are the same).
+pub struct Relu {
+    cfg: ReluConfig,
+}
+
+impl Train for Relu {
+    /// Tied init with decoder rows of norm 0.1, biases zero.
+    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
+        init_tied(dims, 0.1, rng)
+    }
+
     fn train_step(
         &mut self,
+        engine: &mut dyn StepEngine,
         p: &ParamSet,
         x: &Matrix,
         ctx: &StepContext,
         grads: &mut ParamSet,
     ) -> StepOutput {
-        // The fused sparse route while the previous step was sparse enough (and, before
-        // any step, only if forced by dense_above ≥ 1).
-        let try_sparse = !ctx.reference
-            && match self.last_density {
-                Some(dens) => dens <= self.dense_above,
-                None => self.dense_above >= 1.0,
-            };
-        if try_sparse {
-            if let Some(out) = self.train_step_sparse(p, x, ctx, grads) {
-                return out;
-            }
-        }
-        // The dense route's kernels accumulate.
-        grads.fill_zero();
-        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
-        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
-        let [g_w_enc, g_b_enc, g_w_dec, g_b_dec] =
-            grads.get_many_mut(["W_enc", "b_enc", "W_dec", "b_dec"]);
-        let d_out = b_dec.len();
+        let enc = encoder(p);
+        let w_dec = &p.get("W_dec").data;
+        let (d, n) = (x.cols, enc.b_enc.len());
         let bsz = x.rows.max(1) as f64;
-
-        let x_enc = subtract_bias(x, b_dec);
-        let pre = affine(&x_enc, w_enc, b_enc);
-        let mut lat = Latents::with_capacity(pre.cols, pre.rows, 0);
-        for r in 0..pre.rows {
-            lat.push_row(
-                pre.row(r)
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &v)| v > 0.0)
-                    .map(|(j, &v)| (j as u32, v)),
-            );
-        }
-        let kern = Kernels::for_density(ctx.reference, &lat, self.dense_above);
-        if !ctx.reference {
-            self.last_density = Some(lat.nnz() as f64 / (lat.rows() * lat.n).max(1) as f64);
-        }
-
-        let x_hat = kern.decode(&lat, w_dec, b_dec);
-        let (sq_err, g_out) = mse_and_grad(&x_hat, x);
-        let mse = sq_err / bsz;
-        let mut g_f =
-            kern.decode_backward(&lat, &g_out, w_dec, &mut g_w_dec.data, &mut g_b_dec.data);
-
-        // Sparsity penalty c Σ f_i ‖W_dec,i‖ with c = λ s / B.
-        let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
-        let penalty = NormL1::new(&lat, w_dec, d_out, c, &mut g_f);
-        penalty.add_decoder_grad(w_dec, &mut g_w_dec.data);
-        let l1 = penalty.penalty;
-
-        // ReLU' = 1 on every stored (positive) latent.
-        let s = kern.encode_backward(
-            &lat,
-            &g_f,
-            &x_enc,
-            w_enc,
-            &mut g_w_enc.data,
-            Some(&mut g_b_enc.data),
-        );
-        sub_assign(&mut g_b_dec.data, &s);
-
+        let zero = vec![0.0f32; n];
+        let sel = engine.encode(x, enc, Select::Above(&zero), AuxSelect::OFF);
+        let mut rec = engine.reconstruct(x, w_dec, enc.b_dec, &sel);
+        let (sq_err, mse) = (rec.sq_err, rec.sq_err / bsz);
+        // Sparsity penalty c Σ f_i ‖W_dec,i‖ with c = λ s / B; ReLU' = 1 on every stored
+        // (positive) latent, so ∂L/∂pre = ∂L/∂f there.
+        let c = self.cfg.l1_coefficient * ctx.sparsity_scale / bsz as f32;
+        let l1 = NormL1::new(&sel.latents, w_dec, d, c, &mut rec.g_f);
+        engine.backward(x, enc, w_dec, &sel, rec, sae_grads(grads));
+        // The backward wrote the decoder gradient; the penalty's part is added after.
+        l1.add_decoder_grad(w_dec, &mut grads.get_mut("W_dec").data);
         StepOutput {
-            loss: mse + l1,
-            terms: vec![("mse", mse), ("l1", l1)],
-            latents: lat,
+            loss: mse + l1.penalty,
+            terms: vec![("mse", mse), ("l1", l1.penalty)],
+            latents: sel.latents,
             sq_err,
         }
     }
@@ -231,16 +135,23 @@ impl Architecture for Relu {
     fn unit_norm_decoder(&self) -> bool {
         false
     }
+
+    fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
+        (params.clone(), self.cfg.clone().into())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::common::row_norms;
+    use crate::arch::common::{row_norms, subtract_bias};
     use crate::arch::gradcheck;
+    use crate::kernels::cpu::CpuEngine;
 
     fn arch(l1: f32) -> Relu {
-        Relu::new(ArchConfig::Relu { l1_coefficient: l1 })
+        Relu {
+            cfg: ReluConfig { l1_coefficient: l1 },
+        }
     }
 
     #[test]
@@ -315,9 +226,8 @@ mod tests {
         let ctx = StepContext {
             sparsity_scale: s as f32,
             dead: &dead,
-            reference: false,
         };
-        let out = a.train_step(&p, &x, &ctx, &mut p.zeros_like());
+        let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
         assert_eq!(out.terms[0].0, "mse");
         assert!((out.terms[0].1 - mse).abs() < 1e-5 * mse);
         assert_eq!(out.terms[1].0, "l1");
@@ -337,15 +247,13 @@ mod tests {
         let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.2);
         let x = gradcheck::random_batch(&mut rng, 9, 6);
         let dead = vec![false; 20];
-        // Sparse kernels forced, then the dense reference kernels.
-        for (reference, dense_above) in [(false, 1.0), (true, 1.0)] {
-            a.dense_above = dense_above;
-            let ctx = StepContext {
-                sparsity_scale: 0.9,
-                dead: &dead,
-                reference,
-            };
-            gradcheck::check(&mut a, &p, &x, &ctx, &[], 40, None);
+        // The CPU engine's sparse and dense routes, and the reference.
+        let ctx = StepContext {
+            sparsity_scale: 0.9,
+            dead: &dead,
+        };
+        for mut engine in gradcheck::engines() {
+            gradcheck::check(&mut a, engine.as_mut(), &p, &x, &ctx, &[], 40, None);
         }
     }
 
@@ -364,13 +272,12 @@ mod tests {
         let ctx = StepContext {
             sparsity_scale: 1.0,
             dead: &dead,
-            reference: false,
         };
         let run = |a: &mut Relu, dense_above| {
-            a.dense_above = dense_above;
             // NaN-filled: both routes must write every gradient entry.
             let mut g = super::super::tests::nan_like(&p);
-            let o = a.train_step(&p, &x, &ctx, &mut g);
+            let mut engine = CpuEngine::with_dense_above(dense_above);
+            let o = a.train_step(&mut engine, &p, &x, &ctx, &mut g);
             (o, g)
         };
         let (o1, g1) = run(&mut a, 1.0); // always sparse
@@ -399,11 +306,10 @@ mod tests {
         let ctx = StepContext {
             sparsity_scale: 1.0,
             dead: &dead,
-            reference: false,
         };
-        let out = a.train_step(&p, &x, &ctx, &mut p.zeros_like());
+        let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
         let (file, _) = a.to_file(&p);
-        let enc = a.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
+        let enc = a.cfg.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
         assert_eq!(enc, out.latents);
     }
 }

@@ -100,25 +100,25 @@ impl WorkloadId {
     /// The architecture this workload trains.
     pub fn arch(self) -> ArchConfig {
         match self {
-            WorkloadId::W1 => ArchConfig::Topk {
+            WorkloadId::W1 => ArchConfig::Topk(crate::arch::TopKConfig {
                 k: 32,
                 aux_k: 256,
                 aux_coefficient: 1.0 / 32.0,
-            },
-            WorkloadId::W2 => ArchConfig::Relu {
+            }),
+            WorkloadId::W2 => ArchConfig::Relu(crate::arch::ReluConfig {
                 l1_coefficient: W2_L1,
-            },
-            WorkloadId::W3 => ArchConfig::Jumprelu {
+            }),
+            WorkloadId::W3 => ArchConfig::Jumprelu(crate::arch::JumpReluConfig {
                 l0_coefficient: W3_L0,
                 bandwidth: 1e-3,
                 init_threshold: W3_INIT_THRESHOLD,
-            },
-            WorkloadId::W4 => ArchConfig::Batchtopk {
+            }),
+            WorkloadId::W4 => ArchConfig::Batchtopk(crate::arch::BatchTopKConfig {
                 k: 32,
                 aux_k: 256,
                 aux_coefficient: 1.0 / 32.0,
                 threshold_momentum: 0.01,
-            },
+            }),
         }
     }
 

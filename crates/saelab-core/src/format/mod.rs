@@ -328,11 +328,9 @@ impl fmt::Display for SaeDescription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "path          {}", self.path.display())?;
         writeln!(f, "format        {}", self.format)?;
-        let k = match self.arch {
-            crate::config::ArchConfig::Topk { k, .. }
-            | crate::config::ArchConfig::Batchtopk { k, .. }
-            | crate::config::ArchConfig::Groupmax { k } => format!(" k={k}"),
-            _ => String::new(),
+        let k = match self.arch.knob("k") {
+            Some(k) => format!(" k={k}"),
+            None => String::new(),
         };
         writeln!(
             f,

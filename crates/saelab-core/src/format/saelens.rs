@@ -38,22 +38,16 @@ use crate::tensor::{ParamSet, Tensor};
 /// config layout they follow (SAELens reads configs without it as pre-6.0).
 pub const SAELENS_FORMAT_VERSION: &str = "6.0.0";
 
-const KNOWN: &str = "standard, topk, jumprelu, gated, transcoder, skip_transcoder, \
-                     jumprelu_transcoder, jumprelu_skip_transcoder";
-
 /// The `architecture` string saelab writes for `sae` (see the module table).
 pub fn saelens_architecture_name(sae: &Sae) -> Result<String> {
-    let base = match sae.cfg.arch {
-        ArchConfig::Relu { .. } => "standard",
-        ArchConfig::Topk { .. } => "topk",
-        ArchConfig::Jumprelu { .. } | ArchConfig::Batchtopk { .. } => "jumprelu",
-        ArchConfig::Gated { .. } => "gated",
-        ArchConfig::Groupmax { .. } => {
-            return Err(Error::config(
-                "groupmax SAEs cannot be written in SAELens format (SAELens has no GroupMax)",
-            ))
-        }
-    };
+    let file_arch = sae.cfg.arch.file_form();
+    let form = file_arch.spec().saelens().ok_or_else(|| {
+        Error::config(format!(
+            "{} SAEs cannot be written in SAELens format (SAELens has no such architecture)",
+            sae.cfg.arch.name()
+        ))
+    })?;
+    let base = form.architecture;
     let skip = sae.has_skip();
     let transcoder = skip || sae.cfg.d_out != sae.cfg.d_in;
     Ok(match (base, transcoder, skip) {
@@ -189,13 +183,15 @@ fn parse_cfg(path: &Path, root: &Map<String, Value>) -> Result<Parsed> {
             }
         }
     };
-    if !matches!(base.as_str(), "standard" | "topk" | "jumprelu" | "gated") {
+    let Some(arch) = ArchConfig::from_saelens(&base, k) else {
         return Err(bad(format!(
-            "unknown architecture {arch_name:?} (known: {KNOWN})"
+            "unknown architecture {arch_name:?} (known: {}, transcoder, skip_transcoder, \
+             and the *_transcoder and *_skip_transcoder forms)",
+            ArchConfig::saelens_names().join(", ")
         )));
-    }
-    if base == "topk" && k.is_none() {
-        return Err(bad("architecture topk needs k".into()));
+    };
+    if arch.spec().saelens().and_then(|f| f.k).is_some() && k.is_none() {
+        return Err(bad(format!("architecture {base} needs k")));
     }
     let d_out = if transcoder {
         usize_field("d_out")?.ok_or_else(|| bad(format!("{arch_name} needs d_out")))?
@@ -286,25 +282,21 @@ fn parse_cfg(path: &Path, root: &Map<String, Value>) -> Result<Parsed> {
 }
 
 /// saelab's architecture for a parsed config: the hyperparameters saelab stored under
-/// `metadata.saelab.arch` when they match, else defaults.
+/// `metadata.saelab.arch` when they are of the same architecture, else defaults; SAELens's
+/// own `k` wins over a stored one.
 fn arch_config(p: &Parsed) -> ArchConfig {
-    let name = match p.base.as_str() {
-        "standard" => "relu",
-        b => b,
-    };
+    let read = ArchConfig::from_saelens(&p.base, p.k).expect("checked in parse_cfg");
     let stored = p
         .metadata
         .get("saelab")
         .and_then(|s| s.get("arch"))
         .and_then(|a| serde_json::from_value::<ArchConfig>(a.clone()).ok())
-        .filter(|a| a.name() == name);
-    let mut arch = stored.unwrap_or_else(|| {
-        ArchConfig::default_for(name, p.k.unwrap_or(0)).expect("known architecture names")
-    });
-    if let (ArchConfig::Topk { k, .. }, Some(kk)) = (&mut arch, p.k) {
-        *k = kk;
+        .filter(|a| a.name() == read.name());
+    match (stored, p.k) {
+        (Some(a), Some(k)) => a.replace_k(k),
+        (Some(a), None) => a,
+        (None, _) => read,
     }
-    arch
 }
 
 /// Reads the SAELens directory `dir`.
@@ -423,15 +415,12 @@ pub(crate) fn render(sae: &Sae, sparsity: Option<&[f32]>) -> Result<Vec<(String,
     let arch_name = saelens_architecture_name(sae)?;
     let c = &sae.cfg;
     let mut metadata = c.metadata.clone();
-    let file_arch = match &c.arch {
-        ArchConfig::Batchtopk { .. } => {
-            metadata
-                .trained_as
-                .get_or_insert_with(|| "batchtopk".into());
-            ArchConfig::default_for("jumprelu", 0)?
-        }
-        a => a.clone(),
-    };
+    let file_arch = c.arch.file_form();
+    if file_arch.name() != c.arch.name() {
+        metadata
+            .trained_as
+            .get_or_insert_with(|| c.arch.name().into());
+    }
     let mut meta = match serde_json::to_value(&metadata) {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
@@ -460,7 +449,7 @@ pub(crate) fn render(sae: &Sae, sparsity: Option<&[f32]>) -> Result<Vec<(String,
     );
     cfg.insert("reshape_activations".into(), json!("none"));
     cfg.insert("metadata".into(), Value::Object(meta));
-    if let ArchConfig::Topk { k, .. } = c.arch {
+    if let Some(k) = file_arch.spec().saelens().and_then(|f| f.k) {
         cfg.insert("k".into(), json!(k));
         cfg.insert(
             "rescale_acts_by_decoder_norm".into(),

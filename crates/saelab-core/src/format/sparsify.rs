@@ -112,7 +112,7 @@ pub(crate) fn read(dir: &Path) -> Result<Loaded> {
 
     let arch = match activation.as_str() {
         "topk" => ArchConfig::default_for("topk", k)?,
-        "groupmax" => ArchConfig::Groupmax { k },
+        "groupmax" => ArchConfig::Groupmax(crate::arch::GroupMaxConfig { k }),
         other => {
             return Err(bad(format!(
                 "unknown activation {other:?} (known: topk, groupmax)"

@@ -17,6 +17,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::SharedMut;
 use crate::tensor::Matrix;
 
 /// Rows per register block of the AVX-512 kernel.
@@ -32,17 +33,7 @@ pub const TASK_ROWS: usize = 96;
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-/// Whether the AVX-512 engine is used on this machine.
-pub fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+pub use super::simd::avx512;
 
 /// Name of the engine in use (for benchmark reports).
 pub fn backend_name() -> &'static str {
@@ -287,30 +278,16 @@ pub fn dense_product(x: &Matrix, w: &[f32], bias: &[f32], out: &mut Matrix) {
     );
     let mut enc = Encoder::new();
     enc.load(w, x.cols, n);
-    let ptr = SyncPtr(out.data.as_mut_ptr());
+    let rows = SharedMut::new(&mut out.data);
     enc.run(
         w,
         x,
         None,
         bias,
         || (),
-        |_, r, pre| {
-            // SAFETY: each row r is visited exactly once, so the writes do not overlap.
-            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n), n) };
-            dst.copy_from_slice(pre);
-        },
+        // SAFETY: each row r is visited exactly once, so the writes do not overlap.
+        |_, r, pre| unsafe { rows.slice(r * n, n) }.copy_from_slice(pre),
     );
-}
-
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only to write disjoint rows from different tasks.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use super::SharedMut;
+
 /// Whether an operand is used as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transpose {
@@ -53,7 +55,7 @@ pub fn gemm(
     let side = if split_rows { m } else { n };
     let block = side.div_ceil(threads).max(MIN_BLOCK);
     let starts: Vec<usize> = (0..side).step_by(block).collect();
-    let cptr = SendPtr(c.as_mut_ptr());
+    let cptr = SharedMut::new(c);
     starts.into_par_iter().for_each(|s0| {
         let len = block.min(side - s0);
         let (rows, cols, a_off, b_off, c_off) = if split_rows {
@@ -76,23 +78,12 @@ pub fn gemm(
                 rsb,
                 csb,
                 beta,
-                cptr.get().add(c_off),
+                cptr.ptr_at(c_off),
                 n as isize,
                 1,
             );
         }
     });
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes a disjoint block of C.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 #[cfg(test)]

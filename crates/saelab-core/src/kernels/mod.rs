@@ -3,10 +3,14 @@
 //! Shapes use the SAELens orientation: `W_enc [d_in, n]`, `W_dec [n, d_out]`. Latents
 //! are sparse ([`Latents`]); only the encoder forward is a dense product.
 //!
-//! [`reference`] holds plain dense versions ("what a framework does") used by tests
-//! and by the benchmark's baseline.
+//! An SAE training step is written against one interface, [`engine::StepEngine`], with
+//! two implementations: [`cpu::CpuEngine`] (the fast kernels of this module) and
+//! [`reference::ReferenceEngine`] (plain dense products and sorts, "what a framework
+//! does", the test oracle and the benchmark's baseline).
 
+pub mod cpu;
 pub mod encoder;
+pub mod engine;
 pub mod gemm;
 pub mod reference;
 pub mod select;
@@ -202,32 +206,106 @@ impl ByLatent {
 
 pub use simd::{axpy, dot};
 
-/// Phase timer for profiling a step: with the environment variable `SAELAB_PROFILE`
-/// set, [`Phases::mark`] prints the time since the previous mark to stderr.
-pub struct Phases {
-    on: bool,
-    last: std::time::Instant,
+/// `∂L/∂f` at every stored latent for `x̂ = f W + b`, given `g_out = ∂L/∂x̂ [B, d]`,
+/// without touching any weight gradient (one dot product per stored entry).
+pub fn latent_grads(lat: &Latents, g_out: &Matrix, w: &[f32]) -> Vec<f32> {
+    let d = g_out.cols;
+    let mut out = Vec::with_capacity(lat.nnz());
+    for r in 0..lat.rows() {
+        let g = g_out.row(r);
+        for &j in lat.row(r).0 {
+            out.push(dot(&w[j as usize * d..(j as usize + 1) * d], g));
+        }
+    }
+    out
 }
 
-impl Phases {
-    /// Starts timing (a no-op unless `SAELAB_PROFILE` is set).
-    pub fn start() -> Self {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        Phases {
-            on: *ON.get_or_init(|| std::env::var_os("SAELAB_PROFILE").is_some()),
-            last: std::time::Instant::now(),
+/// `x − b`, row by row: `x [B, d]`, `b [d]` (the encoder input `x − b_dec`).
+pub fn subtract_bias(x: &Matrix, b: &[f32]) -> Matrix {
+    let mut out = x.clone();
+    for r in 0..out.rows {
+        for (v, bv) in out.row_mut(r).iter_mut().zip(b) {
+            *v -= bv;
+        }
+    }
+    out
+}
+
+/// `a -= b` elementwise (how `b_dec` receives the gradient of the encoder input
+/// `x − b_dec`).
+pub fn sub_assign(a: &mut [f32], b: &[f32]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x -= y;
+    }
+}
+
+/// The MSE term `mean over rows of ‖x̂ − x‖²`: returns `(Σ‖x̂ − x‖², ∂term/∂x̂)`,
+/// the gradient being `2 (x̂ − x) / B`.
+pub fn mse_and_grad(x_hat: &Matrix, x: &Matrix) -> (f64, Matrix) {
+    let b = x.rows.max(1) as f32;
+    let mut sq = 0.0f64;
+    let mut g = Matrix::zeros(x.rows, x.cols);
+    for ((gi, &h), &t) in g.data.iter_mut().zip(&x_hat.data).zip(&x.data) {
+        let e = h - t;
+        sq += (e as f64) * (e as f64);
+        *gi = 2.0 * e / b;
+    }
+    (sq, g)
+}
+
+/// A buffer whose disjoint parts are written by different parallel tasks: the one
+/// raw-pointer wrapper of the kernels. It borrows the buffer for its lifetime.
+pub struct SharedMut<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _buf: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: a `SharedMut` only hands out sub-slices through the unsafe `slice`, whose
+// callers guarantee that no two live sub-slices overlap; `T: Send` makes writing from
+// another thread sound.
+unsafe impl<T: Send> Send for SharedMut<'_, T> {}
+unsafe impl<T: Send> Sync for SharedMut<'_, T> {}
+
+impl<'a, T> SharedMut<'a, T> {
+    /// Wraps `buf` for writes from several tasks.
+    pub fn new(buf: &'a mut [T]) -> Self {
+        SharedMut {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            _buf: std::marker::PhantomData,
         }
     }
 
-    /// Prints `label` and the milliseconds since the previous mark.
-    pub fn mark(&mut self, label: &str) {
-        if self.on {
-            let now = std::time::Instant::now();
-            eprintln!(
-                "  {label:<28} {:8.2} ms",
-                (now - self.last).as_secs_f64() * 1e3
-            );
-            self.last = now;
-        }
+    /// The elements `[start, start + len)`.
+    ///
+    /// # Safety
+    /// No other live slice obtained from this wrapper may overlap the range (each task
+    /// writes only its own part).
+    #[allow(clippy::mut_from_ref)]
+    #[inline]
+    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        debug_assert!(
+            start + len <= self.len,
+            "SharedMut: [{start}, {}) out of {}",
+            start + len,
+            self.len
+        );
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+
+    /// A raw pointer to element `offset`, for kernels that write strided blocks.
+    ///
+    /// # Safety
+    /// `offset` must be in bounds, and what is written through the pointer must not
+    /// overlap what other tasks write.
+    #[inline]
+    pub unsafe fn ptr_at(&self, offset: usize) -> *mut T {
+        debug_assert!(
+            offset <= self.len,
+            "SharedMut: offset {offset} out of {}",
+            self.len
+        );
+        self.ptr.add(offset)
     }
 }

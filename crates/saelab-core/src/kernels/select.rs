@@ -6,14 +6,14 @@ use super::ROW_CHUNK;
 use crate::latents::Latents;
 use crate::tensor::Matrix;
 
-/// Per row of `pre` `[B, n]`, the `k` largest values among the columns where
-/// `allowed(j)` holds, kept only if positive (TopK followed by ReLU). Ties are broken
-/// towards the lower index. Entries in a row are sorted by decreasing value.
-pub fn topk_rows(pre: &Matrix, k: usize, allowed: Option<&[bool]>) -> Latents {
+/// Per row of `pre` `[B, n]`, the `k` largest values among `columns` (increasing
+/// indices; all columns when `None`), kept only if positive (TopK followed by ReLU).
+/// Ties are broken towards the lower index. Entries in a row are sorted by decreasing
+/// value.
+pub fn topk_rows(pre: &Matrix, k: usize, columns: Option<&[u32]>) -> Latents {
     let n = pre.cols;
     let rows = pre.rows;
-    let cand: Option<Vec<u32>> =
-        allowed.map(|a| (0..n as u32).filter(|&j| a[j as usize]).collect());
+    let cand = columns;
     let parts: Vec<Latents> = (0..rows)
         .step_by(ROW_CHUNK)
         .collect::<Vec<_>>()
@@ -23,7 +23,7 @@ pub fn topk_rows(pre: &Matrix, k: usize, allowed: Option<&[bool]>) -> Latents {
             let mut sel = TopKSelector::default();
             let mut out = Latents::with_capacity(n, e - s, k);
             for r in s..e {
-                match &cand {
+                match cand {
                     None => sel.row(pre.row(r), k),
                     Some(c) => sel.among(pre.row(r), c, k),
                 }
@@ -63,7 +63,7 @@ impl TopKSelector {
         }
         let cap = (4 * k).max(64);
         #[cfg(target_arch = "x86_64")]
-        if super::encoder::avx512() {
+        if super::simd::avx512() {
             // SAFETY: AVX-512F detected.
             unsafe { self.row_avx512(row, k, cap) };
             self.finish(k);
@@ -198,7 +198,7 @@ pub fn for_each_above(row: &[f32], thr: &[f32], mut f: impl FnMut(usize, f32)) {
         "for_each_above: row and thresholds differ in length"
     );
     #[cfg(target_arch = "x86_64")]
-    if super::encoder::avx512() {
+    if super::simd::avx512() {
         // SAFETY: AVX-512F detected; both slices have row.len() values.
         unsafe { above_avx512(row, thr, &mut f) };
         return;
@@ -247,9 +247,163 @@ pub fn top_k_of(cand: &mut [(u32, f32)], k: usize) -> Vec<(u32, f32)> {
     kept.to_vec()
 }
 
+// ---------------------------------------------------------------------------------
+// Batch-wide selection (BatchTopK).
+
+/// Number of histogram bins per radix pass (16 bits of an f32 at a time).
+const BINS: usize = 1 << 16;
+
+/// Counts, over the positive entries of `pre`, the bins `bin(bits)` (`None`: skip).
+fn histogram(pre: &Matrix, bin: impl Fn(u32) -> Option<usize> + Sync) -> Vec<u64> {
+    pre.data
+        .par_chunks(ROW_CHUNK * pre.cols.max(1))
+        .fold(
+            || vec![0u64; BINS],
+            |mut h, chunk| {
+                for &v in chunk {
+                    if v > 0.0 {
+                        if let Some(b) = bin(v.to_bits()) {
+                            h[b] += 1;
+                        }
+                    }
+                }
+                h
+            },
+        )
+        .reduce(
+            || vec![0u64; BINS],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// Scanning `hist` from the top bin down, the bin where the running count first
+/// reaches `want` (≥ 1), and how many entries lie in higher bins.
+fn bin_of_rank(hist: &[u64], want: u64) -> (usize, u64) {
+    let mut above = 0u64;
+    for b in (0..hist.len()).rev() {
+        if above + hist[b] >= want {
+            return (b, above);
+        }
+        above += hist[b];
+    }
+    unreachable!("fewer entries than the rank asked for")
+}
+
+/// The `m` largest positive entries of `pre` `[B, n]` across all rows (ties: earlier
+/// row, then lower column, first), as [`Latents`] with each row's entries in increasing
+/// latent order. Fewer than `m` if fewer are positive.
+///
+/// Exact and O(B·n): positive f32 values order like their bit patterns, so the m-th
+/// largest value is found by two 16-bit radix histograms rather than a sort.
+pub fn batch_topk(pre: &Matrix, m: usize) -> Latents {
+    let n = pre.cols;
+    let positive = pre.data.par_iter().filter(|&&v| v > 0.0).count();
+    // Cut: keep values with bits > cut, and the first `ties` entries with bits == cut.
+    let (cut, ties) = if m == 0 {
+        (u32::MAX, 0)
+    } else if positive <= m {
+        (0, 0) // every positive value has bits > 0
+    } else {
+        let m = m as u64;
+        let hi_hist = histogram(pre, |b| Some((b >> 16) as usize));
+        let (hi, above_hi) = bin_of_rank(&hi_hist, m);
+        let lo_hist = histogram(pre, |b| {
+            ((b >> 16) as usize == hi).then_some((b & 0xffff) as usize)
+        });
+        let (lo, above_lo) = bin_of_rank(&lo_hist, m - above_hi);
+        (
+            ((hi as u32) << 16) | lo as u32,
+            (m - above_hi - above_lo) as usize,
+        )
+    };
+    // Tie budget per chunk of rows, in row-major order.
+    let chunks: Vec<&[f32]> = pre.data.chunks(ROW_CHUNK * n.max(1)).collect();
+    let tie_counts: Vec<usize> = chunks
+        .par_iter()
+        .map(|c| c.iter().filter(|v| **v > 0.0 && v.to_bits() == cut).count())
+        .collect();
+    let mut left = ties;
+    let budgets: Vec<usize> = tie_counts
+        .iter()
+        .map(|&c| {
+            let b = c.min(left);
+            left -= b;
+            b
+        })
+        .collect();
+    let parts: Vec<Latents> = chunks
+        .par_iter()
+        .zip(&budgets)
+        .map(|(c, &budget)| {
+            let mut budget = budget;
+            let mut out = Latents::new(n);
+            for row in c.chunks(n.max(1)) {
+                out.push_row(row.iter().enumerate().filter_map(|(j, &v)| {
+                    if v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                        return None; // not positive (or NaN)
+                    }
+                    let bits = v.to_bits();
+                    let keep = bits > cut
+                        || (bits == cut && budget > 0 && {
+                            budget -= 1;
+                            true
+                        });
+                    keep.then_some((j as u32, v))
+                }));
+            }
+            out
+        })
+        .collect();
+    let mut out = Latents::with_capacity(n, pre.rows, 0);
+    for p in &parts {
+        out.append(p);
+    }
+    out
+}
+
+/// The `m` largest of the candidate entries `(row, column, value)` (listed in row-major
+/// order, all positive), ties broken towards the earlier row, then the lower column —
+/// the rule of [`batch_topk`] — as [`Latents`] with `rows` rows, each row's entries in
+/// increasing latent order.
+pub fn select_candidates(cand: &[(u32, u32, f32)], m: usize, rows: usize, n: usize) -> Latents {
+    let mut out = Latents::with_capacity(n, rows, m / rows.max(1));
+    let (cut, mut ties) = if m == 0 {
+        (f32::INFINITY, 0)
+    } else if cand.len() <= m {
+        (0.0, 0)
+    } else {
+        let mut vals: Vec<f32> = cand.iter().map(|c| c.2).collect();
+        let (_, &mut cut, _) = vals.select_nth_unstable_by(m - 1, |a, b| b.total_cmp(a));
+        let above = cand.iter().filter(|c| c.2 > cut).count();
+        (cut, m - above)
+    };
+    let mut e = 0;
+    for r in 0..rows {
+        while e < cand.len() && cand[e].0 as usize == r {
+            let (_, j, v) = cand[e];
+            if v > cut
+                || (v == cut && ties > 0 && {
+                    ties -= 1;
+                    true
+                })
+            {
+                out.idx.push(j);
+                out.val.push(v);
+            }
+            e += 1;
+        }
+        out.indptr.push(out.idx.len());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
 
     #[test]
     fn keeps_k_largest_positive_values() {
@@ -263,8 +417,8 @@ mod tests {
         assert_eq!(l.row(0), (&[2u32, 3][..], &[3.0f32, 2.0][..]));
         // only one positive value: fewer than k survive the ReLU
         assert_eq!(l.row(1), (&[3u32][..], &[4.0f32][..]));
-        let allowed = [true, true, false, true, true];
-        let l = topk_rows(&pre, 2, Some(&allowed));
+        let columns = [0, 1, 3, 4];
+        let l = topk_rows(&pre, 2, Some(&columns));
         assert_eq!(l.row(0).0, &[3u32, 0]);
     }
 
@@ -332,5 +486,72 @@ mod tests {
             .collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         v
+    }
+
+    /// Direct selection: sort every positive entry by (value desc, row, column) and keep
+    /// the first `m`; returned as sorted (row, column, value) triples.
+    fn naive_select(pre: &Matrix, m: usize) -> Vec<(usize, usize, f32)> {
+        let mut all: Vec<(usize, usize, f32)> = (0..pre.rows)
+            .flat_map(|r| (0..pre.cols).map(move |j| (r, j)))
+            .map(|(r, j)| (r, j, pre.row(r)[j]))
+            .filter(|e| e.2 > 0.0)
+            .collect();
+        all.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+        all.truncate(m);
+        all.sort_by_key(|e| (e.0, e.1));
+        all
+    }
+
+    fn triples(l: &Latents) -> Vec<(usize, usize, f32)> {
+        let mut out = Vec::new();
+        for r in 0..l.rows() {
+            let (idx, val) = l.row(r);
+            for (&j, &v) in idx.iter().zip(val) {
+                out.push((r, j as usize, v));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn selection_matches_a_full_sort_including_ties() {
+        let mut rng = Rng::new(7);
+        // Values on a coarse grid, so that many ties straddle the cut; several rows,
+        // more than one row chunk, negatives and zeros.
+        let (rows, n) = (150, 37);
+        let data: Vec<f32> = (0..rows * n)
+            .map(|_| (rng.below(41) as f32 - 20.0) * 0.25)
+            .collect();
+        let pre = Matrix::from_vec(rows, n, data).unwrap();
+        let positive = pre.data.iter().filter(|&&v| v > 0.0).count();
+        for m in [
+            0,
+            1,
+            5,
+            149,
+            150 * 3,
+            2000,
+            positive - 1,
+            positive,
+            positive + 10,
+        ] {
+            let got = batch_topk(&pre, m);
+            assert_eq!(got.rows(), rows);
+            assert_eq!(triples(&got), naive_select(&pre, m), "m = {m}");
+        }
+        // Continuous values spanning many binades.
+        let data: Vec<f32> = (0..rows * n)
+            .map(|_| {
+                (rng.normal() * 3.0).exp() as f32 * if rng.uniform() < 0.3 { -1.0 } else { 1.0 }
+            })
+            .collect();
+        let pre = Matrix::from_vec(rows, n, data).unwrap();
+        for m in [1, 7, 300, 1111, 4000] {
+            assert_eq!(
+                triples(&batch_topk(&pre, m)),
+                naive_select(&pre, m),
+                "m = {m}"
+            );
+        }
     }
 }

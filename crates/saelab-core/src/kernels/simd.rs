@@ -4,15 +4,24 @@
 
 use std::sync::OnceLock;
 
-fn has_avx512() -> bool {
+/// The environment variable that, set to `portable`, makes every kernel use its
+/// portable code instead of AVX-512 (so that the portable path can be tested and timed
+/// on a machine that has AVX-512).
+pub const KERNELS_ENV: &str = "SAELAB_KERNELS";
+
+/// Whether the AVX-512 kernels are used: the CPU has AVX-512F and [`KERNELS_ENV`] is not
+/// `portable`. Decided once per process, so results are reproducible within a run.
+pub fn avx512() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
+        let portable = std::env::var(KERNELS_ENV).is_ok_and(|v| v == "portable");
         #[cfg(target_arch = "x86_64")]
         {
-            std::is_x86_feature_detected!("avx512f")
+            !portable && std::is_x86_feature_detected!("avx512f")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
+            let _ = portable;
             false
         }
     })
@@ -23,7 +32,7 @@ fn has_avx512() -> bool {
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if avx512() {
         // SAFETY: AVX-512F detected; both slices hold at least n values.
         unsafe { avx512::axpy(a, x.as_ptr(), y.as_mut_ptr(), n) };
         return;
@@ -38,7 +47,7 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if avx512() {
         // SAFETY: AVX-512F detected; both slices hold at least n values.
         return unsafe { avx512::dot(a.as_ptr(), b.as_ptr(), n) };
     }
@@ -73,7 +82,7 @@ pub fn gather_axpy(out: &mut [f32], idx: &[u32], c: &[f32], w: &[f32]) {
         "gather_axpy: index out of range"
     );
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if avx512() {
         // SAFETY: AVX-512F detected; every row idx[e] of w is in bounds (checked above).
         unsafe { avx512::gather_axpy(out.as_mut_ptr(), d, idx, c, w.as_ptr()) };
         return;
@@ -112,7 +121,7 @@ pub fn dual_scatter(
         "dual_scatter: row out of range"
     );
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if avx512() {
         // SAFETY: AVX-512F detected; all rows in bounds (checked above).
         unsafe {
             avx512::dual_scatter(
@@ -327,6 +336,19 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In the test run with `SAELAB_KERNELS=portable` (scripts/test.sh), the switch must
+    /// really select the portable code; otherwise that run would test nothing new.
+    #[test]
+    fn the_portable_switch_is_honoured() {
+        if std::env::var(KERNELS_ENV).is_ok_and(|v| v == "portable") {
+            assert!(
+                !avx512(),
+                "{KERNELS_ENV}=portable but the AVX-512 kernels are on"
+            );
+            assert_eq!(super::super::encoder::backend_name(), "matrixmultiply");
+        }
+    }
 
     #[test]
     fn axpy_and_dot_match_plain_loops_at_every_tail_length() {

@@ -18,6 +18,7 @@
 //! output does not depend on the thread count.
 
 use rayon::prelude::*;
+use tracing::debug_span;
 
 use crate::latents::Latents;
 use crate::tensor::Matrix;
@@ -27,7 +28,9 @@ const ROWS_PER_TASK: usize = 32;
 /// Latents per task in [`latent_pass`].
 const LATENTS_PER_TASK: usize = 32;
 
+use super::engine::Grads;
 use super::simd::{dot, dual_scatter, gather_axpy};
+use super::SharedMut;
 
 /// The AuxK part of [`row_pass`]: latents reconstructing the residual, and the
 /// coefficient of the term.
@@ -84,10 +87,10 @@ pub fn row_pass(
     }
     let scale = 2.0 / rows.max(1) as f32;
     let tasks: Vec<usize> = (0..rows).step_by(ROWS_PER_TASK).collect();
-    let g_out_ptr = SyncPtr(g_out.data.as_mut_ptr());
-    let g_f_ptr = SyncPtr(g_f.as_mut_ptr());
-    let g_aux_ptr = SyncPtr(g_aux.data.as_mut_ptr());
-    let g_f_aux_ptr = SyncPtr(g_f_aux.as_mut_ptr());
+    let g_out_ptr = SharedMut::new(&mut g_out.data);
+    let g_f_ptr = SharedMut::new(g_f);
+    let g_aux_ptr = SharedMut::new(&mut g_aux.data);
+    let g_f_aux_ptr = SharedMut::new(g_f_aux);
     let sums: Vec<RowSums> = tasks
         .into_par_iter()
         .map(|r0| {
@@ -308,7 +311,7 @@ fn main_pass(
     assert_eq!(g_w_enc.len(), d * n, "main_pass: g_w_enc is not [d, n]");
     assert_eq!(g_w_dec.len(), n * d, "main_pass: g_w_dec is not [n, d]");
     let off = &grouped.offsets;
-    let gwe = SyncPtr(g_w_enc.as_mut_ptr());
+    let gwe = SharedMut::new(g_w_enc);
     g_w_dec
         .par_chunks_mut(MAIN_CHUNK * d)
         .zip(colsum.par_chunks_mut(MAIN_CHUNK))
@@ -393,20 +396,6 @@ pub fn matvec(w: &[f32], v: &[f32]) -> Vec<f32> {
     w.par_chunks(n).map(|row| dot(row, v)).collect()
 }
 
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only to hand disjoint sub-slices to different tasks.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
-    /// # Safety
-    /// `[start, start + len)` must be in bounds and not aliased by another live slice.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(start), len)
-    }
-}
-
 /// Buffers a fast training step reuses from one step to the next (the architecture owns
 /// one), so that a step allocates no large arrays.
 #[derive(Default)]
@@ -450,29 +439,6 @@ struct DenseAuxBuffers {
     bwd: crate::kernels::encoder::Encoder,
 }
 
-/// How a step's AuxK latents are held.
-pub enum AuxLatents {
-    /// No AuxK term this step.
-    Off,
-    /// Sparse rows over all latents (every entry at a dead latent).
-    Sparse(Latents),
-    /// Dense over the dead set, in the workspace: written row by row through
-    /// [`AuxRows::write`] or at once by [`Workspace::set_dense_aux`].
-    Dense,
-}
-
-impl AuxLatents {
-    /// The form for a step whose AuxK term is `on`, on the `dense` route or else held
-    /// as the `sparse` latents.
-    pub fn pick(on: bool, dense: bool, sparse: Latents) -> Self {
-        match (on, dense) {
-            (false, _) => AuxLatents::Off,
-            (true, true) => AuxLatents::Dense,
-            (true, false) => AuxLatents::Sparse(sparse),
-        }
-    }
-}
-
 /// How the AuxK pairs are differentiated in [`Workspace::backward`].
 pub enum AuxBackward<'a> {
     /// No AuxK term.
@@ -494,18 +460,6 @@ pub enum AuxBackward<'a> {
 /// costs `|dead|/k_aux` times the arithmetic, at several times the speed).
 pub const AUX_DENSE_ABOVE: f64 = 0.25;
 
-/// Gradients of one step, borrowed from the gradient set.
-pub struct Grads<'a> {
-    /// `∂L/∂W_enc [d, n]`.
-    pub w_enc: &'a mut [f32],
-    /// `∂L/∂b_enc [n]`.
-    pub b_enc: &'a mut [f32],
-    /// `∂L/∂W_dec [n, d]`.
-    pub w_dec: &'a mut [f32],
-    /// `∂L/∂b_dec [d]`.
-    pub b_dec: &'a mut [f32],
-}
-
 /// Tokens per block when grouping the AuxK pairs (the block's `x` and `g_aux` rows stay
 /// in cache while the dead latents' accumulators are updated).
 const AUX_BLOCK_ROWS: usize = 256;
@@ -513,11 +467,10 @@ const AUX_BLOCK_ROWS: usize = 256;
 /// Writes rows of the dense AuxK matrix `F [B, |dead|]` from inside the encoder's
 /// row visits (see [`Workspace::encoder_with_aux`]).
 pub struct AuxRows<'a> {
-    f: SyncPtr,
+    f: SharedMut<'a, f32>,
     rows: usize,
     pos: &'a [u32],
     nd: usize,
-    _borrow: std::marker::PhantomData<&'a mut [f32]>,
 }
 
 impl AuxRows<'_> {
@@ -569,11 +522,10 @@ impl Workspace {
         (
             &self.encoder,
             AuxRows {
-                f: SyncPtr(self.dense.f.as_mut_ptr()),
+                f: SharedMut::new(&mut self.dense.f),
                 rows,
                 pos: &self.dead_pos,
                 nd,
-                _borrow: std::marker::PhantomData,
             },
         )
     }
@@ -618,7 +570,6 @@ impl Workspace {
         grads: Grads,
     ) -> f64 {
         let (n, d) = (main.n, x.cols);
-        let mut ph = super::Phases::start();
         if matches!(aux, AuxBackward::None) {
             self.prepare_aux(n, x.rows, &[], 0);
         }
@@ -637,6 +588,7 @@ impl Workspace {
         self.aux_gw.clear();
         self.aux_gw.resize(nd * d, 0.0);
         let mut aux_sq = 0.0;
+        let span = debug_span!("aux").entered();
         match aux {
             AuxBackward::None => {}
             AuxBackward::Sparse(al, ag) => {
@@ -665,10 +617,10 @@ impl Workspace {
                 aux_sq = self.aux_dense(x, w_dec, coefficient);
             }
         }
-        ph.mark("  aux");
+        drop(span);
         // 2. Main pairs, grouped by latent over the whole batch.
+        let span = debug_span!("main_pass").entered();
         self.grouped.build(main, g_pre, x.rows);
-        ph.mark("  group main");
         main_pass(
             &self.grouped,
             &self.g_out,
@@ -680,14 +632,13 @@ impl Workspace {
             grads.w_enc,
             &mut self.colsum,
         );
-        ph.mark("  main pass");
+        drop(span);
         grads.b_enc.copy_from_slice(&self.colsum);
         let gsum = column_sums(&self.g_out);
         let s = matvec(w_enc, &self.colsum);
         for ((g, a), b) in grads.b_dec.iter_mut().zip(&gsum).zip(&s) {
             *g = a - b;
         }
-        ph.mark("  biases");
         aux_sq
     }
 
@@ -707,7 +658,7 @@ impl Workspace {
             b * nd,
             "aux_dense: F is not [B, |dead|]"
         );
-        let mut ph = super::Phases::start();
+        let _span = debug_span!("aux_dense", dead = nd).entered();
         let bufs = &mut self.dense;
         bufs.w.clear();
         bufs.w.resize(nd * d, 0.0);
@@ -717,7 +668,6 @@ impl Workspace {
             .for_each(|(row, &j)| {
                 row.copy_from_slice(&w_dec[j as usize * d..(j as usize + 1) * d]);
             });
-        ph.mark("    aux: W_D");
         // ê = F W_D with the encoder's engine, each row turned at once into
         // g_aux = c · (ê + (x̂ − x)) (x̂ − x = g_out / scale) and its squared norm.
         let scale = 2.0 / b as f32;
@@ -731,7 +681,7 @@ impl Workspace {
         };
         bufs.fwd.load(&bufs.w, nd, d);
         let g_out = &self.g_out;
-        let ga_ptr = SyncPtr(self.g_aux.data.as_mut_ptr());
+        let ga_ptr = SharedMut::new(&mut self.g_aux.data);
         let zeros = vec![0.0f32; d.max(nd)];
         let sq = bufs.fwd.run(
             &bufs.w,
@@ -752,7 +702,6 @@ impl Workspace {
             },
         );
         let aux_sq = sq.iter().sum();
-        ph.mark("    aux: F W_D");
         // G = (g_aux W_Dᵀ) ⊙ 1[F > 0], each row masked as it comes out of the engine,
         // with per-task column sums of G added in task order (deterministic).
         bufs.wt.resize(d * nd, 0.0);
@@ -763,7 +712,7 @@ impl Workspace {
         }
         bufs.bwd.load(&bufs.wt, d, nd);
         bufs.gf.resize(b * nd, 0.0);
-        let gf_ptr = SyncPtr(bufs.gf.as_mut_ptr());
+        let gf_ptr = SharedMut::new(&mut bufs.gf);
         let fm = &f;
         let parts = bufs.bwd.run(
             &bufs.wt,
@@ -787,7 +736,6 @@ impl Workspace {
                 self.colsum[j as usize] += v;
             }
         }
-        ph.mark("    aux: mask");
         // aux_gw = Fᵀ g_aux
         gemm(
             nd,
@@ -801,7 +749,6 @@ impl Workspace {
             0.0,
             &mut self.aux_gw,
         );
-        ph.mark("    aux: F^T g_aux");
         // aux_gt = Gᵀ x
         gemm(
             nd,
@@ -815,7 +762,6 @@ impl Workspace {
             0.0,
             &mut self.aux_gt,
         );
-        ph.mark("    aux: G^T x");
         aux_sq
     }
 

@@ -163,11 +163,11 @@ fn trainer(sample: &Matrix) -> Trainer {
         "log_every": 1, "eval_every": 3, "dead_after_tokens": 100,
     }))
     .unwrap();
-    let arch = ArchConfig::Topk {
+    let arch = ArchConfig::Topk(saelab_core::arch::TopKConfig {
         k: 2,
         aux_k: 8,
         aux_coefficient: 1.0 / 32.0,
-    };
+    });
     Trainer::new(cfg, SaeConfig::new(arch, 32, 64), sample).unwrap()
 }
 
