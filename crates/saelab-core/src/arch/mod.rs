@@ -116,6 +116,8 @@ architectures! {
     gated::GatedConfig => Gated = "gated",
     /// EleutherAI sparsify's GroupMax (inference only).
     groupmax::GroupMaxConfig => Groupmax = "groupmax",
+    /// ReLU with a plain L1 penalty and unit-norm decoder rows (Bricken et al. 2023).
+    vanilla::VanillaConfig => Vanilla = "vanilla",
 }
 
 /// A hyperparameter as run names, report labels and sweep axes show it.
