@@ -23,6 +23,8 @@
 //!   [`io`]: atomic files and directories, tensor files; [`rng`]: the seeded generator;
 //!   [`error`]: the error type (every message names the file and the problem).
 
+#![warn(missing_docs)]
+
 pub mod arch;
 pub mod bench;
 pub mod config;
