@@ -28,7 +28,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{init_tied, threshold_latents};
+use super::common::{init_tied, sae_params, threshold_encode};
 use super::topk::{check_k, default_aux_coefficient, default_aux_k};
 use super::topk_family::{self, AuxK};
 use super::{
@@ -36,7 +36,6 @@ use super::{
 };
 use crate::config::Dims;
 use crate::error::{Error, Result};
-use crate::kernels::affine;
 use crate::kernels::engine::{Select, StepEngine};
 use crate::latents::Latents;
 use crate::rng::Rng;
@@ -84,20 +83,12 @@ impl Architecture for BatchTopKConfig {
 
     /// The file form: the JumpReLU tensors (`threshold [n]` = θ for every latent).
     fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
-        let Dims { d_in, n, d_out } = dims;
-        vec![
-            ("W_enc", vec![d_in, n]),
-            ("W_dec", vec![n, d_out]),
-            ("b_dec", vec![d_out]),
-            ("b_enc", vec![n]),
-            ("threshold", vec![n]),
-        ]
+        sae_params(dims, &["b_enc", "threshold"])
     }
 
     /// JumpReLU with the file form's `threshold [n]`.
     fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
-        let pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
-        threshold_latents(pre, &p.get("threshold").data)
+        threshold_encode(p, x_enc)
     }
 
     fn knobs(&self) -> Vec<Knob> {
@@ -111,10 +102,7 @@ impl Architecture for BatchTopKConfig {
 
     /// Written as SAELens `jumprelu` (see [`Architecture::saved_as`]).
     fn saelens(&self) -> Option<SaeLensForm> {
-        Some(SaeLensForm {
-            architecture: "jumprelu",
-            k: None,
-        })
+        SaeLensForm::named("jumprelu")
     }
 
     /// JumpReLU with default training hyperparameters (the file form carries θ).
@@ -229,9 +217,10 @@ impl Train for BatchTopK {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::common::subtract_bias;
+    use crate::arch::common::{pre_activations, subtract_bias};
     use crate::arch::gradcheck;
     use crate::kernels::cpu::CpuEngine;
+    use crate::kernels::select::testing::{naive_select, triples};
 
     fn arch(k: usize, aux_k: usize, momentum: f32) -> BatchTopK {
         BatchTopK {
@@ -243,31 +232,6 @@ mod tests {
             },
             threshold: None,
         }
-    }
-
-    /// Direct selection: sort every positive entry by (value desc, row, column) and keep
-    /// the first `m`; returned as sorted (row, column, value) triples.
-    fn naive_select(pre: &Matrix, m: usize) -> Vec<(usize, usize, f32)> {
-        let mut all: Vec<(usize, usize, f32)> = (0..pre.rows)
-            .flat_map(|r| (0..pre.cols).map(move |j| (r, j)))
-            .map(|(r, j)| (r, j, pre.row(r)[j]))
-            .filter(|e| e.2 > 0.0)
-            .collect();
-        all.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
-        all.truncate(m);
-        all.sort_by_key(|e| (e.0, e.1));
-        all
-    }
-
-    fn triples(l: &Latents) -> Vec<(usize, usize, f32)> {
-        let mut out = Vec::new();
-        for r in 0..l.rows() {
-            let (idx, val) = l.row(r);
-            for (&j, &v) in idx.iter().zip(val) {
-                out.push((r, j as usize, v));
-            }
-        }
-        out
     }
 
     #[test]
@@ -342,9 +306,7 @@ mod tests {
             sparsity_scale: 1.0,
             dead: &dead,
         };
-        for mut engine in gradcheck::engines() {
-            gradcheck::check(&mut a, engine.as_mut(), &p, &x, &ctx, &[], 40, None);
-        }
+        gradcheck::check_on_every_engine(&mut a, &p, &x, &ctx, &[]);
     }
 
     #[test]
@@ -371,11 +333,7 @@ mod tests {
         let mut want: Option<f64> = None;
         for _ in 0..6 {
             let x = gradcheck::random_batch(&mut rng, rows, d);
-            let pre = affine(
-                &subtract_bias(&x, &p.get("b_dec").data),
-                &p.get("W_enc").data,
-                &p.get("b_enc").data,
-            );
+            let pre = pre_activations(&p, &subtract_bias(&x, &p.get("b_dec").data));
             let min = naive_select(&pre, k * rows)
                 .iter()
                 .map(|e| e.2)

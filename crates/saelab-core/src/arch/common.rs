@@ -126,6 +126,31 @@ pub fn sae_grads(g: &mut ParamSet) -> Grads<'_> {
     }
 }
 
+/// The file-form tensors of an SAE: `W_enc [d_in, n]`, `W_dec [n, d_out]`,
+/// `b_dec [d_out]`, then one `[n]` vector per name in `per_latent` (`b_enc`,
+/// `threshold`, ...).
+pub fn sae_params(dims: Dims, per_latent: &[&'static str]) -> Vec<(&'static str, Vec<usize>)> {
+    let Dims { d_in, n, d_out } = dims;
+    let mut v = vec![
+        ("W_enc", vec![d_in, n]),
+        ("W_dec", vec![n, d_out]),
+        ("b_dec", vec![d_out]),
+    ];
+    v.extend(per_latent.iter().map(|&name| (name, vec![n])));
+    v
+}
+
+/// Dense pre-activations `x_enc W_enc + b_enc` `[B, n]` from file-form parameters.
+pub fn pre_activations(p: &ParamSet, x_enc: &Matrix) -> Matrix {
+    kernels::affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data)
+}
+
+/// Inference of a threshold SAE (JumpReLU, BatchTopK's file form): the
+/// [`threshold_latents`] of the pre-activations with the file's `threshold [n]`.
+pub fn threshold_encode(p: &ParamSet, x_enc: &Matrix) -> Latents {
+    threshold_latents(pre_activations(p, x_enc), &p.get("threshold").data)
+}
+
 /// The threshold activation of JumpReLU (and of BatchTopK at inference), with SAELens
 /// semantics, on dense pre-activations `pre [B, n]` with thresholds `theta [n]`: keeps
 /// `pre` where `pre > θ` and `pre > 0`, zeroes the rest, and returns the non-zeros.

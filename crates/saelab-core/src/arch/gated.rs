@@ -30,7 +30,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{init_tied, subtract_bias, NormL1};
+use super::common::{init_tied, sae_params, subtract_bias, NormL1};
 use super::relu::default_l1_coefficient;
 use super::{
     ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
@@ -61,15 +61,7 @@ impl Registered for GatedConfig {
 
 impl Architecture for GatedConfig {
     fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
-        let Dims { d_in, n, d_out } = dims;
-        vec![
-            ("W_enc", vec![d_in, n]),
-            ("W_dec", vec![n, d_out]),
-            ("b_dec", vec![d_out]),
-            ("b_gate", vec![n]),
-            ("r_mag", vec![n]),
-            ("b_mag", vec![n]),
-        ]
+        sae_params(dims, &["b_gate", "r_mag", "b_mag"])
     }
 
     fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
@@ -98,10 +90,7 @@ impl Architecture for GatedConfig {
     }
 
     fn saelens(&self) -> Option<SaeLensForm> {
-        Some(SaeLensForm {
-            architecture: "gated",
-            k: None,
-        })
+        SaeLensForm::named("gated")
     }
 
     fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {

@@ -39,6 +39,34 @@ pub fn random_batch(rng: &mut Rng, rows: usize, d: usize) -> Matrix {
     .unwrap()
 }
 
+/// A ReLU SAE computed literally in f64 from parameters `p` (`W_enc`, `b_enc`, `W_dec`,
+/// `b_dec`) on `x [B, d]`: the latents of every row `[B][n]` and `Σ‖x̂ − x‖²`. The
+/// independent side of the loss tests of the ReLU-encoder architectures.
+pub fn naive_relu(p: &ParamSet, x: &Matrix) -> (Vec<Vec<f64>>, f64) {
+    let (d, n) = (x.cols, p.get("b_enc").data.len());
+    let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
+    let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
+    let mut sq = 0.0f64;
+    let mut latents = Vec::with_capacity(x.rows);
+    for r in 0..x.rows {
+        let f: Vec<f64> = (0..n)
+            .map(|j| {
+                let pre = b_enc[j] as f64
+                    + (0..d)
+                        .map(|i| (x.row(r)[i] - b_dec[i]) as f64 * w_enc[i * n + j] as f64)
+                        .sum::<f64>();
+                pre.max(0.0)
+            })
+            .collect();
+        for i in 0..d {
+            let xh = b_dec[i] as f64 + (0..n).map(|j| f[j] * w_dec[j * d + i] as f64).sum::<f64>();
+            sq += (xh - x.row(r)[i] as f64).powi(2);
+        }
+        latents.push(f);
+    }
+    (latents, sq)
+}
+
 /// Which coordinates to check: `(tensor name, flat index) -> bool`.
 pub type CoordFilter<'a> = &'a dyn Fn(&str, usize) -> bool;
 
@@ -104,5 +132,19 @@ pub fn check(
             checked * 2 >= tries,
             "{name}: only {checked} of {tries} coordinates were smooth enough to check"
         );
+    }
+}
+
+/// [`check`] of `arch` at `params` on `x` on every engine of [`engines`], 40 coordinates
+/// per tensor, the tensors in `skip` left out.
+pub fn check_on_every_engine(
+    arch: &mut dyn Train,
+    params: &ParamSet,
+    x: &Matrix,
+    ctx: &StepContext,
+    skip: &[&str],
+) {
+    for mut engine in engines() {
+        check(arch, engine.as_mut(), params, x, ctx, skip, 40, None);
     }
 }

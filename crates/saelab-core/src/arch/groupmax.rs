@@ -12,9 +12,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::common::{pre_activations, sae_params};
 use super::{Architecture, Knob, Registered, SaeLensForm, Train};
 use crate::config::Dims;
-use crate::kernels::affine;
 use crate::latents::Latents;
 use crate::tensor::{Matrix, ParamSet};
 
@@ -44,20 +44,14 @@ impl Architecture for GroupMaxConfig {
     }
 
     fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
-        let Dims { d_in, n, d_out } = dims;
-        vec![
-            ("W_enc", vec![d_in, n]),
-            ("W_dec", vec![n, d_out]),
-            ("b_dec", vec![d_out]),
-            ("b_enc", vec![n]),
-        ]
+        sae_params(dims, &["b_enc"])
     }
 
     /// `x_enc [B, d_in]` → latents `[B, n]` with at most `k` entries per row, one per
     /// group, ordered by group. Needs `W_enc [d_in, n]`, `b_enc [n]`, `n % k == 0`
     /// (checked by [`Architecture::check`]).
     fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
-        let pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
+        let pre = pre_activations(p, x_enc);
         let n = pre.cols;
         let group = n / self.k.max(1);
         let mut out = Latents::with_capacity(n, pre.rows, self.k);

@@ -28,12 +28,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{encoder, init_tied, threshold_latents};
+use super::common::{encoder, init_tied, sae_params, threshold_encode};
 use super::{
     ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
 };
 use crate::config::Dims;
-use crate::kernels::affine;
 use crate::kernels::engine::{AuxSelect, Grads, Select, StepEngine};
 use crate::latents::Latents;
 use crate::rng::Rng;
@@ -80,19 +79,11 @@ impl Registered for JumpReluConfig {
 
 impl Architecture for JumpReluConfig {
     fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
-        let Dims { d_in, n, d_out } = dims;
-        vec![
-            ("W_enc", vec![d_in, n]),
-            ("W_dec", vec![n, d_out]),
-            ("b_dec", vec![d_out]),
-            ("b_enc", vec![n]),
-            ("threshold", vec![n]),
-        ]
+        sae_params(dims, &["b_enc", "threshold"])
     }
 
     fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
-        let pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
-        threshold_latents(pre, &p.get("threshold").data)
+        threshold_encode(p, x_enc)
     }
 
     fn knobs(&self) -> Vec<Knob> {
@@ -104,10 +95,7 @@ impl Architecture for JumpReluConfig {
     }
 
     fn saelens(&self) -> Option<SaeLensForm> {
-        Some(SaeLensForm {
-            architecture: "jumprelu",
-            k: None,
-        })
+        SaeLensForm::named("jumprelu")
     }
 
     fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {
@@ -321,18 +309,7 @@ mod tests {
             sparsity_scale: 0.8,
             dead: &dead,
         };
-        for mut engine in gradcheck::engines() {
-            gradcheck::check(
-                &mut a,
-                engine.as_mut(),
-                &p,
-                &x,
-                &ctx,
-                &["log_threshold"],
-                40,
-                None,
-            );
-        }
+        gradcheck::check_on_every_engine(&mut a, &p, &x, &ctx, &["log_threshold"]);
     }
 
     #[test]

@@ -167,6 +167,16 @@ pub struct SaeLensForm {
     pub k: Option<usize>,
 }
 
+impl SaeLensForm {
+    /// The form named `architecture`, with no `k`.
+    pub fn named(architecture: &'static str) -> Option<SaeLensForm> {
+        Some(SaeLensForm {
+            architecture,
+            k: None,
+        })
+    }
+}
+
 /// An SAE architecture, implemented by its config struct (see the module docs).
 pub trait Architecture: Send + Sync {
     /// Checks the hyperparameters against the SAE's widths; a short message on failure.

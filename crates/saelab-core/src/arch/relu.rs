@@ -21,12 +21,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{encoder, init_tied, sae_grads, NormL1};
+use super::common::{encoder, init_tied, pre_activations, sae_grads, sae_params, NormL1};
 use super::{
     ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
 };
 use crate::config::Dims;
-use crate::kernels::affine;
 use crate::kernels::engine::{AuxSelect, Select, StepEngine};
 use crate::latents::Latents;
 use crate::rng::Rng;
@@ -57,17 +56,11 @@ impl Registered for ReluConfig {
 
 impl Architecture for ReluConfig {
     fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
-        let Dims { d_in, n, d_out } = dims;
-        vec![
-            ("W_enc", vec![d_in, n]),
-            ("W_dec", vec![n, d_out]),
-            ("b_dec", vec![d_out]),
-            ("b_enc", vec![n]),
-        ]
+        sae_params(dims, &["b_enc"])
     }
 
     fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
-        let mut pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
+        let mut pre = pre_activations(p, x_enc);
         pre.data.iter_mut().for_each(|v| *v = v.max(0.0));
         Latents::from_dense(&pre)
     }
@@ -77,10 +70,7 @@ impl Architecture for ReluConfig {
     }
 
     fn saelens(&self) -> Option<SaeLensForm> {
-        Some(SaeLensForm {
-            architecture: "standard",
-            k: None,
-        })
+        SaeLensForm::named("standard")
     }
 
     fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {
@@ -194,24 +184,10 @@ mod tests {
             0.2,
         );
         let x = gradcheck::random_batch(&mut rng, rows, d);
-        let (w_enc, b_enc) = (&p.get("W_enc").data, &p.get("b_enc").data);
-        let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
-        let (mut mse, mut l1) = (0.0f64, 0.0f64);
-        for r in 0..rows {
-            let f: Vec<f64> = (0..n)
-                .map(|j| {
-                    let pre = b_enc[j] as f64
-                        + (0..d)
-                            .map(|i| (x.row(r)[i] - b_dec[i]) as f64 * w_enc[i * n + j] as f64)
-                            .sum::<f64>();
-                    pre.max(0.0)
-                })
-                .collect();
-            for i in 0..d {
-                let xh =
-                    b_dec[i] as f64 + (0..n).map(|j| f[j] * w_dec[j * d + i] as f64).sum::<f64>();
-                mse += (xh - x.row(r)[i] as f64).powi(2);
-            }
+        let w_dec = &p.get("W_dec").data;
+        let (f, mse) = gradcheck::naive_relu(&p, &x);
+        let mut l1 = 0.0f64;
+        for f in &f {
             for j in 0..n {
                 let nrm = (0..d)
                     .map(|i| (w_dec[j * d + i] as f64).powi(2))
@@ -252,9 +228,7 @@ mod tests {
             sparsity_scale: 0.9,
             dead: &dead,
         };
-        for mut engine in gradcheck::engines() {
-            gradcheck::check(&mut a, engine.as_mut(), &p, &x, &ctx, &[], 40, None);
-        }
+        gradcheck::check_on_every_engine(&mut a, &p, &x, &ctx, &[]);
     }
 
     #[test]

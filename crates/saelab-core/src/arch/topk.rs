@@ -8,13 +8,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::init_tied;
+use super::common::{init_tied, pre_activations, sae_params};
 use super::topk_family::{self, AuxK};
 use super::{
     ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
 };
 use crate::config::Dims;
-use crate::kernels::affine;
 use crate::kernels::engine::{Select, StepEngine};
 use crate::kernels::select::topk_rows;
 use crate::latents::Latents;
@@ -72,17 +71,11 @@ impl Architecture for TopKConfig {
     }
 
     fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
-        let Dims { d_in, n, d_out } = dims;
-        vec![
-            ("W_enc", vec![d_in, n]),
-            ("W_dec", vec![n, d_out]),
-            ("b_dec", vec![d_out]),
-            ("b_enc", vec![n]),
-        ]
+        sae_params(dims, &["b_enc"])
     }
 
     fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
-        let pre = affine(x_enc, &p.get("W_enc").data, &p.get("b_enc").data);
+        let pre = pre_activations(p, x_enc);
         topk_rows(&pre, self.k, None)
     }
 
@@ -178,9 +171,7 @@ mod tests {
             sparsity_scale: 1.0,
             dead: &dead,
         };
-        for mut engine in gradcheck::engines() {
-            gradcheck::check(&mut a, engine.as_mut(), &p, &x, &ctx, &[], 40, None);
-        }
+        gradcheck::check_on_every_engine(&mut a, &p, &x, &ctx, &[]);
     }
 
     #[test]

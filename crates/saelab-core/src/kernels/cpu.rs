@@ -65,61 +65,21 @@ impl CpuEngine {
         l.nnz() as f64 > self.dense_above * (l.rows() * l.n).max(1) as f64
     }
 
-    /// Per-token top-k and, with AuxK, the AuxK latents, in one encoder pass.
-    fn encode_topk(
+    /// One encoder pass: `main(selector, pre_r, out)` appends row `r`'s selected
+    /// entries to `out`, and with AuxK the AuxK latents of the row are picked among the
+    /// dead ones (sparse, or written into the workspace's dense `F`).
+    fn encode_rows<F>(
         &mut self,
         x: &Matrix,
         enc: EncoderWeights,
-        k: usize,
         aux: AuxSelect,
         dense_aux: bool,
-    ) -> (Latents, AuxLatents) {
+        main: F,
+    ) -> (Latents, AuxLatents)
+    where
+        F: Fn(&mut TopKSelector, &[f32], &mut Latents) + Sync,
+    {
         let n = enc.b_enc.len();
-        let (encoder, aux_rows) = self.ws.encoder_with_aux();
-        let (ka, dead, on) = (aux.k, aux.dead, aux.on());
-        let parts = encoder.run(
-            enc.w_enc,
-            x,
-            Some(enc.b_dec),
-            enc.b_enc,
-            || (Latents::new(n), Latents::new(n), TopKSelector::default()),
-            |(main, auxl, sel), r, pre| {
-                sel.row(pre, k);
-                main.push_row(sel.result().iter().copied());
-                if on {
-                    sel.among_unordered(pre, dead, ka);
-                    if dense_aux {
-                        // SAFETY: the encoder visits row r once, on one task.
-                        unsafe { aux_rows.write(r, sel.result()) };
-                    } else {
-                        auxl.push_row(sel.result().iter().copied());
-                    }
-                }
-            },
-        );
-        let mut lat = Latents::with_capacity(n, x.rows, k);
-        let sparse_aux = on && !dense_aux;
-        let mut auxl = Latents::with_capacity(n, x.rows, if sparse_aux { ka } else { 0 });
-        for (m, a, _) in &parts {
-            lat.append(m);
-            if sparse_aux {
-                auxl.append(a);
-            }
-        }
-        (lat, AuxLatents::pick(on, dense_aux, auxl))
-    }
-
-    /// The entries above `lower` and, with AuxK, the AuxK latents, in one encoder pass.
-    fn encode_above(
-        &mut self,
-        x: &Matrix,
-        enc: EncoderWeights,
-        lower: &[f32],
-        aux: AuxSelect,
-        dense_aux: bool,
-    ) -> (Latents, AuxLatents) {
-        let n = enc.b_enc.len();
-        assert_eq!(lower.len(), n, "encode: lower bounds are not [n]");
         let (encoder, aux_rows) = self.ws.encoder_with_aux();
         let (ka, dead, on) = (aux.k, aux.dead, aux.on());
         let parts = encoder.run(
@@ -129,11 +89,7 @@ impl CpuEngine {
             enc.b_enc,
             || (Latents::new(n), Latents::new(n), TopKSelector::default()),
             |(lat, auxl, sel), r, pre| {
-                for_each_above(pre, lower, |j, v| {
-                    lat.idx.push(j as u32);
-                    lat.val.push(v);
-                });
-                lat.indptr.push(lat.idx.len());
+                main(sel, pre, lat);
                 if on {
                     sel.among_unordered(pre, dead, ka);
                     if dense_aux {
@@ -145,7 +101,8 @@ impl CpuEngine {
                 }
             },
         );
-        let mut lat = Latents::with_capacity(n, x.rows, 0);
+        let nnz = parts.iter().map(|p| p.0.nnz()).sum::<usize>();
+        let mut lat = Latents::with_capacity(n, x.rows, nnz / x.rows.max(1));
         let sparse_aux = on && !dense_aux;
         let mut auxl = Latents::with_capacity(n, x.rows, if sparse_aux { ka } else { 0 });
         for (l, a, _) in &parts {
@@ -170,57 +127,20 @@ impl CpuEngine {
         dense_aux: bool,
     ) -> (Latents, AuxLatents) {
         let n = enc.b_enc.len();
-        let (ka, dead, on) = (aux.k, aux.dead, aux.on());
         if let Some(l) = hint.filter(|&l| l > 0.0) {
             let thr = vec![l; n];
-            let (encoder, aux_rows) = self.ws.encoder_with_aux();
-            let parts = encoder.run(
-                enc.w_enc,
-                x,
-                Some(enc.b_dec),
-                enc.b_enc,
-                || {
-                    (
-                        Vec::<(u32, u32, f32)>::new(),
-                        Latents::new(n),
-                        TopKSelector::default(),
-                    )
-                },
-                |(cand, auxl, sel), r, pre| {
-                    for_each_above(pre, &thr, |j, v| cand.push((r as u32, j as u32, v)));
-                    if on {
-                        sel.among_unordered(pre, dead, ka);
-                        if dense_aux {
-                            // SAFETY: the encoder visits row r once, on one task.
-                            unsafe { aux_rows.write(r, sel.result()) };
-                        } else {
-                            auxl.push_row(sel.result().iter().copied());
-                        }
-                    }
-                },
-            );
-            let found: usize = parts.iter().map(|p| p.0.len()).sum();
-            if found >= total {
-                let sparse_aux = on && !dense_aux;
-                let mut aux_lat = Latents::with_capacity(n, x.rows, ka);
-                let mut cand = Vec::with_capacity(found);
-                for (c, a, _) in parts {
-                    cand.extend_from_slice(&c);
-                    if sparse_aux {
-                        aux_lat.append(&a);
-                    }
-                }
-                let lat = select_candidates(&cand, total, x.rows, n);
-                return (lat, AuxLatents::pick(on, dense_aux, aux_lat));
+            let (cand, aux_lat) = self.encode_rows(x, enc, aux, dense_aux, above(&thr));
+            if cand.nnz() >= total {
+                return (select_candidates(&cand, total), aux_lat);
             }
         }
         // Full pre-activations, then the exact radix selection.
         let pre = self.full_pre_activations(x, enc);
         let lat = batch_topk(&pre, total);
-        let aux_lat = if !on {
+        let aux_lat = if !aux.on() {
             AuxLatents::Off
         } else {
-            let l = topk_rows(&pre, ka, Some(dead));
+            let l = topk_rows(&pre, aux.k, Some(aux.dead));
             if dense_aux {
                 self.ws.set_dense_aux(&l);
                 AuxLatents::Dense
@@ -249,6 +169,17 @@ impl CpuEngine {
     }
 }
 
+/// The row selection of [`Select::Above`]: every entry above `lower`, in latent order.
+fn above(lower: &[f32]) -> impl Fn(&mut TopKSelector, &[f32], &mut Latents) + Sync + '_ {
+    move |_, pre, lat| {
+        for_each_above(pre, lower, |j, v| {
+            lat.idx.push(j as u32);
+            lat.val.push(v);
+        });
+        lat.indptr.push(lat.idx.len());
+    }
+}
+
 impl StepEngine for CpuEngine {
     fn name(&self) -> &'static str {
         "cpu"
@@ -270,8 +201,14 @@ impl StepEngine for CpuEngine {
             self.ws.encoder.load(enc.w_enc, d, n);
         }
         let (latents, aux_lat) = match select {
-            Select::TopK(k) => self.encode_topk(x, enc, k, aux, dense_aux),
-            Select::Above(lower) => self.encode_above(x, enc, lower, aux, dense_aux),
+            Select::TopK(k) => self.encode_rows(x, enc, aux, dense_aux, |sel, pre, lat| {
+                sel.row(pre, k);
+                lat.push_row(sel.result().iter().copied());
+            }),
+            Select::Above(lower) => {
+                assert_eq!(lower.len(), n, "encode: lower bounds are not [n]");
+                self.encode_rows(x, enc, aux, dense_aux, above(lower))
+            }
             Select::BatchTopK { total, hint } => {
                 self.encode_batch_topk(x, enc, (total, hint), aux, dense_aux)
             }

@@ -364,26 +364,26 @@ pub fn batch_topk(pre: &Matrix, m: usize) -> Latents {
     out
 }
 
-/// The `m` largest of the candidate entries `(row, column, value)` (listed in row-major
-/// order, all positive), ties broken towards the earlier row, then the lower column —
-/// the rule of [`batch_topk`] — as [`Latents`] with `rows` rows, each row's entries in
-/// increasing latent order.
-pub fn select_candidates(cand: &[(u32, u32, f32)], m: usize, rows: usize, n: usize) -> Latents {
-    let mut out = Latents::with_capacity(n, rows, m / rows.max(1));
+/// The `m` largest of the candidate entries of `cand` `[B, n]` (all positive), ties
+/// broken towards the earlier row, then the lower column — the rule of [`batch_topk`] —
+/// as [`Latents`] with each row's entries in increasing latent order (the order of
+/// `cand`'s rows).
+pub fn select_candidates(cand: &Latents, m: usize) -> Latents {
+    let rows = cand.rows();
+    let mut out = Latents::with_capacity(cand.n, rows, m / rows.max(1));
     let (cut, mut ties) = if m == 0 {
         (f32::INFINITY, 0)
-    } else if cand.len() <= m {
+    } else if cand.nnz() <= m {
         (0.0, 0)
     } else {
-        let mut vals: Vec<f32> = cand.iter().map(|c| c.2).collect();
+        let mut vals = cand.val.clone();
         let (_, &mut cut, _) = vals.select_nth_unstable_by(m - 1, |a, b| b.total_cmp(a));
-        let above = cand.iter().filter(|c| c.2 > cut).count();
+        let above = cand.val.iter().filter(|&&v| v > cut).count();
         (cut, m - above)
     };
-    let mut e = 0;
     for r in 0..rows {
-        while e < cand.len() && cand[e].0 as usize == r {
-            let (_, j, v) = cand[e];
+        let (idx, val) = cand.row(r);
+        for (&j, &v) in idx.iter().zip(val) {
             if v > cut
                 || (v == cut && ties > 0 && {
                     ties -= 1;
@@ -393,15 +393,47 @@ pub fn select_candidates(cand: &[(u32, u32, f32)], m: usize, rows: usize, n: usi
                 out.idx.push(j);
                 out.val.push(v);
             }
-            e += 1;
         }
         out.indptr.push(out.idx.len());
     }
     out
 }
 
+/// Plain references for the selection tests here and in the architectures.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::latents::Latents;
+    use crate::tensor::Matrix;
+
+    /// Direct selection: sort every positive entry by (value desc, row, column) and keep
+    /// the first `m`; returned as sorted (row, column, value) triples.
+    pub fn naive_select(pre: &Matrix, m: usize) -> Vec<(usize, usize, f32)> {
+        let mut all: Vec<(usize, usize, f32)> = (0..pre.rows)
+            .flat_map(|r| (0..pre.cols).map(move |j| (r, j)))
+            .map(|(r, j)| (r, j, pre.row(r)[j]))
+            .filter(|e| e.2 > 0.0)
+            .collect();
+        all.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+        all.truncate(m);
+        all.sort_by_key(|e| (e.0, e.1));
+        all
+    }
+
+    pub fn triples(l: &Latents) -> Vec<(usize, usize, f32)> {
+        let mut out = Vec::new();
+        for r in 0..l.rows() {
+            let (idx, val) = l.row(r);
+            for (&j, &v) in idx.iter().zip(val) {
+                out.push((r, j as usize, v));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{naive_select, triples};
     use super::*;
     use crate::rng::Rng;
 
@@ -486,31 +518,6 @@ mod tests {
             .collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         v
-    }
-
-    /// Direct selection: sort every positive entry by (value desc, row, column) and keep
-    /// the first `m`; returned as sorted (row, column, value) triples.
-    fn naive_select(pre: &Matrix, m: usize) -> Vec<(usize, usize, f32)> {
-        let mut all: Vec<(usize, usize, f32)> = (0..pre.rows)
-            .flat_map(|r| (0..pre.cols).map(move |j| (r, j)))
-            .map(|(r, j)| (r, j, pre.row(r)[j]))
-            .filter(|e| e.2 > 0.0)
-            .collect();
-        all.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
-        all.truncate(m);
-        all.sort_by_key(|e| (e.0, e.1));
-        all
-    }
-
-    fn triples(l: &Latents) -> Vec<(usize, usize, f32)> {
-        let mut out = Vec::new();
-        for r in 0..l.rows() {
-            let (idx, val) = l.row(r);
-            for (&j, &v) in idx.iter().zip(val) {
-                out.push((r, j as usize, v));
-            }
-        }
-        out
     }
 
     #[test]
