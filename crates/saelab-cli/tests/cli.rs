@@ -2,22 +2,14 @@
 //! interruption, and one-line errors for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use saelab_testkit::cli::{assert_one_line_error, p, stderr, Bin};
+
+const SAELAB: Bin = Bin::new(env!("CARGO_BIN_EXE_saelab"));
 
 fn saelab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_saelab"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run saelab")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
+    SAELAB.run(args)
 }
 
 /// A small synthetic dataset: d = 16, 64 features.
@@ -66,19 +58,6 @@ fn train_args<'a>(acts: &'a str, out: &'a str) -> Vec<&'a str> {
         "--set",
         "train.dead_after_tokens=1000",
     ]
-}
-
-/// Assert a failed run: non-zero status, exactly one line on stderr mentioning `needle`.
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success());
-    let e = stderr(o);
-    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {e}");
-    assert!(e.contains(needle), "{needle:?} not in: {e}");
-    assert!(
-        !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
-        "{e}"
-    );
 }
 
 #[test]
@@ -161,14 +140,14 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
     let trunc = tmp.path().join("trunc.npy");
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
     let o = saelab(&train_args(p(&trunc), p(&out)));
-    assert_one_line_error(&o, "trunc.npy");
+    assert_one_line_error(&o, &["trunc.npy"]);
     assert!(!out.exists());
 
     // corrupt safetensors
     let bad = tmp.path().join("bad.safetensors");
     std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
     let o = saelab(&train_args(p(&bad), p(&out)));
-    assert_one_line_error(&o, "bad.safetensors");
+    assert_one_line_error(&o, &["bad.safetensors"]);
     assert!(!out.exists());
 
     // NaN rows (the store reports the file and row)
@@ -178,14 +157,14 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
     let nan_path = tmp.path().join("nan.npy");
     std::fs::write(&nan_path, &nan).unwrap();
     let o = saelab(&train_args(p(&nan_path), p(&out)));
-    assert_one_line_error(&o, "nan.npy");
+    assert_one_line_error(&o, &["nan.npy"]);
 
     // unknown architecture
     let mut args = train_args(p(&acts), p(&out));
     let i = args.iter().position(|a| *a == "topk").unwrap();
     args[i] = "sparsemax";
     let o = saelab(&args);
-    assert_one_line_error(&o, "sparsemax");
+    assert_one_line_error(&o, &["sparsemax"]);
     assert!(!out.exists());
 
     // unwritable output directory
@@ -198,16 +177,15 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
     if std::fs::write(ro.join("probe"), b"").is_err() {
         // (running as root ignores permissions; then this case cannot be tested)
         let o = saelab(&train_args(p(&acts), p(&target)));
-        assert_one_line_error(&o, "ro/run");
+        assert_one_line_error(&o, &["ro/run"]);
         assert!(!target.exists());
     }
 
     // --refit on a LayerNorm-input SAE (the vendored SAELens fixture, d_in = 16 as here)
-    let ln = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../saelab-core/tests/fixtures/saelens/layer_norm_topk");
+    let ln = saelab_testkit::fixtures_dir().join("saelens/layer_norm_topk");
     let held = data.join("heldout.npy");
     let o = saelab(&["eval", "--sae", p(&ln), "--acts", p(&held), "--refit"]);
-    assert_one_line_error(&o, "layer_norm_topk");
+    assert_one_line_error(&o, &["layer_norm_topk"]);
 
     // eval with a width mismatch
     let o = saelab(&[
