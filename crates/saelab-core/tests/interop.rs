@@ -431,6 +431,35 @@ fn sparsify_converts_to_native_and_keeps_outputs() {
 #[test]
 fn describe_reports_every_fixture() {
     let fx = fixtures();
+    // Every fixture: what describe reports agrees with the SAE that loads.
+    let index: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(fx.join("saelens/INDEX.json")).unwrap()).unwrap();
+    let mut dirs: Vec<PathBuf> = index["cases"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|c| fx.join("saelens").join(c))
+        .collect();
+    dirs.extend(["topk", "topk_skip", "groupmax"].map(|c| fx.join("sparsify").join(c)));
+    dirs.push(fx.join("gemmascope/layer_0/width_64/average_l0_29"));
+    assert!(dirs.len() >= 14, "{} fixtures", dirs.len());
+    for dir in &dirs {
+        let d = format::describe(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let sae = format::load_sae(dir).unwrap();
+        let c = &sae.cfg;
+        assert_eq!(
+            (&d.arch, d.d_in, d.d_sae, d.d_out, d.has_skip),
+            (&c.arch, c.d_in, c.d_sae, c.d_out, sae.has_skip()),
+            "{}",
+            dir.display()
+        );
+        assert!(!d.tensors.is_empty(), "{}", dir.display());
+        assert!(
+            d.to_string().contains(&d.file_architecture),
+            "{}",
+            dir.display()
+        );
+    }
     let d = format::describe(&fx.join("sparsify/groupmax")).unwrap();
     assert_eq!((d.d_in, d.d_sae, d.d_out), (16, 64, 16));
     assert_eq!(d.arch, ArchConfig::Groupmax { k: 4 });
