@@ -486,3 +486,25 @@ fn a_nan_row_missed_by_the_initialisation_sample_stops_training_cleanly() {
     let o = saelab(&args2);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn a_crash_while_a_checkpoint_is_replaced_still_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path());
+    let acts = data.join("train.npy");
+    let full = tmp.path().join("full");
+    let o = saelab(&train_args(p(&acts), p(&full)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let part = tmp.path().join("part");
+    let mut args = train_args(p(&acts), p(&part));
+    args.extend(["--stop-after", "23"]);
+    assert_eq!(saelab(&args).status.code(), Some(130));
+    // What a kill between the two renames that replace `checkpoint/` leaves: the
+    // previous checkpoint moved aside, the new one complete under its temporary name.
+    std::fs::rename(part.join("checkpoint"), part.join("checkpoint.old")).unwrap();
+    std::fs::create_dir(part.join(".checkpoint.tmp-4242")).unwrap();
+    let o = saelab(&["train", "--resume", p(&part)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(weights(&full) == weights(&part), "resumed run differs");
+    assert_same_log(&part, &full);
+}
