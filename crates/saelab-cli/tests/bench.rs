@@ -3,20 +3,12 @@
 //! without the real data, failing under CI): the JSON report parses, and every figure
 //! in it is there, finite and consistent with the others.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+mod common;
 
-use saelab_core::format::save_sae;
-use saelab_core::{ArchConfig, ParamSet, Sae, SaeConfig, Tensor};
-use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout, Bin};
+use common::{saelab, zero_sae};
+use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout};
 use saelab_testkit::real_data;
 use serde_json::Value;
-
-const SAELAB: Bin = Bin::new(env!("CARGO_BIN_EXE_saelab"));
-
-fn saelab(args: &[&str]) -> Output {
-    SAELAB.run(args)
-}
 
 /// `v[key]` as a finite number (panics naming the key otherwise).
 fn num(v: &Value, key: &str) -> f64 {
@@ -129,21 +121,6 @@ fn bench_reports_every_workload_with_finite_figures() {
         "0",
     ]);
     assert_one_line_error(&o, &["--contexts must be positive"]);
-}
-
-/// A TopK SAE for SmolLM2's residual stream (d = 576) at `hook`, all weights zero.
-fn zero_sae(dir: &Path, hook: &str) -> PathBuf {
-    let (d, n) = (576, 16);
-    let mut cfg = SaeConfig::new(ArchConfig::default_for("topk", 4).unwrap(), d, n);
-    cfg.metadata.hook_name = Some(hook.into());
-    let mut ps = ParamSet::new();
-    ps.insert("W_enc", Tensor::zeros(&[d, n]));
-    ps.insert("b_enc", Tensor::zeros(&[n]));
-    ps.insert("W_dec", Tensor::zeros(&[n, d]));
-    ps.insert("b_dec", Tensor::zeros(&[d]));
-    let out = dir.join("zero-sae");
-    save_sae(&Sae::new(cfg, ps).unwrap(), &out, None).unwrap();
-    out
 }
 
 #[test]

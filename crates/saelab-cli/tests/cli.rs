@@ -3,18 +3,15 @@
 //! one-line errors for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{saelab, SAELAB};
 use saelab_core::format::load_sae;
 use saelab_core::store::ActivationStore;
-use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout, Bin};
-
-const SAELAB: Bin = Bin::new(env!("CARGO_BIN_EXE_saelab"));
-
-fn saelab(args: &[&str]) -> Output {
-    SAELAB.run(args)
-}
+use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout};
 
 /// A small synthetic dataset: d = 16, 64 features.
 fn synth(dir: &Path) -> PathBuf {

@@ -5,15 +5,16 @@
 //! stays fast.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{saelab, SAELAB};
 use saelab_core::store::ActivationStore;
 use saelab_lm::cache::{read_manifest, read_shard_rows, ShardRows};
-use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout, Bin};
+use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout};
 use saelab_testkit::{real_data, serial};
-
-const SAELAB: Bin = Bin::new(env!("CARGO_BIN_EXE_saelab"));
 
 /// The real model, or `None` (with a message; a panic under CI) without the data.
 fn model() -> Option<PathBuf> {
@@ -22,10 +23,6 @@ fn model() -> Option<PathBuf> {
 
 fn saelab_cmd(args: &[&str]) -> Command {
     SAELAB.cmd(args)
-}
-
-fn saelab(args: &[&str]) -> Output {
-    SAELAB.run(args)
 }
 
 /// 24 Moby-Dick chapters (document 19 is held out).

@@ -5,19 +5,15 @@
 //! skipped with a message without them, failing under CI).
 
 use std::path::PathBuf;
-use std::process::Output;
 
+mod common;
+
+use common::saelab;
 use saelab_core::format::save_sae;
 use saelab_core::{ArchConfig, ParamSet, Sae, SaeConfig, Tensor};
-use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout, Bin};
+use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout};
 use saelab_testkit::data::data_required;
 use saelab_testkit::real_data;
-
-const SAELAB: Bin = Bin::new(env!("CARGO_BIN_EXE_saelab"));
-
-fn saelab(args: &[&str]) -> Output {
-    SAELAB.run(args)
-}
 
 #[test]
 fn sweep_trains_a_grid_in_one_pass_and_report_compares_it() {

@@ -7,16 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use saelab_core::format::save_sae;
-use saelab_core::{ArchConfig, ParamSet, Sae, SaeConfig, Tensor};
-use saelab_testkit::cli::{assert_one_line_error, p, stderr, Bin};
+mod common;
+
+use common::{saelab, zero_sae};
+use saelab_testkit::cli::{assert_one_line_error, p, stderr};
 use saelab_testkit::{real_data, unwritable_dir};
-
-const SAELAB: Bin = Bin::new(env!("CARGO_BIN_EXE_saelab"));
-
-fn saelab(args: &[&str]) -> Output {
-    SAELAB.run(args)
-}
 
 /// A path below the unwritable folder (`/sys/saelab-test/<name>`).
 fn target(name: &str) -> PathBuf {
@@ -130,22 +125,6 @@ fn commands_refuse_an_unwritable_output_folder_in_one_line() {
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), before);
 }
 
-/// A TopK SAE for SmolLM2's residual stream at `blocks.3.hook_resid_post` (d = 576),
-/// all weights zero: enough for a short in-model evaluation.
-fn zero_sae(dir: &Path) -> PathBuf {
-    let (d, n) = (576, 16);
-    let mut cfg = SaeConfig::new(ArchConfig::default_for("topk", 4).unwrap(), d, n);
-    cfg.metadata.hook_name = Some("blocks.3.hook_resid_post".into());
-    let mut ps = ParamSet::new();
-    ps.insert("W_enc", Tensor::zeros(&[d, n]));
-    ps.insert("b_enc", Tensor::zeros(&[n]));
-    ps.insert("W_dec", Tensor::zeros(&[n, d]));
-    ps.insert("b_dec", Tensor::zeros(&[d]));
-    let out = dir.join("zero-sae");
-    save_sae(&Sae::new(cfg, ps).unwrap(), &out, None).unwrap();
-    out
-}
-
 #[test]
 fn model_commands_refuse_an_unwritable_output_folder_in_one_line() {
     let Some(data) = real_data() else { return };
@@ -171,7 +150,7 @@ fn model_commands_refuse_an_unwritable_output_folder_in_one_line() {
     ]);
     assert_refused(&o, &out);
 
-    let sae = zero_sae(tmp.path());
+    let sae = zero_sae(tmp.path(), "blocks.3.hook_resid_post");
     let out = target("eval.json");
     let o = saelab(&[
         "eval",

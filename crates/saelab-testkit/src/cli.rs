@@ -3,7 +3,7 @@
 //! The binary's path is known only to the tests of the crate that builds it
 //! (`env!("CARGO_BIN_EXE_saelab")`), so a test file names it once:
 //!
-//! ```ignore
+//! ```text
 //! const SAELAB: Bin = Bin::new(env!("CARGO_BIN_EXE_saelab"));
 //! let out = SAELAB.run(&["inspect", "some/sae"]);
 //! ```
