@@ -8,7 +8,19 @@
 # Idempotent: a file already present with the right checksum is not fetched again.
 # Exits non-zero with a one-line reason when a registry cannot be reached or a
 # download does not match its checksum.
+#
+#   scripts/setup.sh --oracle   also installs the test suite's tokenizer oracle,
+#                               llama.cpp through node-llama-cpp (npm, about 30 MB), into
+#                               $SAELAB_TOKENIZER_ORACLE [target/tokenizer-oracle]
 set -euo pipefail
+
+oracle_too=0
+for arg in "$@"; do
+  case "$arg" in
+    --oracle) oracle_too=1 ;;
+    *) echo "setup: unknown argument $arg (expected --oracle)" >&2; exit 2 ;;
+  esac
+done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 data="${SAELAB_DATA:-$root/data}"
@@ -84,3 +96,33 @@ fi
 
 echo "setup: model  $gguf"
 echo "setup: corpus $data/corpus ($(find "$data/corpus" -name '*.txt' | wc -l) documents)"
+
+# The tokenizer oracle (--oracle): llama.cpp's own tokenizer, an implementation
+# independent of saelab's, which crates/saelab-lm/tests/tokenizer_oracle.rs compares with
+# saelab's on the whole corpus. node-llama-cpp with the prebuilt llama.cpp of this
+# platform only (the optional GPU builds are left out), built in a temporary folder and
+# renamed into place.
+if [ "$oracle_too" = 1 ]; then
+  nlc=3.21.1
+  oracle="${SAELAB_TOKENIZER_ORACLE:-$root/target/tokenizer-oracle}"
+  case "$(uname -sm)" in
+    "Linux x86_64") platform=linux-x64 ;;
+    "Linux aarch64") platform=linux-arm64 ;;
+    *) die "no prebuilt llama.cpp of node-llama-cpp for $(uname -sm); the tokenizer oracle cannot be installed" ;;
+  esac
+  installed="$oracle/node_modules/node-llama-cpp/package.json"
+  if ! { [ -f "$oracle/node_modules/@node-llama-cpp/$platform/package.json" ] \
+         && grep -q "\"version\": \"$nlc\"" "$installed" 2>/dev/null; }; then
+    command -v npm >/dev/null || die "npm is needed to install the tokenizer oracle"
+    command -v node >/dev/null || die "node is needed to run the tokenizer oracle"
+    echo "setup: installing node-llama-cpp@$nlc (tokenizer oracle) from npm"
+    rm -rf "$oracle.tmp" && mkdir -p "$oracle.tmp"
+    echo '{ "private": true }' >"$oracle.tmp/package.json"
+    (cd "$oracle.tmp" && npm install --silent --no-audit --no-fund --omit=optional \
+        --ignore-scripts -E "node-llama-cpp@$nlc" "@node-llama-cpp/$platform@$nlc" \
+        >"$oracle.tmp/npm.log" 2>&1) \
+      || die "could not install node-llama-cpp@$nlc from npm (registry unreachable?): $(tail -n 1 "$oracle.tmp/npm.log")"
+    rm -rf "$oracle" && mv "$oracle.tmp" "$oracle"
+  fi
+  echo "setup: oracle $oracle (node-llama-cpp $nlc)"
+fi

@@ -1,24 +1,17 @@
 //! End-to-end tests of the `saelab` binary: synth → train → eval, exact resume after an
-//! interruption, and one-line errors for bad input.
+//! interruption (Ctrl-C, or a SIGKILL at a random moment), inspect and convert, and
+//! one-line errors for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-fn saelab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_saelab"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run saelab")
-}
+mod common;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use common::{saelab, SAELAB};
+use saelab_core::format::load_sae;
+use saelab_core::store::ActivationStore;
+use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout};
 
 /// A small synthetic dataset: d = 16, 64 features.
 fn synth(dir: &Path) -> PathBuf {
@@ -40,6 +33,29 @@ fn synth(dir: &Path) -> PathBuf {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     out
+}
+
+/// `dir/name/train.npy`: 2000 synthetic rows of width `d`.
+fn synth_d(dir: &Path, name: &str, d: usize) -> PathBuf {
+    let out = dir.join(name);
+    let d = d.to_string();
+    let o = saelab(&[
+        "synth",
+        "--out",
+        p(&out),
+        "--rows",
+        "2000",
+        "--heldout-rows",
+        "100",
+        "--d",
+        &d,
+        "--features",
+        "32",
+        "--avg-active",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out.join("train.npy")
 }
 
 fn train_args<'a>(acts: &'a str, out: &'a str) -> Vec<&'a str> {
@@ -68,16 +84,45 @@ fn train_args<'a>(acts: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// Assert a failed run: non-zero status, exactly one line on stderr mentioning `needle`.
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success());
-    let e = stderr(o);
-    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {e}");
-    assert!(e.contains(needle), "{needle:?} not in: {e}");
+fn weights(run: &Path) -> Vec<u8> {
+    std::fs::read(run.join("sae/sae_weights.safetensors")).unwrap()
+}
+
+/// `(kind, step)` of every record of a run's `metrics.jsonl`.
+fn log_records(run: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}"));
+            (
+                v["kind"].as_str().unwrap().to_string(),
+                v["step"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The log of a resumed run: its training steps strictly increase (none repeated or
+/// out of order after the resume), and it holds exactly the records, with exactly the
+/// values, of the uninterrupted run `full`.
+fn assert_same_log(resumed: &Path, full: &Path) {
+    let records = log_records(resumed);
+    let steps: Vec<u64> = records
+        .iter()
+        .filter(|(k, _)| k == "train")
+        .map(|r| r.1)
+        .collect();
     assert!(
-        !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
-        "{e}"
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "training steps out of order or repeated after resume: {steps:?}"
+    );
+    let text = |dir: &Path| std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert!(
+        text(resumed) == text(full),
+        "the resumed log differs from the uninterrupted one: {records:?} vs {:?}",
+        log_records(full)
     );
 }
 
@@ -100,19 +145,11 @@ fn interrupted_training_resumes_to_identical_weights() {
     let o = saelab(&["train", "--resume", p(&part)]);
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let a = std::fs::read(full.join("sae/sae_weights.safetensors")).unwrap();
-    let b = std::fs::read(part.join("sae/sae_weights.safetensors")).unwrap();
-    assert!(a == b, "resumed run ended with different weights");
-    let log = std::fs::read_to_string(part.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| v["step"].as_u64().unwrap())
-        .collect();
-    let mut sorted = steps.clone();
-    sorted.dedup();
-    assert_eq!(steps, sorted, "log has repeated steps after resume");
+    assert!(
+        weights(&full) == weights(&part),
+        "resumed run ended with different weights"
+    );
+    assert_same_log(&part, &full);
 
     // The trained SAE evaluates, and on synthetic data reports dictionary recovery.
     let heldout = data.join("heldout.npy");
@@ -141,12 +178,38 @@ fn interrupted_training_resumes_to_identical_weights() {
         "fvu_refit {refit} vs fvu {fvu}"
     );
 
-    // inspect and convert work on what train wrote.
-    let o = saelab(&["inspect", p(&full)]);
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("topk"));
-    let conv = tmp.path().join("converted");
-    let o = saelab(&["convert", p(&full.join("sae")), "--out", p(&conv)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // inspect and convert work on what train wrote and on another format (sparsify);
+    // the converted SAE loads back and computes what the original computes.
+    let x = ActivationStore::open(&[heldout], None)
+        .unwrap()
+        .read_range(0, 500)
+        .unwrap();
+    let sparsify = saelab_testkit::fixtures_dir().join("sparsify/topk");
+    for (name, src) in [("trained", full.join("sae")), ("sparsify", sparsify)] {
+        let o = saelab(&["inspect", p(&src)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("topk"), "{name}: {}", stdout(&o));
+        let conv = tmp.path().join(format!("converted-{name}"));
+        let o = saelab(&["convert", p(&src), "--out", p(&conv)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = saelab(&["convert", p(&src), "--out", p(&conv)]);
+        assert_one_line_error(&o, &["already exists"]);
+        let (a, b) = (load_sae(&src).unwrap(), load_sae(&conv).unwrap());
+        assert_eq!(
+            (&a.cfg.arch, a.cfg.d_in, a.cfg.d_sae),
+            (&b.cfg.arch, b.cfg.d_in, b.cfg.d_sae),
+            "{name}"
+        );
+        let ((la, ra), (lb, rb)) = (a.forward(&x).unwrap(), b.forward(&x).unwrap());
+        assert_eq!(la.to_dense(), lb.to_dense(), "{name}: latents differ");
+        let worst = ra
+            .data
+            .iter()
+            .zip(&rb.data)
+            .map(|(u, v)| (u - v).abs() / (1.0 + u.abs()))
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "{name}: reconstructions differ by {worst}");
+    }
 }
 
 #[test]
@@ -161,61 +224,284 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
     let trunc = tmp.path().join("trunc.npy");
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
     let o = saelab(&train_args(p(&trunc), p(&out)));
-    assert_one_line_error(&o, "trunc.npy");
+    assert_one_line_error(&o, &["trunc.npy", "truncated"]);
     assert!(!out.exists());
 
     // corrupt safetensors
     let bad = tmp.path().join("bad.safetensors");
     std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
     let o = saelab(&train_args(p(&bad), p(&out)));
-    assert_one_line_error(&o, "bad.safetensors");
+    assert_one_line_error(&o, &["bad.safetensors"]);
     assert!(!out.exists());
 
-    // NaN rows (the store reports the file and row)
+    // A NaN (value 100 is row 6, column 4), caught while sampling the initialisation
+    // rows: the store reports the file and row, before any run folder exists.
     let mut nan = bytes.clone();
     let header_len = bytes.len() - 6000 * 16 * 4;
     nan[header_len + 4 * 100..header_len + 4 * 101].copy_from_slice(&f32::NAN.to_le_bytes());
     let nan_path = tmp.path().join("nan.npy");
     std::fs::write(&nan_path, &nan).unwrap();
     let o = saelab(&train_args(p(&nan_path), p(&out)));
-    assert_one_line_error(&o, "nan.npy");
+    assert_one_line_error(&o, &["nan.npy", "row 6 ", "NaN", "column 4"]);
+    assert!(!out.exists());
 
     // unknown architecture
     let mut args = train_args(p(&acts), p(&out));
     let i = args.iter().position(|a| *a == "topk").unwrap();
     args[i] = "sparsemax";
     let o = saelab(&args);
-    assert_one_line_error(&o, "sparsemax");
+    assert_one_line_error(&o, &["sparsemax"]);
     assert!(!out.exists());
 
-    // unwritable output directory
-    let ro = tmp.path().join("ro");
-    std::fs::create_dir(&ro).unwrap();
-    let mut perm = std::fs::metadata(&ro).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o555);
-    std::fs::set_permissions(&ro, perm).unwrap();
-    let target = ro.join("run");
-    if std::fs::write(ro.join("probe"), b"").is_err() {
-        // (running as root ignores permissions; then this case cannot be tested)
-        let o = saelab(&train_args(p(&acts), p(&target)));
-        assert_one_line_error(&o, "ro/run");
-        assert!(!target.exists());
-    }
-
     // --refit on a LayerNorm-input SAE (the vendored SAELens fixture, d_in = 16 as here)
-    let ln = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../saelab-core/tests/fixtures/saelens/layer_norm_topk");
+    let ln = saelab_testkit::fixtures_dir().join("saelens/layer_norm_topk");
     let held = data.join("heldout.npy");
     let o = saelab(&["eval", "--sae", p(&ln), "--acts", p(&held), "--refit"]);
-    assert_one_line_error(&o, "layer_norm_topk");
+    assert_one_line_error(&o, &["layer_norm_topk"]);
 
-    // eval with a width mismatch
+    // eval with a width mismatch: a real SAE, trained on activations of d = 8.
+    let narrow = synth_d(tmp.path(), "narrow", 8);
+    let sae8 = tmp.path().join("sae8");
+    let mut args = train_args(p(&narrow), p(&sae8));
+    let i = args.iter().position(|a| *a == "--tokens").unwrap();
+    args[i + 1] = "512";
+    let o = saelab(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = saelab(&["eval", "--sae", p(&sae8), "--acts", p(&acts)]);
+    assert_one_line_error(
+        &o,
+        &[
+            "train.npy",
+            "activations have d = 16",
+            "sae8",
+            "expects d_in = 8",
+        ],
+    );
+    // and one whose decoder does not match the true dictionary's width
     let o = saelab(&[
         "eval",
         "--sae",
-        env!("CARGO_MANIFEST_DIR"),
+        p(&sae8),
         "--acts",
-        p(&acts),
+        p(&narrow),
+        "--dictionary",
+        p(&data.join("dictionary.npy")),
     ]);
-    assert!(!o.status.success());
+    assert_one_line_error(&o, &["dictionary.npy", "width 16", "decoder 8"]);
+}
+
+/// `saelab train` of `arch` for 4000 steps of 256 rows, logging every step and writing a
+/// checkpoint every 100: long enough to be killed at a random moment.
+fn long_train_args<'a>(acts: &'a str, out: &'a str, arch: &'a str) -> Vec<&'a str> {
+    let mut args = train_args(acts, out);
+    let i = args.iter().position(|a| *a == "topk").unwrap();
+    args[i] = arch;
+    let i = args.iter().position(|a| *a == "--tokens").unwrap();
+    args[i + 1] = "1024000";
+    let i = args
+        .iter()
+        .position(|a| *a == "train.checkpoint_every=5")
+        .unwrap();
+    args[i] = "train.checkpoint_every=100";
+    args.extend(["--set", "train.log_every=1"]);
+    args
+}
+
+/// The step of the run's latest checkpoint (`None` while none is in place).
+fn checkpoint_step(run: &Path) -> Option<u64> {
+    let bytes = std::fs::read(run.join("checkpoint/trainer_state.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["step"].as_u64()
+}
+
+/// The last training step in the run's log (an incomplete last line, being written
+/// when the process stopped, does not count).
+fn last_logged_step(run: &Path) -> u64 {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "train")
+        .filter_map(|v| v["step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().to_string();
+    let ok = Command::new("kill")
+        .args([sig, pid.as_str()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {sig} {pid} failed");
+}
+
+/// Kills (SIGKILL) the `saelab train` child writing `run` at a random moment after its
+/// first checkpoint, when its log holds steps past its latest checkpoint (so that the
+/// resume has log lines to drop): waits for the checkpoint, then `delay`, then freezes
+/// the child (SIGSTOP) and looks; if the log is not past the checkpoint yet, lets it run
+/// a moment longer. Returns the checkpoint step and the last logged step.
+fn kill_past_a_checkpoint(child: &mut Child, run: &Path, delay: Duration) -> (u64, u64) {
+    let t = Instant::now();
+    while checkpoint_step(run).is_none() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "train ended before its first checkpoint"
+        );
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(delay);
+    loop {
+        signal(child, "-STOP");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("train finished ({status}) before it could be killed; make the run longer");
+        }
+        if let Some(ck) = checkpoint_step(run) {
+            let last = last_logged_step(run);
+            if last > ck {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                return (ck, last);
+            }
+        }
+        signal(child, "-CONT");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn killed_training_resumes_exactly_from_its_last_periodic_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path());
+    let acts = data.join("train.npy");
+    // A random moment, printed so that a failure can be reproduced.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    // TopK, and BatchTopK, whose threshold estimate is part of the state.
+    for (i, arch) in ["topk", "batchtopk"].into_iter().enumerate() {
+        let full = tmp.path().join(format!("{arch}-full"));
+        let o = saelab(&long_train_args(p(&acts), p(&full), arch));
+        assert!(o.status.success(), "{}", stderr(&o));
+
+        let part = tmp.path().join(format!("{arch}-killed"));
+        let delay = Duration::from_micros(u64::from(nanos.rotate_left(7 * i as u32) % 300_000));
+        let mut child = SAELAB
+            .cmd(&long_train_args(p(&acts), p(&part), arch))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (ck, last) = kill_past_a_checkpoint(&mut child, &part, delay);
+        eprintln!(
+            "{arch}: killed {delay:?} after the first checkpoint, at step {last} (checkpoint {ck})"
+        );
+        assert!(!part.join("sae").exists(), "a killed run has no SAE");
+
+        let o = saelab(&["train", "--resume", p(&part)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            weights(&full) == weights(&part),
+            "{arch}: the killed and resumed run ended with different weights"
+        );
+        // The lines logged after the checkpoint were dropped and logged again once.
+        assert_same_log(&part, &full);
+    }
+}
+
+#[test]
+fn a_nan_row_missed_by_the_initialisation_sample_stops_training_cleanly() {
+    // 32768 rows, all for training: the initialisation sample (16384 evenly spaced
+    // rows) takes the even rows, so a NaN in row 20001 is met only during training.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("big");
+    let o = saelab(&[
+        "synth",
+        "--out",
+        p(&dir),
+        "--rows",
+        "32768",
+        "--heldout-rows",
+        "100",
+        "--d",
+        "16",
+        "--features",
+        "64",
+        "--avg-active",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let clean = std::fs::read(dir.join("train.npy")).unwrap();
+    let mut bytes = clean.clone();
+    let header_len = bytes.len() - 32768 * 16 * 4;
+    let at = header_len + 4 * (20001 * 16 + 3);
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let nan = tmp.path().join("late-nan.npy");
+    std::fs::write(&nan, &bytes).unwrap();
+    let run = tmp.path().join("run");
+    // One epoch (128 steps of 256 rows) reads every row once.
+    let mut args = train_args(p(&nan), p(&run));
+    let i = args.iter().position(|a| *a == "--tokens").unwrap();
+    args[i + 1] = "32768";
+    args.extend([
+        "--set",
+        "train.val_fraction=0",
+        "--set",
+        "train.log_every=1",
+    ]);
+    let o = saelab(&args);
+    assert_one_line_error(
+        &o,
+        &[
+            "late-nan.npy",
+            "row 20001 ",
+            "NaN",
+            "column 3",
+            "must be finite",
+        ],
+    );
+    // The run had started: its record and log are there, and no SAE, half-written or
+    // whole, and no temporary file.
+    assert!(run.join("run.json").is_file());
+    assert!(!run.join("sae").exists());
+    let steps = log_records(&run);
+    assert!(!steps.is_empty() && steps.len() < 128, "{steps:?}");
+    for e in std::fs::read_dir(&run).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().to_string();
+        assert!(
+            ["run.json", "metrics.jsonl", "checkpoint"].contains(&name.as_str()),
+            "unexpected {name} in the run folder"
+        );
+    }
+    // The same data without the NaN trains to the end.
+    std::fs::write(&nan, &clean).unwrap();
+    let run2 = tmp.path().join("run2");
+    let mut args2 = args.clone();
+    let i = args2.iter().position(|a| *a == p(&run)).unwrap();
+    args2[i] = p(&run2);
+    let o = saelab(&args2);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_crash_while_a_checkpoint_is_replaced_still_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path());
+    let acts = data.join("train.npy");
+    let full = tmp.path().join("full");
+    let o = saelab(&train_args(p(&acts), p(&full)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let part = tmp.path().join("part");
+    let mut args = train_args(p(&acts), p(&part));
+    args.extend(["--stop-after", "23"]);
+    assert_eq!(saelab(&args).status.code(), Some(130));
+    // What a kill between the two renames that replace `checkpoint/` leaves: the
+    // previous checkpoint moved aside, the new one complete under its temporary name.
+    std::fs::rename(part.join("checkpoint"), part.join("checkpoint.old")).unwrap();
+    std::fs::create_dir(part.join(".checkpoint.tmp-4242")).unwrap();
+    let o = saelab(&["train", "--resume", p(&part)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(weights(&full) == weights(&part), "resumed run differs");
+    assert_same_log(&part, &full);
 }

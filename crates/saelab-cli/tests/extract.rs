@@ -1,62 +1,28 @@
 //! End-to-end tests of `saelab extract` and of `saelab train --model` (streaming) on the
-//! real SmolLM2 model and corpus in `data/` (created by `scripts/setup.sh`); each test
-//! skips with a message when they are absent. Every test uses a few contexts of a
-//! 24-document slice of the corpus and early hook points, so the suite stays fast.
+//! real SmolLM2 model and corpus (see `saelab_testkit::real_data`: each test skips with
+//! a message when they are absent, and fails instead under CI). Every test uses a few
+//! contexts of a 24-document slice of the corpus and early hook points, so the suite
+//! stays fast.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{saelab, SAELAB};
 use saelab_core::store::ActivationStore;
 use saelab_lm::cache::{read_manifest, read_shard_rows, ShardRows};
+use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout};
+use saelab_testkit::{real_data, serial};
 
-const MODEL: &str = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
+/// The real model, or `None` (with a message; a panic under CI) without the data.
 fn model() -> Option<PathBuf> {
-    let p = root().join(MODEL);
-    let c = root().join("data/corpus/moby");
-    if p.is_file() && c.is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: {} or data/corpus is absent (run scripts/setup.sh)",
-            p.display()
-        );
-        None
-    }
-}
-
-/// The model tests run one at a time: the machine has 2 cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    Some(real_data()?.model)
 }
 
 fn saelab_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_saelab"));
-    c.args(args).env("RAYON_NUM_THREADS", "2");
-    c
-}
-
-fn saelab(args: &[&str]) -> Output {
-    saelab_cmd(args).output().expect("run saelab")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
+    SAELAB.cmd(args)
 }
 
 /// 24 Moby-Dick chapters (document 19 is held out).
@@ -66,28 +32,12 @@ fn corpus(dir: &Path) -> PathBuf {
     for i in 1..=24 {
         let name = format!("chapter_{i}.txt");
         std::fs::copy(
-            root().join("data/corpus/moby").join(&name),
+            real_data().unwrap().collection("moby").join(&name),
             out.join(format!("{i:02}.txt")),
         )
         .unwrap();
     }
     out
-}
-
-/// Assert a failed run: non-zero status, exactly one line on stderr mentioning every
-/// needle, no panic.
-fn assert_one_line_error(o: &Output, needles: &[&str]) {
-    assert!(!o.status.success(), "succeeded: {}", stdout(o));
-    let e = stderr(o);
-    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {e}");
-    for n in needles {
-        assert!(e.contains(n), "{n:?} not in: {e}");
-    }
-    assert!(
-        !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
-        "{e}"
-    );
 }
 
 /// All rows and row metadata of a cache directory (checking it opens as a store).

@@ -1,46 +1,19 @@
 //! End-to-end tests of `saelab sweep`, `saelab report` and `saelab eval --model`.
 //!
 //! The sweep and report run on synthetic activations (no data needed); the in-model
-//! evaluation uses the real SmolLM2 model and corpus and is skipped with a message when
-//! `data/` is absent.
+//! evaluation uses the real SmolLM2 model and corpus (see `saelab_testkit::real_data`:
+//! skipped with a message without them, failing under CI).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
+mod common;
+
+use common::saelab;
 use saelab_core::format::save_sae;
 use saelab_core::{ArchConfig, ParamSet, Sae, SaeConfig, Tensor};
-
-fn saelab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_saelab"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run saelab")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success());
-    let e = stderr(o);
-    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {e}");
-    assert!(e.contains(needle), "{needle:?} not in: {e}");
-}
+use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout};
+use saelab_testkit::data::data_required;
+use saelab_testkit::real_data;
 
 #[test]
 fn sweep_trains_a_grid_in_one_pass_and_report_compares_it() {
@@ -129,7 +102,7 @@ lr = 1e-3
     assert!(l0[2] > l0[0], "{l0:?}");
     // Starting the same sweep again refuses to overwrite.
     let o = saelab(&["sweep", "--config", p(&cfg)]);
-    assert_one_line_error(&o, "already holds a run");
+    assert_one_line_error(&o, &["already holds a run"]);
 
     let report = tmp.path().join("report");
     let mut args = vec!["report", "--out", p(&report)];
@@ -146,7 +119,12 @@ lr = 1e-3
     }
     assert!(md.contains("Against TopK at equal L0"), "{md}");
     if md.contains("Plots were not drawn") {
-        eprintln!("no font on this machine: plots skipped");
+        // (the image's fonts-dejavu-core provides one; CI must check the plots)
+        assert!(
+            !data_required(),
+            "no font found: the plots were not drawn\n{md}"
+        );
+        eprintln!("skipping the plot checks: no font on this machine (set SAELAB_FONT)");
         return;
     }
     for plot in ["frontier.png", "training.png", "density.png"] {
@@ -179,18 +157,18 @@ fn report_and_sweep_errors_are_one_line() {
         p(tmp.path()),
         p(&tmp.path().join("nope")),
     ]);
-    assert_one_line_error(&o, "nope");
+    assert_one_line_error(&o, &["nope"]);
     let cfg = tmp.path().join("s.toml");
     std::fs::write(&cfg, "out = 'x'\n[data]\npaths = ['a.npy']\n").unwrap();
     let o = saelab(&["sweep", "--config", p(&cfg)]);
-    assert_one_line_error(&o, "no [[grid]]");
+    assert_one_line_error(&o, &["no [[grid]]"]);
     std::fs::write(
         &cfg,
         "out = 'x'\n[data]\npaths = ['a.npy']\n[[grid]]\narchitecture = 'topk'\nk = [4]\n[grid.train]\nbatch_size = 7\n[[grid]]\narchitecture = 'topk'\nname = 'b'\nk = [4]\n",
     )
     .unwrap();
     let o = saelab(&["sweep", "--config", p(&cfg)]);
-    assert_one_line_error(&o, "share one pass");
+    assert_one_line_error(&o, &["share one pass"]);
 }
 
 /// A ReLU SAE reconstructing every activation exactly: W_enc = [I, −I], W_dec = [I; −I].
@@ -216,16 +194,8 @@ fn identity_sae(d: usize, hook: Option<&str>) -> Sae {
 
 #[test]
 fn eval_with_a_model_splices_the_sae_and_reports_ce() {
-    let model = root().join("data/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let corpus = root().join("data/corpus/sotu");
-    if !model.exists() || !corpus.exists() {
-        eprintln!(
-            "skipping: {} or {} is absent (run scripts/setup.sh)",
-            model.display(),
-            corpus.display()
-        );
-        return;
-    }
+    let Some(data) = real_data() else { return };
+    let (model, corpus) = (data.model.clone(), data.collection("sotu"));
     let tmp = tempfile::tempdir().unwrap();
     let sae_dir = tmp.path().join("id");
     save_sae(
@@ -276,7 +246,7 @@ fn eval_with_a_model_splices_the_sae_and_reports_ce() {
         "--corpus",
         p(&corpus),
     ]);
-    assert_one_line_error(&o, "names no hook point");
+    assert_one_line_error(&o, &["names no hook point"]);
     // A hook the model does not have.
     let o = saelab(&[
         "eval",
@@ -293,5 +263,5 @@ fn eval_with_a_model_splices_the_sae_and_reports_ce() {
         "--ctx-len",
         "16",
     ]);
-    assert_one_line_error(&o, "out of range");
+    assert_one_line_error(&o, &["out of range"]);
 }

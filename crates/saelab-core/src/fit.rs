@@ -229,9 +229,11 @@ pub struct Validation<'a> {
 
 /// Restores a run from `dir/checkpoint`. Returns the run and the saved data position
 /// (see [`BatchSource::state`]). Metric lines logged after the checkpoint are dropped,
-/// so the log matches the restored state.
+/// so the log matches the restored state. A checkpoint left half-replaced by a crash is
+/// first put back ([`io::recover_dir`]).
 pub fn resume_run(dir: &Path) -> Result<(Run, serde_json::Value)> {
     let ck = dir.join("checkpoint");
+    io::recover_dir(&ck)?;
     if !ck.join("trainer_state.json").exists() {
         return Err(Error::bad_file(
             dir,

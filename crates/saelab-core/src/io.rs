@@ -58,10 +58,7 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     fs::create_dir(&tmp).map_err(|e| Error::io(dir, e))?;
     let result = fill(&tmp).and_then(|()| {
         sync_dir(&tmp);
-        let old = dir.with_file_name(format!(
-            "{}.old",
-            dir.file_name().unwrap_or_default().to_string_lossy()
-        ));
+        let old = old_sibling(dir);
         if dir.exists() {
             let _ = fs::remove_dir_all(&old);
             fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
@@ -79,6 +76,30 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
         let _ = fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// Repairs what a crash inside [`write_dir_atomic`] can leave: between its two renames
+/// `dir` is missing and `dir.old` holds the previous complete version, which this puts
+/// back. Does nothing when `dir` exists or there is no `dir.old`. Call it before reading
+/// a directory that is replaced in place (a checkpoint).
+pub fn recover_dir(dir: &Path) -> Result<()> {
+    let old = old_sibling(dir);
+    if dir.exists() || !old.is_dir() {
+        return Ok(());
+    }
+    fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
+/// `dir.old`: where [`write_dir_atomic`] moves the version it replaces.
+fn old_sibling(dir: &Path) -> PathBuf {
+    dir.with_file_name(format!(
+        "{}.old",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    ))
 }
 
 /// Checks that `dir` can be created and written, without leaving anything behind that
@@ -200,5 +221,32 @@ mod tests {
         .unwrap();
         assert!(!dir.join("a").exists() && dir.join("b").exists());
         assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn recover_dir_puts_back_a_version_moved_aside_by_a_crash() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("checkpoint");
+        let write = |name: &str| {
+            write_dir_atomic(&dir, |tmp| {
+                fs::write(tmp.join(name), b"x").map_err(|e| Error::io(tmp, e))
+            })
+            .unwrap()
+        };
+        write("a");
+        // Nothing to do while `dir` is in place (a stale `.old` is left alone).
+        fs::create_dir(old_sibling(&dir)).unwrap();
+        recover_dir(&dir).unwrap();
+        assert!(dir.join("a").exists());
+        fs::remove_dir(old_sibling(&dir)).unwrap();
+        // A crash between the two renames of a replacement: `dir` gone, `dir.old` whole.
+        write("b");
+        fs::rename(&dir, old_sibling(&dir)).unwrap();
+        recover_dir(&dir).unwrap();
+        assert!(dir.join("b").exists() && !old_sibling(&dir).exists());
+        // Neither there: nothing to recover, and no error.
+        fs::remove_dir_all(&dir).unwrap();
+        recover_dir(&dir).unwrap();
+        assert!(!dir.exists());
     }
 }

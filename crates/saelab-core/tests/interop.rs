@@ -19,16 +19,9 @@ use safetensors::tensor::{Dtype, TensorView};
 // ------------------------------------------------------------------------------------
 // helpers
 
-fn fixtures() -> Option<PathBuf> {
-    let p = std::env::var_os("SAELAB_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
-    assert!(
-        p.join("README.md").is_file(),
-        "interop fixtures missing at {}",
-        p.display()
-    );
-    Some(p)
+/// The vendored fixtures (`$SAELAB_FIXTURES` overrides); panics if they are missing.
+fn fixtures() -> PathBuf {
+    saelab_testkit::fixtures_dir()
 }
 
 enum Arr {
@@ -184,7 +177,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn saelens_fixtures_forward_parity() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let index: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(fx.join("saelens/INDEX.json")).unwrap()).unwrap();
     let cases = index["cases"].as_object().unwrap();
@@ -244,7 +237,7 @@ fn sparsify_latents(e: &HashMap<String, Arr>, n: usize) -> Latents {
 
 #[test]
 fn sparsify_fixtures_forward_parity() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     for case in ["topk", "topk_skip", "groupmax"] {
         let dir = fx.join("sparsify").join(case);
         let (sae, fmt) =
@@ -294,7 +287,7 @@ fn sparsify_fixtures_forward_parity() {
 
 #[test]
 fn gemmascope_fixture_forward_parity() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let dir = fx.join("gemmascope/layer_0/width_64/average_l0_29");
     for path in [dir.clone(), dir.join("params.npz")] {
         let (sae, fmt) = format::load_sae_with_format(&path).unwrap();
@@ -327,7 +320,7 @@ fn gemmascope_fixture_forward_parity() {
 
 #[test]
 fn legacy_saelens_configs_load_with_parity() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     // Real pre-6.0 layouts: flat provenance keys, activation_fn_str / kwargs, old
     // hook_point names, boolean normalize_activations, torch dtype strings.
@@ -414,7 +407,7 @@ fn cases_topk_without_k() -> serde_json::Value {
 
 #[test]
 fn sparsify_converts_to_native_and_keeps_outputs() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     for case in ["topk", "topk_skip"] {
         let src = fx.join("sparsify").join(case);
@@ -440,7 +433,36 @@ fn sparsify_converts_to_native_and_keeps_outputs() {
 
 #[test]
 fn describe_reports_every_fixture() {
-    let Some(fx) = fixtures() else { return };
+    let fx = fixtures();
+    // Every fixture: what describe reports agrees with the SAE that loads.
+    let index: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(fx.join("saelens/INDEX.json")).unwrap()).unwrap();
+    let mut dirs: Vec<PathBuf> = index["cases"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|c| fx.join("saelens").join(c))
+        .collect();
+    dirs.extend(["topk", "topk_skip", "groupmax"].map(|c| fx.join("sparsify").join(c)));
+    dirs.push(fx.join("gemmascope/layer_0/width_64/average_l0_29"));
+    assert!(dirs.len() >= 14, "{} fixtures", dirs.len());
+    for dir in &dirs {
+        let d = format::describe(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let sae = format::load_sae(dir).unwrap();
+        let c = &sae.cfg;
+        assert_eq!(
+            (&d.arch, d.d_in, d.d_sae, d.d_out, d.has_skip),
+            (&c.arch, c.d_in, c.d_sae, c.d_out, sae.has_skip()),
+            "{}",
+            dir.display()
+        );
+        assert!(!d.tensors.is_empty(), "{}", dir.display());
+        assert!(
+            d.to_string().contains(&d.file_architecture),
+            "{}",
+            dir.display()
+        );
+    }
     let d = format::describe(&fx.join("sparsify/groupmax")).unwrap();
     assert_eq!((d.d_in, d.d_sae, d.d_out), (16, 64, 16));
     assert_eq!(
@@ -914,13 +936,11 @@ fn missing_files_and_bad_npz_are_clear_errors() {
     fs::write(&npz, b"PK\x03\x04 this zip stops here").unwrap();
     let msg = one_line(&format::load_sae(&npz).unwrap_err());
     assert!(msg.contains("params.npz"), "{msg}");
-    if let Some(fx) = fixtures() {
-        let good =
-            fs::read(fx.join("gemmascope/layer_0/width_64/average_l0_29/params.npz")).unwrap();
-        fs::write(&npz, &good[..good.len() / 2]).unwrap();
-        let msg = one_line(&format::load_sae(&npz).unwrap_err());
-        assert!(msg.contains("params.npz"), "{msg}");
-    }
+    let good =
+        fs::read(fixtures().join("gemmascope/layer_0/width_64/average_l0_29/params.npz")).unwrap();
+    fs::write(&npz, &good[..good.len() / 2]).unwrap();
+    let msg = one_line(&format::load_sae(&npz).unwrap_err());
+    assert!(msg.contains("params.npz"), "{msg}");
 }
 
 #[test]

@@ -1,10 +1,10 @@
-//! In-model evaluation on the real SmolLM2 model (skipped with a message when
-//! `data/` is absent): identity and all-zero SAEs give the CE loss score's end points,
-//! and every number matches an independent computation from the model's logits.
+//! In-model evaluation on the real SmolLM2 model (see `saelab_testkit::real_data`:
+//! skipped with a message without it, failing under CI): identity and all-zero SAEs
+//! give the CE loss score's end points, and every number matches an independent
+//! computation from the model's logits.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use saelab_core::{ArchConfig, Latents, Matrix, ParamSet, Sae, SaeConfig};
@@ -13,37 +13,21 @@ use saelab_eval::{evaluate_in_model, InModelEvalSet, InModelMetrics, InModelOpti
 use saelab_lm::model::{ForwardOptions, HookedModel, Logits};
 use saelab_lm::text::{pack_all, Corpus, HeldOut, LoadOptions, PackConfig, Part};
 use saelab_lm::tokenizer::Tokenizer;
+use saelab_testkit::{real_data, serial};
 
-const MODEL: &str = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const HOOK: &str = "blocks.15.hook_resid_post";
 const CTX: usize = 24;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Two rayon threads, one real-model test at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build_global();
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The model and a few held-out contexts, or `None` (with a message) without data/.
+/// The model and a few held-out contexts, or `None` (with a message; a panic under CI)
+/// without the real data.
 fn setup() -> Option<(&'static HookedModel, &'static [Vec<u32>])> {
     static M: OnceLock<(HookedModel, Vec<Vec<u32>>)> = OnceLock::new();
-    let p = root().join(MODEL);
-    if !p.exists() {
-        eprintln!("skipping: {} is absent (run scripts/setup.sh)", p.display());
-        return None;
-    }
+    let data = real_data()?;
     let (m, c) = M.get_or_init(|| {
-        let model = HookedModel::from_gguf(&p).expect("load SmolLM2");
-        let tok = Tokenizer::from_gguf(&p).expect("tokenizer");
+        let model = HookedModel::from_gguf(&data.model).expect("load SmolLM2");
+        let tok = Tokenizer::from_gguf(&data.model).expect("tokenizer");
         let corpus =
-            Corpus::load(root().join("data/corpus/sotu"), &LoadOptions::default()).expect("corpus");
+            Corpus::load(data.collection("sotu"), &LoadOptions::default()).expect("corpus");
         let docs = corpus.part(Part::HeldOut, HeldOut::default());
         let bos = tok.bos_id().expect("bos");
         let mut ctxs: Vec<Vec<u32>> = pack_all(&tok, docs, PackConfig::new(CTX, bos))

@@ -1,10 +1,12 @@
-//! Test helpers shared by the unit tests of [`crate::contexts`], [`crate::cache`] and
-//! [`crate::stream`]: a tiny byte-level BPE tokenizer and a tiny random LLaMA in the
-//! Hugging Face layout, so that the cache and the stream can be tested without the
-//! real model.
+//! Test helpers shared by the unit tests of the crate: a tiny byte-level BPE tokenizer
+//! and a tiny random LLaMA in the Hugging Face layout, so that the contexts, the cache
+//! and the stream can be tested without the real model; and the real SmolLM2 tokenizer
+//! and corpus for the tokenizer and text tests (through [`saelab_testkit::real_data`]:
+//! `None` with a message when `scripts/setup.sh` has not fetched them, a panic when
+//! `CI` or `SAELAB_REQUIRE_DATA` is set).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::Value as V;
 
@@ -141,4 +143,20 @@ pub fn tiny_corpus() -> Corpus {
         (format!("doc{i}"), text.join(" "))
     });
     Corpus::from_texts(texts, &LoadOptions::default())
+}
+
+/// The SmolLM2 GGUF, or `None` (with a message) when the real data is absent.
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    Some(saelab_testkit::real_data()?.model)
+}
+
+/// The SmolLM2 tokenizer, or `None` when the real data is absent.
+pub fn smollm2() -> Option<Tokenizer> {
+    Some(Tokenizer::from_gguf(smollm2_gguf()?).expect("load the SmolLM2 tokenizer"))
+}
+
+/// The real corpus (all three collections), or `None` when the real data is absent.
+pub fn real_corpus() -> Option<Corpus> {
+    let dir = saelab_testkit::real_data()?.corpus;
+    Some(Corpus::load(&dir, &LoadOptions::default()).expect("load the real corpus"))
 }

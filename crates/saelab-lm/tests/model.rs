@@ -1,8 +1,9 @@
 //! Tests of the hooked LLaMA forward.
 //!
-//! Real-model tests use `data/models/SmolLM2-135M-Instruct.Q4_1.gguf` and the corpus in
-//! `data/corpus/` (created by `scripts/setup.sh`) and skip with a message when they are
-//! absent. The tiny-model and error tests need no data.
+//! Real-model tests use the SmolLM2 GGUF and the corpus fetched by `scripts/setup.sh`
+//! (see `saelab_testkit::real_data`: they skip with a message when absent, and fail
+//! instead under CI or `SAELAB_REQUIRE_DATA`). The tiny-model and error tests need no
+//! data.
 //!
 //! References are independent implementations: candle-transformers' `quantized_llama`
 //! (GGUF, run on weights dequantised to F32 so that both sides are f32) and
@@ -12,7 +13,7 @@ mod common;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -21,33 +22,13 @@ use candle_transformers::models::llama as hf_llama;
 use candle_transformers::models::quantized_llama;
 use saelab_core::Error;
 use saelab_lm::model::{ForwardOptions, HookedModel, Logits};
+use saelab_testkit::{real_data, serial};
 
 use common::gguf_bpe;
 
-const MODEL: &str = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Limit rayon to 2 threads (the machine has 2 cores shared by several people) and run
-/// the real-model tests one at a time so that they do not fight over the cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build_global();
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
+/// The real model file, or `None` (with a message; a panic under CI) without the data.
 fn model_path() -> Option<PathBuf> {
-    let p = root().join(MODEL);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} is absent (run scripts/setup.sh)", p.display());
-        None
-    }
+    Some(real_data()?.model)
 }
 
 /// The SmolLM2 model, loaded once per test binary.
@@ -59,7 +40,7 @@ fn smollm() -> Option<&'static HookedModel> {
 
 fn tokenizer() -> &'static tokenizers::Tokenizer {
     static T: OnceLock<tokenizers::Tokenizer> = OnceLock::new();
-    T.get_or_init(|| gguf_bpe::gguf_tokenizer(&root().join(MODEL)))
+    T.get_or_init(|| gguf_bpe::gguf_tokenizer(&model_path().expect("the real model")))
 }
 
 /// `n` contexts of BOS + `len − 1` tokens of real text: consecutive windows of the
@@ -67,8 +48,9 @@ fn tokenizer() -> &'static tokenizers::Tokenizer {
 fn contexts(files: &[&str], n: usize, len: usize, bos: u32) -> Vec<Vec<u32>> {
     let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(root().join("data/corpus").join(f))
-            .unwrap_or_else(|e| panic!("read {f}: {e}"));
+        let corpus = real_data().expect("the real corpus").corpus;
+        let text =
+            std::fs::read_to_string(corpus.join(f)).unwrap_or_else(|e| panic!("read {f}: {e}"));
         let ids = gguf_bpe::encode(tokenizer(), &text);
         for w in ids.chunks_exact(len - 1) {
             let mut c = vec![bos];
@@ -138,7 +120,7 @@ fn candle_reference_f32(path: &Path) -> quantized_llama::ModelWeights {
 fn gguf_last_logits_match_candle_quantized_llama_in_f32() {
     let Some(model) = smollm() else { return };
     let _g = serial();
-    let mut reference = candle_reference_f32(&root().join(MODEL));
+    let mut reference = candle_reference_f32(&model_path().unwrap());
     let bos = model.bos_token_id().unwrap();
     let mut prompts = vec![vec![bos], {
         let mut p = vec![bos];

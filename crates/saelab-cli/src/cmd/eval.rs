@@ -53,8 +53,8 @@ pub struct Args {
     /// Splice at BOS positions too (they stay excluded from every metric).
     #[arg(long)]
     splice_bos: bool,
-    /// Also write the JSON result to this file (e.g. RUN_DIR/eval.json, which
-    /// `saelab report` reads).
+    /// With --model: also write the JSON result to this file (e.g. RUN_DIR/eval.json,
+    /// which `saelab report` reads).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Tensor name inside safetensors files.
@@ -77,6 +77,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.out.is_some() && a.model.is_none() {
+        anyhow::bail!(
+            "--out saves the in-model evaluation (the eval.json that `saelab report` reads) \
+             and needs --model and --corpus; use --json to print the metrics"
+        );
+    }
     let sae_dir = saelab_eval::report::sae_dir(&a.sae);
     let sae = load_sae(&sae_dir)?;
     if let (Some(model), Some(corpus)) = (&a.model, &a.corpus) {

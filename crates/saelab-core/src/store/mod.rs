@@ -644,26 +644,11 @@ mod tests {
         assert!(ActivationStore::from_matrix(&Matrix::zeros(0, 3)).is_err());
     }
 
-    /// The interop fixtures (files written by numpy and by the Python safetensors
-    /// library), vendored under `tests/fixtures`; `$SAELAB_FIXTURES` overrides.
-    fn fixtures() -> Option<PathBuf> {
-        let p = std::env::var_os("SAELAB_FIXTURES")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
-        assert!(
-            p.join("gemmascope").is_dir(),
-            "interop fixtures missing at {}",
-            p.display()
-        );
-        Some(p)
-    }
-
     #[test]
     fn reads_files_written_by_numpy_and_python_safetensors() {
-        let Some(fx) = fixtures() else {
-            eprintln!("skipping: interop fixtures not found (set SAELAB_FIXTURES)");
-            return;
-        };
+        // The interop fixtures: files written by numpy and by the Python safetensors
+        // library.
+        let fx = saelab_testkit::fixtures_dir();
         // Reference values through the `safetensors` crate.
         let st_bytes =
             std::fs::read(fx.join("saelens/jumprelu_gemmascope_style/sae_weights.safetensors"))

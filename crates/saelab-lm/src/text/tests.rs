@@ -7,7 +7,7 @@ use std::path::Path;
 use super::*;
 use crate::error::Error;
 use crate::test_support::tiny_tokenizer;
-use crate::tokenizer::tests::{real_corpus, smollm2};
+use crate::test_support::{real_corpus, smollm2};
 use crate::tokenizer::Tokenizer;
 
 fn small_corpus() -> Corpus {

@@ -1,44 +1,12 @@
-//! Tests of the tokenizer against the real SmolLM2 GGUF and corpus (skipped with a
-//! message when `data/` is absent; run `scripts/setup.sh`).
+//! Tests of the tokenizer against the real SmolLM2 GGUF and corpus (see
+//! [`saelab_testkit::real_data`]: skipped without them, failing under CI).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use rayon::prelude::*;
 
 use super::*;
-use crate::text::{Corpus, LoadOptions};
-
-/// `data/` of the workspace, if `scripts/setup.sh` has fetched it.
-pub(crate) fn data_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data");
-    dir.join("corpus").is_dir().then_some(dir)
-}
-
-/// The SmolLM2 GGUF, or `None` (with a message) when it is absent.
-pub(crate) fn smollm2_gguf() -> Option<PathBuf> {
-    let p = data_dir()?.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} absent (run scripts/setup.sh)", p.display());
-        None
-    }
-}
-
-/// The SmolLM2 tokenizer, or `None` when the model file is absent.
-pub(crate) fn smollm2() -> Option<Tokenizer> {
-    Some(Tokenizer::from_gguf(smollm2_gguf()?).expect("load the SmolLM2 tokenizer"))
-}
-
-/// The real corpus, or `None` (with a message) when it is absent.
-pub(crate) fn real_corpus() -> Option<Corpus> {
-    let Some(dir) = data_dir() else {
-        eprintln!("skipping: data/corpus absent (run scripts/setup.sh)");
-        return None;
-    };
-    Some(Corpus::load(dir.join("corpus"), &LoadOptions::default()).expect("load data/corpus"))
-}
+use crate::test_support::{real_corpus, smollm2, smollm2_gguf};
 
 fn id(tok: &Tokenizer, piece: &str) -> u32 {
     tok.token_to_id(piece)
