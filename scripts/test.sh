@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: fetch the real model and corpus and the tokenizer oracle
 # (idempotent), check formatting and lints, run every test in release mode (the
-# real-model tests need the speed), then saelab-core's unit tests once more in the dev
-# profile, where the debug_asserts in front of unsafe code and overflow checks are on.
+# real-model tests need the speed), saelab-core's tests once more on the portable
+# kernels (SAELAB_KERNELS=portable: what a CPU without AVX-512 runs), then saelab-core's
+# unit tests in the dev profile, where the debug_asserts in front of unsafe code and
+# overflow checks are on.
 #
 # SAELAB_REQUIRE_DATA=1: a test that needs the real data fails instead of skipping, so
 # this script cannot pass without the real-model tests (CI sets CI=true, which does
@@ -15,6 +17,7 @@ export SAELAB_REQUIRE_DATA=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo test --workspace --release
+SAELAB_KERNELS=portable cargo test -p saelab-core --release
 cargo test -p saelab-core --lib
 
 # The main job, small (real model: setup, extract, train, evaluate, in-model evaluation),
