@@ -301,7 +301,7 @@ pub fn run_contexts(
     hooks: &[String],
     contexts: &[ContextRef<'_>],
     keep_bos: bool,
-) -> Result<CapturedRows> {
+) -> saelab_core::Result<CapturedRows> {
     let d = model.d_model();
     let mut out = CapturedRows::new(hooks.len(), d);
     if contexts.is_empty() {
