@@ -371,6 +371,7 @@ fn captures_match_between_early_stop_and_full_run_and_hooks_compose() {
         "blocks.0.hook_resid_pre",
         "blocks.15.hook_attn_out",
         "blocks.15.hook_resid_mid",
+        "blocks.15.ln2.hook_normalized",
         "blocks.15.hook_mlp_out",
         "blocks.15.hook_resid_post",
         "blocks.16.hook_resid_pre",
@@ -707,6 +708,114 @@ fn tiny_model_is_causal() {
     assert_eq!(a.sequence(0), b.sequence(0));
 }
 
+/// The tensor `name` of a safetensors file, as f32.
+fn read_f32(path: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// `ln2.hook_normalized` is the MLP input before its gain: `mlp_out` is the SwiGLU of
+/// it times the gain (checked in f64 from the checkpoint's weights), an identity patch
+/// there changes nothing, and editing it moves `mlp_out` but not `resid_mid`.
+#[test]
+fn ln2_normalized_is_the_mlp_input_before_the_gain() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_hf(dir.path(), false, safetensors::Dtype::F32);
+    let model = HookedModel::from_hf_dir(dir.path()).unwrap();
+    let batch = tiny_batch();
+    let hooks = [
+        "blocks.1.hook_resid_mid",
+        "blocks.1.ln2.hook_normalized",
+        "blocks.1.hook_mlp_out",
+    ];
+    let clean = model
+        .forward(
+            &batch,
+            &ForwardOptions::new().capture_all(hooks).logits(Logits::All),
+        )
+        .unwrap();
+    let (mid, norm, mlp) = (
+        clean.capture(hooks[0]).unwrap(),
+        clean.capture(hooks[1]).unwrap(),
+        clean.capture(hooks[2]).unwrap(),
+    );
+    let st = dir.path().join("model.safetensors");
+    let w = |n: &str| read_f32(&st, &format!("model.layers.1.{n}.weight"));
+    let (g, wg, wu, wd) = (
+        w("post_attention_layernorm"),
+        w("mlp.gate_proj"),
+        w("mlp.up_proj"),
+        w("mlp.down_proj"),
+    );
+    let (d, f) = (48, 80);
+    for r in 0..mid.rows() {
+        let x = mid.row(r);
+        let ms = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+        let inv = 1.0 / (ms + 1e-5).sqrt();
+        for (&got, &xv) in norm.row(r).iter().zip(x) {
+            assert!((got as f64 - xv as f64 * inv).abs() <= 1e-5 * (1.0 + (xv as f64 * inv).abs()));
+        }
+        let n: Vec<f64> = norm
+            .row(r)
+            .iter()
+            .zip(&g)
+            .map(|(&a, &b)| a as f64 * b as f64)
+            .collect();
+        let dot = |m: &[f32], j: usize, v: &[f64]| -> f64 {
+            m[j * v.len()..(j + 1) * v.len()]
+                .iter()
+                .zip(v)
+                .map(|(&a, b)| a as f64 * b)
+                .sum()
+        };
+        let a: Vec<f64> = (0..f)
+            .map(|j| {
+                let gate = dot(&wg, j, &n);
+                gate / (1.0 + (-gate).exp()) * dot(&wu, j, &n)
+            })
+            .collect();
+        for (i, &got) in mlp.row(r).iter().enumerate() {
+            let want = dot(&wd, i, &a);
+            assert!(
+                (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "row {r}: {got} vs {want}"
+            );
+        }
+    }
+    let id = model
+        .forward(
+            &batch,
+            &ForwardOptions::new()
+                .patch(hooks[1], |_| Ok(()))
+                .logits(Logits::All),
+        )
+        .unwrap();
+    assert_eq!(id.logits, clean.logits);
+    let doubled = model
+        .forward(
+            &batch,
+            &ForwardOptions::new()
+                .patch(hooks[1], |t| {
+                    t.as_mut_slice().iter_mut().for_each(|v| *v *= 2.0);
+                    Ok(())
+                })
+                .capture_all(hooks),
+        )
+        .unwrap();
+    assert_eq!(doubled.capture(hooks[0]).unwrap(), mid);
+    let moved = max_abs_diff(
+        doubled.capture(hooks[2]).unwrap().as_slice(),
+        mlp.as_slice(),
+    );
+    assert!(moved > 1e-2, "mlp_out moved by {moved}");
+}
+
 // ---------------------------------------------------------------------------------
 // Bad input.
 
@@ -766,8 +875,19 @@ fn bad_hooks_and_tokens_give_clear_errors() {
     let mut out = model.forward(&batch, &ForwardOptions::new()).unwrap();
     let e = err_text(out.take_logits());
     assert!(e.contains("not asked for logits"), "{e}");
-    assert_eq!(model.hook_names().len(), 15);
-    assert_eq!(model.hook_names()[4], "blocks.0.hook_resid_post");
+    let names = model.hook_names();
+    assert_eq!(names.len(), 18);
+    assert_eq!(
+        names[..6],
+        [
+            "blocks.0.hook_resid_pre",
+            "blocks.0.hook_attn_out",
+            "blocks.0.hook_resid_mid",
+            "blocks.0.ln2.hook_normalized",
+            "blocks.0.hook_mlp_out",
+            "blocks.0.hook_resid_post"
+        ]
+    );
 }
 
 #[test]

@@ -21,6 +21,10 @@ pub enum HookKind {
     /// `hook_resid_mid`: the residual stream between attention and MLP
     /// (`resid_pre + attn_out`).
     ResidMid,
+    /// `ln2.hook_normalized`: the MLP's input normalised by the second norm, before
+    /// the norm's gain (as in TransformerLens, which folds the gain into the MLP's input
+    /// weights): for RMSNorm `resid_mid / √(mean(resid_mid²) + ε)`. Transcoders read it.
+    Ln2Normalized,
     /// `hook_mlp_out`: the MLP output (after the down projection), before it is added.
     MlpOut,
     /// `hook_resid_post`: the residual stream leaving the block (`resid_mid + mlp_out`).
@@ -29,10 +33,11 @@ pub enum HookKind {
 
 impl HookKind {
     /// Every kind any family offers.
-    pub const ALL: [HookKind; 5] = [
+    pub const ALL: [HookKind; 6] = [
         HookKind::ResidPre,
         HookKind::AttnOut,
         HookKind::ResidMid,
+        HookKind::Ln2Normalized,
         HookKind::MlpOut,
         HookKind::ResidPost,
     ];
@@ -43,6 +48,7 @@ impl HookKind {
             HookKind::ResidPre => "hook_resid_pre",
             HookKind::AttnOut => "hook_attn_out",
             HookKind::ResidMid => "hook_resid_mid",
+            HookKind::Ln2Normalized => "ln2.hook_normalized",
             HookKind::MlpOut => "hook_mlp_out",
             HookKind::ResidPost => "hook_resid_post",
         }
@@ -248,7 +254,9 @@ impl<'o, 'a> Plan<'o, 'a> {
 }
 
 /// The hook sites of one forward, as a family's blocks see them: at each hook point a
-/// block calls [`Hooks::visit`] with the buffer holding that activation.
+/// block calls [`Hooks::visit`] with the buffer holding that activation, and computes a
+/// value that exists only for a hook (such as [`HookKind::Ln2Normalized`]) only when
+/// [`Hooks::wants`] says so.
 pub(crate) struct Hooks<'p, 'o, 'a> {
     plan: &'p Plan<'o, 'a>,
     batch: usize,
@@ -271,6 +279,12 @@ impl<'p, 'o, 'a> Hooks<'p, 'o, 'a> {
             seq_len,
             out,
         }
+    }
+
+    /// Whether the forward captures or patches `blocks.{layer}.{kind}`.
+    pub fn wants(&self, layer: usize, kind: HookKind) -> bool {
+        let hp = HookPoint { layer, kind };
+        self.plan.captures.contains(&hp) || self.plan.patches.contains_key(&hp)
     }
 
     /// At `blocks.{layer}.{kind}`, whose activation is `buf` (`[B·T, width]`): applies
@@ -303,8 +317,8 @@ mod tests {
             let hp = HookPoint { layer: 12, kind };
             assert_eq!(HookPoint::parse(&hp.name()).unwrap(), hp);
         }
-        let hp = HookPoint::parse("blocks.007.hook_mlp_out").unwrap();
-        assert_eq!(hp.name(), "blocks.7.hook_mlp_out");
+        let hp = HookPoint::parse("blocks.007.ln2.hook_normalized").unwrap();
+        assert_eq!(hp.name(), "blocks.7.ln2.hook_normalized");
         for bad in [
             "blocks.1.hook_resid_postt",
             "resid_post",

@@ -7,7 +7,8 @@
 //! resid_pre = x
 //! attn_out  = W_o · attention(rope(W_qkv · rms_norm(x) · g_attn))   (causal, grouped-query)
 //! resid_mid = resid_pre + attn_out
-//! mlp_out   = W_down · (silu(W_gate · n) ⊙ (W_up · n)),  n = rms_norm(resid_mid) · g_mlp
+//! ln2.hook_normalized = resid_mid / √(mean(resid_mid²) + ε)
+//! mlp_out   = W_down · (silu(W_gate · n) ⊙ (W_up · n)),  n = ln2.hook_normalized · g_mlp
 //! resid_post = resid_mid + mlp_out
 //! ```
 //!
@@ -46,6 +47,7 @@ const HOOK_KINDS: &[HookKind] = &[
     HookKind::ResidPre,
     HookKind::AttnOut,
     HookKind::ResidMid,
+    HookKind::Ln2Normalized,
     HookKind::MlpOut,
     HookKind::ResidPost,
 ];
@@ -579,8 +581,15 @@ impl Family for Llama {
             hooks.visit(layer, HookKind::AttnOut, &mut branch)?;
             kernels::add_assign(x, &branch);
             hooks.visit(layer, HookKind::ResidMid, x)?;
-            // MLP.
-            kernels::rms_norm(x, &bw.mlp_norm, cfg.rms_eps, &mut h);
+            // MLP; the normalised input is split from the gain only for its hook (same
+            // values either way: `v · s · g` is `(v · s) · g`).
+            if hooks.wants(layer, HookKind::Ln2Normalized) {
+                kernels::rms_normalize(x, d, cfg.rms_eps, &mut h);
+                hooks.visit(layer, HookKind::Ln2Normalized, &mut h)?;
+                kernels::scale_columns(&mut h, &bw.mlp_norm);
+            } else {
+                kernels::rms_norm(x, &bw.mlp_norm, cfg.rms_eps, &mut h);
+            }
             kernels::linear(&h, n, &bw.w_gate_up, d, 2 * f, &mut gu);
             kernels::swiglu(&gu, f, &mut act);
             kernels::linear(&act, n, &bw.w_down, f, d, &mut branch);

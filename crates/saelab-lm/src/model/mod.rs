@@ -12,6 +12,7 @@
 //! | `blocks.{L}.hook_resid_pre` | residual stream entering block L |
 //! | `blocks.{L}.hook_attn_out` | attention output of block L |
 //! | `blocks.{L}.hook_resid_mid` | `resid_pre + attn_out` |
+//! | `blocks.{L}.ln2.hook_normalized` | the MLP input after the second norm, before its gain |
 //! | `blocks.{L}.hook_mlp_out` | MLP output of block L |
 //! | `blocks.{L}.hook_resid_post` | `resid_mid + mlp_out` = `resid_pre` of block L+1 |
 //!
