@@ -5,8 +5,10 @@
 //! absent. The tiny-model and error tests need no data.
 //!
 //! References are independent implementations: candle-transformers' `quantized_llama`
-//! (GGUF, run on weights dequantised to F32 so that both sides are f32) and
-//! candle-transformers' `llama` (Hugging Face layout).
+//! (GGUF, run on weights dequantised to F32 so that both sides are f32, one token at a
+//! time through its KV cache to get every position's logits), candle-transformers'
+//! `llama` (Hugging Face layout, likewise), one block written with candle ops for the
+//! hook values, and plain f64 loops.
 
 mod common;
 
@@ -144,6 +146,14 @@ impl GgufF32 {
         q.dequantize(&Device::Cpu).unwrap()
     }
 
+    fn uint(&self, key: &str) -> usize {
+        self.content.metadata[key].to_u32().unwrap() as usize
+    }
+
+    fn float(&self, key: &str) -> f32 {
+        self.content.metadata[key].to_f32().unwrap()
+    }
+
     /// candle's `quantized_llama` with every tensor dequantised and stored as an F32
     /// QTensor (so its matmuls are plain f32 products).
     fn quantized_llama(&self) -> quantized_llama::ModelWeights {
@@ -176,8 +186,23 @@ impl GgufF32 {
     }
 }
 
+/// Every position's logits `[T·V]` of `prompt` from candle's `quantized_llama`, fed one
+/// token at a time through its KV cache (its forward returns the last position only).
+fn candle_all_position_logits(r: &mut quantized_llama::ModelWeights, prompt: &[u32]) -> Vec<f32> {
+    r.clear_kv_cache();
+    let mut out = Vec::new();
+    for (pos, &tok) in prompt.iter().enumerate() {
+        let ids = Tensor::new(&[tok], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        out.extend(values(&r.forward(&ids, pos).unwrap()));
+    }
+    out
+}
+
 #[test]
-fn gguf_last_logits_match_candle_quantized_llama_in_f32() {
+fn gguf_logits_match_candle_quantized_llama_at_every_position_in_f32() {
     let Some(model) = smollm() else { return };
     let _g = serial();
     let mut reference = GgufF32::open(&root().join(MODEL)).quantized_llama();
@@ -195,8 +220,9 @@ fn gguf_last_logits_match_candle_quantized_llama_in_f32() {
         128,
         bos,
     ));
-    let mut worst_last = 0f32;
+    let (mut worst_last, mut worst_all) = (0f32, 0f32);
     for p in &prompts {
+        // The last position, against candle's whole-prompt forward.
         let ours = model
             .forward(&[p], &ForwardOptions::new().logits(Logits::Last))
             .unwrap()
@@ -211,18 +237,213 @@ fn gguf_last_logits_match_candle_quantized_llama_in_f32() {
         let theirs = values(&reference.forward(&ids, 0).unwrap());
         let diff = max_abs_diff(ours.as_slice(), &theirs);
         eprintln!(
-            "prompt of {} tokens: max |Δlogit| = {diff:.2e} (max |logit| {:.1})",
+            "prompt of {} tokens: last position max |Δlogit| = {diff:.2e} (max |logit| {:.1})",
             p.len(),
             max_abs(&theirs)
         );
         // Same argmax, and the logits agree to 1e-3.
         assert_eq!(argmax(ours.as_slice()), argmax(&theirs));
         worst_last = worst_last.max(diff);
+
+        // Every position, against candle one token at a time.
+        let ours = model
+            .forward(&[p], &ForwardOptions::new().logits(Logits::All))
+            .unwrap()
+            .logits
+            .unwrap();
+        assert_eq!(ours.dims(), [1, p.len(), v]);
+        let theirs = candle_all_position_logits(&mut reference, p);
+        let per_position: Vec<f32> = (0..p.len())
+            .map(|t| max_abs_diff(ours.at(0, t), &theirs[t * v..(t + 1) * v]))
+            .collect();
+        let diff = max_abs(&per_position);
+        eprintln!(
+            "prompt of {} tokens: every position max |Δlogit| = {diff:.2e}",
+            p.len()
+        );
+        worst_all = worst_all.max(diff);
     }
     assert!(
         worst_last <= 1e-3,
         "last-position logit difference {worst_last} > 1e-3"
     );
+    assert!(
+        worst_all <= 1e-3,
+        "all-position logit difference {worst_all} > 1e-3"
+    );
+}
+
+/// One block of SmolLM2 written with candle ops from the dequantised GGUF tensors.
+struct CandleBlock<'w> {
+    w: &'w GgufF32,
+    layer: usize,
+}
+
+impl CandleBlock<'_> {
+    fn weight(&self, name: &str) -> Tensor {
+        self.w.get(&format!("blk.{}.{name}.weight", self.layer))
+    }
+
+    fn eps(&self) -> f32 {
+        self.w.float("llama.attention.layer_norm_rms_epsilon")
+    }
+
+    /// `hook_attn_out` from `hook_resid_pre` `[B, T, d]`: RMSNorm, Q/K/V, interleaved
+    /// RoPE (GGUF's Q/K row order), causal softmax attention with grouped KV heads, output
+    /// projection.
+    fn attn_out(&self, resid_pre: &Tensor) -> Tensor {
+        let (b, t, d) = resid_pre.dims3().unwrap();
+        let hq = self.w.uint("llama.attention.head_count");
+        let hkv = self.w.uint("llama.attention.head_count_kv");
+        let hd = d / hq;
+        let base = self.w.float("llama.rope.freq_base") as f64;
+        let h = candle_nn::ops::rms_norm(resid_pre, &self.weight("attn_norm"), self.eps()).unwrap();
+        let heads = |name: &str, n: usize| {
+            h.broadcast_matmul(&self.weight(name).t().unwrap())
+                .unwrap()
+                .reshape((b, t, n, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (
+            heads("attn_q", hq),
+            heads("attn_k", hkv),
+            heads("attn_v", hkv),
+        );
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in 0..t {
+            for i in 0..hd / 2 {
+                let a = p as f64 * base.powf(-2.0 * i as f64 / hd as f64);
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (t, hd / 2), &Device::Cpu).unwrap();
+        let sin = Tensor::from_vec(sin, (t, hd / 2), &Device::Cpu).unwrap();
+        let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin).unwrap();
+        let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin).unwrap();
+        let k = candle_transformers::utils::repeat_kv(k, hq / hkv)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let v = candle_transformers::utils::repeat_kv(v, hq / hkv)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let mask: Vec<f32> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (hd as f64).sqrt())
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let p = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        p.matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, t, hq * hd))
+            .unwrap()
+            .broadcast_matmul(&self.weight("attn_output").t().unwrap())
+            .unwrap()
+    }
+
+    /// `hook_mlp_out` from `hook_resid_mid` `[B, T, d]`: RMSNorm, SwiGLU, down projection.
+    fn mlp_out(&self, resid_mid: &Tensor) -> Tensor {
+        let n = candle_nn::ops::rms_norm(resid_mid, &self.weight("ffn_norm"), self.eps()).unwrap();
+        let proj =
+            |x: &Tensor, name: &str| x.broadcast_matmul(&self.weight(name).t().unwrap()).unwrap();
+        let a =
+            (candle_nn::ops::silu(&proj(&n, "ffn_gate")).unwrap() * proj(&n, "ffn_up")).unwrap();
+        proj(&a, "ffn_down")
+    }
+}
+
+/// Every hook value of two blocks at every position against an independent
+/// computation: attention and MLP outputs from candle ops on the captured inputs, the
+/// normalised MLP input in f64, and the residual sums exactly.
+#[test]
+fn every_hook_matches_an_independent_block_at_every_position() {
+    let Some(model) = smollm() else { return };
+    let _g = serial();
+    let weights = GgufF32::open(&root().join(MODEL));
+    let bos = model.bos_token_id().unwrap();
+    let batch = contexts(&["moby/chapter_3.txt"], 2, 64, bos);
+    for layer in [0usize, 15] {
+        let name = |k: &str| format!("blocks.{layer}.{k}");
+        let kinds = [
+            "hook_resid_pre",
+            "hook_attn_out",
+            "hook_resid_mid",
+            "ln2.hook_normalized",
+            "hook_mlp_out",
+            "hook_resid_post",
+        ];
+        let out = model
+            .forward(
+                &batch,
+                &ForwardOptions::new().capture_all(kinds.iter().map(|k| name(k))),
+            )
+            .unwrap();
+        let c = |k: &str| out.capture(&name(k)).unwrap();
+        let block = CandleBlock { w: &weights, layer };
+        for (kind, input) in [
+            ("hook_attn_out", "hook_resid_pre"),
+            ("hook_mlp_out", "hook_resid_mid"),
+        ] {
+            let x = to_candle(c(input));
+            let want = if kind == "hook_attn_out" {
+                block.attn_out(&x)
+            } else {
+                block.mlp_out(&x)
+            };
+            let want = values(&want);
+            let diff = max_abs_diff(c(kind).as_slice(), &want);
+            let scale = max_abs(&want);
+            eprintln!(
+                "{}: max |Δ| = {diff:.2e} (max |value| {scale:.2})",
+                name(kind)
+            );
+            assert!(diff <= 1e-5 * (1.0 + scale), "{}: {diff}", name(kind));
+        }
+        // The sums are the forward's own f32 additions: exact.
+        let sum = |a: &Activation, b: &Activation| -> Vec<f32> {
+            a.as_slice()
+                .iter()
+                .zip(b.as_slice())
+                .map(|(x, y)| x + y)
+                .collect()
+        };
+        assert_eq!(
+            c("hook_resid_mid").as_slice(),
+            sum(c("hook_resid_pre"), c("hook_attn_out"))
+        );
+        assert_eq!(
+            c("hook_resid_post").as_slice(),
+            sum(c("hook_resid_mid"), c("hook_mlp_out"))
+        );
+        // ln2.hook_normalized = resid_mid / √(mean(resid_mid²) + ε), no gain.
+        let eps = block.eps() as f64;
+        let (mid, norm) = (c("hook_resid_mid"), c("ln2.hook_normalized"));
+        for r in 0..mid.rows() {
+            let x = mid.row(r);
+            let ms = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / x.len() as f64;
+            for (&got, &xv) in norm.row(r).iter().zip(x) {
+                let want = xv as f64 / (ms + eps).sqrt();
+                assert!((got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()));
+            }
+        }
+    }
 }
 
 /// Cross-entropy of SmolLM2 on real text, from the forward's loss output and,
@@ -404,14 +625,14 @@ fn captures_match_between_early_stop_and_full_run_and_hooks_compose() {
             &emb[tok * d..(tok + 1) * d]
         );
     }
-    // resid_post(15) = resid_mid(15) + mlp_out(15); resid_pre(16) = resid_post(15).
+    // resid_post(15) = resid_mid(15) + mlp_out(15) exactly; resid_pre(16) = resid_post(15).
     let sum: Vec<f32> = c("blocks.15.hook_resid_mid")
         .as_slice()
         .iter()
         .zip(c("blocks.15.hook_mlp_out").as_slice())
         .map(|(a, b)| a + b)
         .collect();
-    assert!(max_abs_diff(&sum, c("blocks.15.hook_resid_post").as_slice()) < 1e-4);
+    assert_eq!(c("blocks.15.hook_resid_post").as_slice(), sum);
     assert_eq!(
         c("blocks.16.hook_resid_pre"),
         c("blocks.15.hook_resid_post")
@@ -458,7 +679,8 @@ fn a_batch_of_two_equals_the_two_single_runs() {
 }
 
 /// GGUF → Hugging Face layout (Q/K rows un-permuted) → candle-transformers' HF `llama`
-/// reproduces our GGUF logits, and our HF loader reads the export back exactly.
+/// reproduces our GGUF logits at every position, and our HF loader reads the export
+/// back exactly.
 #[test]
 fn hf_export_of_smollm2_matches_candle_hf_llama_and_reloads_exactly() {
     let Some(model) = smollm() else { return };
@@ -467,7 +689,7 @@ fn hf_export_of_smollm2_matches_candle_hf_llama_and_reloads_exactly() {
     model.save_hf_dir(dir.path()).unwrap();
     let bos = model.bos_token_id().unwrap();
     let batch = contexts(&["sotu/1862_abraham_lincoln_r.txt"], 2, 48, bos);
-    let opts = || ForwardOptions::new().logits(Logits::Last);
+    let opts = || ForwardOptions::new().logits(Logits::All);
     let ours = model.forward(&batch, &opts()).unwrap().logits.unwrap();
 
     let reloaded = HookedModel::from_hf_dir(dir.path()).unwrap();
@@ -477,10 +699,19 @@ fn hf_export_of_smollm2_matches_candle_hf_llama_and_reloads_exactly() {
     assert_eq!(ours, again);
     drop(reloaded);
 
-    let theirs = CandleHfLlama::load(dir.path()).last_logits(&batch);
-    let diff = max_abs_diff(ours.as_slice(), &theirs);
-    eprintln!("SmolLM2 HF export vs candle HF llama: max |Δlogit| = {diff:.2e}");
+    let theirs = CandleHfLlama::load(dir.path());
+    let (last, all) = theirs.logits(&batch);
+    let v = model.vocab_size();
+    let ours_last: Vec<f32> = (0..2).flat_map(|b| ours.at(b, 47).to_vec()).collect();
+    let diff = max_abs_diff(&ours_last, &last);
+    let diff_all = max_abs_diff(ours.as_slice(), &all);
+    assert_eq!(all.len(), 2 * 48 * v);
+    eprintln!(
+        "SmolLM2 HF export vs candle HF llama: max |Δlogit| = {diff:.2e} (last), \
+         {diff_all:.2e} (every position)"
+    );
     assert!(diff <= 1e-3);
+    assert!(diff_all <= 1e-3);
 }
 
 /// candle-transformers' HF llama on a checkpoint directory.
@@ -503,9 +734,10 @@ impl CandleHfLlama {
         CandleHfLlama { cfg, llama }
     }
 
-    /// Last-position logits `[B·V]`.
-    fn last_logits(&self, batch: &[Vec<u32>]) -> Vec<f32> {
-        let mut last = Vec::new();
+    /// Last-position logits `[B·V]` from whole-sequence forwards, and every position's
+    /// logits `[B·T·V]` from one token at a time through the KV cache.
+    fn logits(&self, batch: &[Vec<u32>]) -> (Vec<f32>, Vec<f32>) {
+        let (mut last, mut all) = (Vec::new(), Vec::new());
         for s in batch {
             let mut cache =
                 hf_llama::Cache::new(false, DType::F32, &self.cfg, &Device::Cpu).unwrap();
@@ -514,8 +746,17 @@ impl CandleHfLlama {
                 .unsqueeze(0)
                 .unwrap();
             last.extend(values(&self.llama.forward(&ids, 0, &mut cache).unwrap()));
+            let mut cache =
+                hf_llama::Cache::new(true, DType::F32, &self.cfg, &Device::Cpu).unwrap();
+            for (pos, &tok) in s.iter().enumerate() {
+                let ids = Tensor::new(&[tok], &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                all.extend(values(&self.llama.forward(&ids, pos, &mut cache).unwrap()));
+            }
         }
-        last
+        (last, all)
     }
 }
 
@@ -645,12 +886,22 @@ fn tiny_hf_model_matches_candle_hf_llama() {
             .unwrap()
             .logits
             .unwrap();
-        let theirs = CandleHfLlama::load(dir.path()).last_logits(&batch);
-        let diff = max_abs_diff(ours.as_slice(), &theirs);
-        let scale = max_abs(&theirs);
-        eprintln!("tiny HF model (tied: {tie}): max |Δlogit| = {diff:.2e}, max |logit| {scale:.2}");
+        let ours_all = model
+            .forward(&batch, &ForwardOptions::new().logits(Logits::All))
+            .unwrap()
+            .logits
+            .unwrap();
+        let (last, all) = CandleHfLlama::load(dir.path()).logits(&batch);
+        let diff = max_abs_diff(ours.as_slice(), &last);
+        let diff_all = max_abs_diff(ours_all.as_slice(), &all);
+        let scale = max_abs(&last);
+        eprintln!(
+            "tiny HF model (tied: {tie}): max |Δlogit| = {diff:.2e} (last), {diff_all:.2e} \
+             (every position), max |logit| {scale:.2}"
+        );
         assert!(scale > 0.5, "degenerate logits");
         assert!(diff < 1e-4);
+        assert!(diff_all < 1e-4);
 
         // Export and reload: same logits.
         let dir2 = tempfile::tempdir().unwrap();
