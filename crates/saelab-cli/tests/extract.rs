@@ -160,13 +160,7 @@ fn extracted_cache_matches_the_model_and_trains_and_evaluates() {
                 &saelab_lm::model::ForwardOptions::new().capture(hook),
             )
             .unwrap();
-        let all: Vec<f32> = fwd
-            .capture(hook)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let all = fwd.capture(hook).unwrap().as_slice();
         let mut worst = 0f32;
         for &r in &rows {
             let t = meta.context_positions[r] as usize;

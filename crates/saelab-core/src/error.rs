@@ -33,9 +33,6 @@ pub enum Error {
     /// The run was interrupted (Ctrl-C); state up to the last checkpoint is safe.
     #[error("interrupted")]
     Interrupted,
-    /// A tensor-library (candle) operation failed; the message says which.
-    #[error("tensor backend: {0}")]
-    Backend(String),
 }
 
 /// Result alias for `saelab-core`.
@@ -61,10 +58,5 @@ impl Error {
     /// An invalid configuration value.
     pub fn config(msg: impl Into<String>) -> Self {
         Error::Config(msg.into())
-    }
-
-    /// A failure inside the tensor library (candle), with its message.
-    pub fn backend(msg: impl std::fmt::Display) -> Self {
-        Error::Backend(msg.to_string())
     }
 }

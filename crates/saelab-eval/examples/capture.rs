@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         let o = lm.forward(&ctxs, &ForwardOptions::new().capture(hook.clone()))?;
-        let acts: Vec<f32> = o.capture(&hook)?.flatten_all()?.to_vec1()?;
+        let acts = o.capture(&hook)?.as_slice();
         for (row, &t) in acts.chunks(d).zip(ctxs.iter().flatten()) {
             if t != bos && rows.len() < tokens * d {
                 rows.extend_from_slice(row);

@@ -43,21 +43,21 @@
 //! [`InModelEvalSet`] caches what does not depend on the SAE (the clean
 //! next-token log-probabilities, `ce_clean`, `ce_zero`, `ce_mean`), so that evaluating
 //! each further SAE on the set costs one spliced forward. The splice itself — the SAE
-//! forward and the copies in and out of the patch — is timed: [`Timing`].
+//! forward and the gather and scatter of the spliced rows, in place on the forward's
+//! buffer — is timed: [`Timing`].
 
 use std::cell::RefCell;
 use std::ops::Range;
 use std::time::Instant;
 
-use candle_core::Tensor;
 use rayon::prelude::*;
 use saelab_core::metrics::{MetricsAccumulator, ReconMetrics};
 use saelab_core::{Error, Result, Sae};
 use saelab_lm::model::kernels::exp_f32;
-use saelab_lm::model::{candle_err, ForwardOptions, HookedModel, Logits};
+use saelab_lm::model::{ForwardOptions, HookedModel, Logits};
 use serde::{Deserialize, Serialize};
 
-use crate::splice::{constant_patch, reconstruction_patch, splice_mask, tensor_rows, SpliceRecord};
+use crate::splice::{constant_patch, reconstruction_patch, splice_mask, SpliceRecord};
 
 /// Options of an in-model evaluation.
 #[derive(Clone, Debug)]
@@ -278,12 +278,12 @@ impl<'c> Plan<'c> {
         let mut out = model.forward(self.tokens(b), &opts)?;
         t.clean_s += t0.elapsed().as_secs_f64();
         let acts = if want_acts {
-            Some(tensor_rows(&out.take_capture(&self.hook)?)?.1)
+            Some(out.take_capture(&self.hook)?.into_vec())
         } else {
             None
         };
         let t0 = Instant::now();
-        let all = logits_vec(out.logits.take())?;
+        let all = out.take_logits()?.into_vec();
         let (lp, ce) = self.log_probs_and_ce(&all, b);
         t.scoring_s += t0.elapsed().as_secs_f64();
         Ok((lp, ce, acts))
@@ -341,7 +341,7 @@ impl<'c> Plan<'c> {
         let mut out = model.forward(self.tokens(b), &opts)?;
         *seconds += t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        let all = logits_vec(out.logits.take())?;
+        let all = out.take_logits()?.into_vec();
         let ce = self.cross_entropy(&all, b);
         t.scoring_s += t0.elapsed().as_secs_f64();
         Ok(ce)
@@ -370,7 +370,7 @@ impl<'c> Plan<'c> {
         t.sae_s += t0.elapsed().as_secs_f64();
         drop(opts);
         let t0 = Instant::now();
-        let all = logits_vec(out.logits.take())?;
+        let all = out.take_logits()?.into_vec();
         let v = self.vocab;
         // Per scored row: CE = lse(q) − q[target]; KL = Σ p·(log p − q + lse(q)).
         let (ce, kl) = b
@@ -393,7 +393,7 @@ impl<'c> Plan<'c> {
         acc.kl += kl;
         let rec = record
             .into_inner()
-            .ok_or_else(|| Error::backend(format!("the splice at {} never ran", self.hook)))?;
+            .ok_or_else(|| Error::config(format!("the splice at {} never ran", self.hook)))?;
         if rec.x.rows > 0 {
             acc.recon.add(&rec.x, &rec.out, &rec.latents);
         }
@@ -417,15 +417,6 @@ impl SaeSums {
             recon: MetricsAccumulator::new(sae.cfg.d_out, sae.cfg.d_sae),
         }
     }
-}
-
-/// The values of a logits tensor, flattened.
-fn logits_vec(logits: Option<Tensor>) -> Result<Vec<f32>> {
-    let logits = logits.ok_or_else(|| Error::backend("the forward returned no logits"))?;
-    logits
-        .flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(candle_err)
 }
 
 /// `logsumexp(row)`: the max subtracted first, the exponentials summed in f64.

@@ -1,7 +1,7 @@
 //! Patches that splice an SAE (or a constant) into a model at a hook point.
 //!
 //! Every function here returns a closure for [`ForwardOptions::patch`]: it receives the
-//! hook's activation `[B, T, d]` and returns its replacement of the same shape. A
+//! hook's activation `[B, T, d]` and rewrites the spliced positions in place. A
 //! *mask* of `B·T` booleans (row-major over `[B, T]`, see [`splice_mask`]) says which
 //! positions are replaced; the others keep the model's own activation. By default the
 //! positions whose token is BOS are left alone, as SAELens does for its "ignored"
@@ -19,9 +19,8 @@
 
 use std::cell::RefCell;
 
-use candle_core::{DType, Device, Tensor};
 use saelab_core::{Error, Latents, Matrix, Result, Sae};
-use saelab_lm::model::candle_err;
+use saelab_lm::model::ActivationMut;
 
 /// Which positions of a batch of equal-length sequences a splice replaces: `B·T`
 /// booleans, row-major over `[B, T]`. A position is spliced unless its token is `bos`
@@ -32,22 +31,6 @@ pub fn splice_mask<S: AsRef<[u32]>>(tokens: &[S], bos: Option<u32>, splice_bos: 
         .flat_map(|s| s.as_ref().iter())
         .map(|&t| splice_bos || Some(t) != bos)
         .collect()
-}
-
-/// The values of an f32 (or any float) tensor `[B, T, d]` and its three dimensions.
-pub(crate) fn tensor_rows(t: &Tensor) -> Result<((usize, usize, usize), Vec<f32>)> {
-    let dims = t.dims3().map_err(|_| {
-        Error::Shape(format!(
-            "hook activation must be [B, T, d], got {:?}",
-            t.dims()
-        ))
-    })?;
-    let v = t
-        .to_dtype(DType::F32)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(candle_err)?;
-    Ok((dims, v))
 }
 
 /// The rows of `flat` (`[B·T, d]`) selected by `mask`, as a matrix, with their indices.
@@ -92,18 +75,11 @@ fn check_widths(sae: &Sae, d: usize) -> Result<()> {
     Ok(())
 }
 
-/// Writes `rows` of `values` (`[M, d]`) back into `flat` and wraps it as `[B, T, d]`.
-fn scatter(
-    mut flat: Vec<f32>,
-    dims: (usize, usize, usize),
-    rows: &[usize],
-    values: &Matrix,
-) -> Result<Tensor> {
-    let d = dims.2;
+/// Writes row `i` of `values` (`[M, d]`) over row `rows[i]` of the activation.
+fn scatter(act: &mut ActivationMut<'_>, rows: &[usize], values: &Matrix) {
     for (i, &r) in rows.iter().enumerate() {
-        flat[r * d..(r + 1) * d].copy_from_slice(values.row(i));
+        act.row_mut(r).copy_from_slice(values.row(i));
     }
-    Tensor::from_vec(flat, dims, &Device::Cpu).map_err(candle_err)
 }
 
 /// What a [`reconstruction_patch`] saw and produced at its latest call, for the
@@ -127,21 +103,20 @@ pub fn reconstruction_patch<'a>(
     sae: &'a Sae,
     mask: Option<&'a [bool]>,
     record: &'a RefCell<Option<SpliceRecord>>,
-) -> impl Fn(&Tensor) -> Result<Tensor> + 'a {
-    move |t: &Tensor| {
-        let (dims, flat) = tensor_rows(t)?;
-        check_widths(sae, dims.2)?;
-        check_mask(mask, dims.0, dims.1)?;
-        let (x, positions) = gather(&flat, dims.2, mask);
+) -> impl Fn(&mut ActivationMut<'_>) -> Result<()> + 'a {
+    move |act: &mut ActivationMut<'_>| {
+        check_widths(sae, act.width())?;
+        check_mask(mask, act.batch(), act.seq_len())?;
+        let (x, positions) = gather(act.as_slice(), act.width(), mask);
         let (latents, out) = sae.forward(&x)?;
-        let patched = scatter(flat, dims, &positions, &out)?;
+        scatter(act, &positions, &out);
         *record.borrow_mut() = Some(SpliceRecord {
             x,
             out,
             latents,
             positions,
         });
-        Ok(patched)
+        Ok(())
     }
 }
 
@@ -150,23 +125,22 @@ pub fn reconstruction_patch<'a>(
 pub fn constant_patch<'a>(
     value: &'a [f32],
     mask: Option<&'a [bool]>,
-) -> impl Fn(&Tensor) -> Result<Tensor> + 'a {
-    move |t: &Tensor| {
-        let (dims, mut flat) = tensor_rows(t)?;
-        if value.len() != dims.2 {
+) -> impl Fn(&mut ActivationMut<'_>) -> Result<()> + 'a {
+    move |act: &mut ActivationMut<'_>| {
+        if value.len() != act.width() {
             return Err(Error::Shape(format!(
                 "ablation value has width {}, the hook activation {}",
                 value.len(),
-                dims.2
+                act.width()
             )));
         }
-        check_mask(mask, dims.0, dims.1)?;
-        for (r, row) in flat.chunks_mut(dims.2).enumerate() {
+        check_mask(mask, act.batch(), act.seq_len())?;
+        for (r, row) in act.rows_mut().enumerate() {
             if mask.is_none_or(|m| m[r]) {
                 row.copy_from_slice(value);
             }
         }
-        Tensor::from_vec(flat, dims, &Device::Cpu).map_err(candle_err)
+        Ok(())
     }
 }
 
@@ -192,8 +166,8 @@ pub struct ErrorTerm<'t> {
 /// What the hook outputs after an [`error_term_patch`] callback.
 #[derive(Clone, Debug)]
 pub enum ErrorTermAction {
-    /// Output `recon + error`, returned as the model's own activation `x` bit for bit,
-    /// so the forward is exactly the clean one.
+    /// Output `recon + error`, i.e. leave the model's own activation `x` untouched bit
+    /// for bit, so the forward is exactly the clean one.
     Keep,
     /// Output `decode(latents) + skip + error`, with these latents `[M, n]` in place of
     /// the SAE's (ablating or steering features while keeping the error term).
@@ -209,15 +183,14 @@ pub fn error_term_patch<'a, F>(
     sae: &'a Sae,
     mask: Option<&'a [bool]>,
     callback: F,
-) -> impl Fn(&Tensor) -> Result<Tensor> + 'a
+) -> impl Fn(&mut ActivationMut<'_>) -> Result<()> + 'a
 where
     F: Fn(&ErrorTerm<'_>) -> Result<ErrorTermAction> + 'a,
 {
-    move |t: &Tensor| {
-        let (dims, flat) = tensor_rows(t)?;
-        check_widths(sae, dims.2)?;
-        check_mask(mask, dims.0, dims.1)?;
-        let (x, positions) = gather(&flat, dims.2, mask);
+    move |act: &mut ActivationMut<'_>| {
+        check_widths(sae, act.width())?;
+        check_mask(mask, act.batch(), act.seq_len())?;
+        let (x, positions) = gather(act.as_slice(), act.width(), mask);
         let enc = sae.encode(&x)?;
         let skip = sae.skip_term(&x)?;
         let with_skip = |mut m: Matrix| {
@@ -234,7 +207,7 @@ where
             .zip(&recon.data)
             .for_each(|(e, r)| *e -= r);
         let action = callback(&ErrorTerm {
-            batch: (dims.0, dims.1),
+            batch: (act.batch(), act.seq_len()),
             positions: &positions,
             x: &x,
             latents: &enc.latents,
@@ -242,7 +215,7 @@ where
             error: &error,
         })?;
         match action {
-            ErrorTermAction::Keep => Tensor::from_vec(flat, dims, &Device::Cpu).map_err(candle_err),
+            ErrorTermAction::Keep => Ok(()),
             ErrorTermAction::Replace(lat) => {
                 if lat.rows() != x.rows {
                     return Err(Error::Shape(format!(
@@ -256,7 +229,8 @@ where
                     .iter_mut()
                     .zip(&error.data)
                     .for_each(|(o, e)| *o += e);
-                scatter(flat, dims, &positions, &out)
+                scatter(act, &positions, &out);
+                Ok(())
             }
         }
     }

@@ -6,11 +6,10 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use candle_core::{Device, Tensor};
 use saelab_core::{ArchConfig, Latents, Matrix, ParamSet, Sae, SaeConfig};
 use saelab_eval::splice::{error_term_patch, ErrorTermAction};
 use saelab_eval::{evaluate_in_model, InModelEvalSet, InModelMetrics, InModelOptions};
-use saelab_lm::model::{ForwardOptions, HookedModel, Logits};
+use saelab_lm::model::{Activation, ActivationMut, ForwardOptions, HookedModel, Logits};
 use saelab_lm::text::{pack_all, Corpus, HeldOut, LoadOptions, PackConfig, Part};
 use saelab_lm::tokenizer::Tokenizer;
 use saelab_testkit::{real_data, serial};
@@ -132,8 +131,8 @@ fn topk_sae(d: usize, n: usize, k: usize, acts: &[f32]) -> Sae {
     Sae::new(cfg, p).unwrap()
 }
 
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+fn flat(t: &Activation) -> Vec<f32> {
+    t.as_slice().to_vec()
 }
 
 /// A replacement of one hook row, given its flat position.
@@ -144,15 +143,12 @@ type RowFn<'a> = dyn Fn(usize, &[f32]) -> Vec<f32> + 'a;
 fn logits_with(model: &HookedModel, ctxs: &[Vec<u32>], replace: Option<&RowFn>) -> Vec<f32> {
     let mut opts = ForwardOptions::new().logits(Logits::All);
     if let Some(f) = replace {
-        opts = opts.patch(HOOK, move |t: &Tensor| {
-            let dims = t.dims3().unwrap();
-            let x = flat(t);
-            let d = dims.2;
-            let mut out = Vec::with_capacity(x.len());
-            for (r, row) in x.chunks(d).enumerate() {
-                out.extend(f(r, row));
+        opts = opts.patch(HOOK, move |t: &mut ActivationMut<'_>| {
+            for (r, row) in t.rows_mut().enumerate() {
+                let new = f(r, row);
+                row.copy_from_slice(&new);
             }
-            Ok(Tensor::from_vec(out, dims, &Device::Cpu).unwrap())
+            Ok(())
         });
     }
     flat(model.forward(ctxs, &opts).unwrap().logits.as_ref().unwrap())
@@ -360,7 +356,7 @@ fn metrics_match_an_independent_computation() {
     let out = model
         .forward(ctxs, &ForwardOptions::new().loss(true))
         .unwrap();
-    let loss = flat(out.loss.as_ref().unwrap());
+    let loss = out.loss.as_ref().unwrap().data.clone();
     let (mut s, mut c) = (0f64, 0usize);
     for r in 0..rows {
         let (b, t) = (r / t_len, r % t_len);

@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "loaded {} in {:.2}s: {:?}",
         model_path.display(),
         t0.elapsed().as_secs_f64(),
-        model.config()
+        model.info()
     );
 
     // Real text: State of the Union addresses, BOS + 127 tokens per context.
@@ -106,10 +106,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // with the forward, to show how much of the forward is matrix product time.
     if only.is_none() {
         use saelab_lm::model::kernels::linear;
-        let c = model.config();
+        let c = model.hf_config();
+        let dim = |k: &str| c[k].as_u64().map(|v| v as usize).ok_or(format!("no {k}"));
         let n = batch * seq;
-        let (d, q, f) = (c.d_model, c.qkv_dim(), c.d_ffn);
-        let shapes = [(d, q), (c.n_heads * c.head_dim, d), (d, 2 * f), (f, d)];
+        let (d, f) = (dim("hidden_size")?, dim("intermediate_size")?);
+        let (hq, hkv, hd) = (
+            dim("num_attention_heads")?,
+            dim("num_key_value_heads")?,
+            dim("head_dim")?,
+        );
+        let q = (hq + 2 * hkv) * hd;
+        let shapes = [(d, q), (hq * hd, d), (d, 2 * f), (f, d)];
         let ws: Vec<Vec<f32>> = shapes.iter().map(|&(i, o)| vec![0.01; i * o]).collect();
         let x = vec![0.5f32; n * 2 * f];
         let mut y = vec![0f32; n * 2 * f];

@@ -684,7 +684,7 @@ fn new_manifest(
         model: ModelInfo {
             path: spec.model_path.display().to_string(),
             fingerprint: spec.model_fingerprint.clone(),
-            architecture: "llama".into(),
+            architecture: model.info().family.into(),
             n_layers: model.n_layers(),
             d_model: model.d_model(),
         },

@@ -29,7 +29,7 @@ use saelab_core::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{candle_err, ForwardOptions, HookedModel};
+use crate::model::{ForwardOptions, HookedModel};
 use crate::text::{ContextStream, Document, PackConfig, NOT_IN_DOCUMENT};
 use crate::tokenizer::Tokenizer;
 
@@ -301,7 +301,7 @@ pub fn run_contexts(
     hooks: &[String],
     contexts: &[ContextRef<'_>],
     keep_bos: bool,
-) -> Result<CapturedRows> {
+) -> saelab_core::Result<CapturedRows> {
     let d = model.d_model();
     let mut out = CapturedRows::new(hooks.len(), d);
     if contexts.is_empty() {
@@ -323,11 +323,7 @@ pub fn run_contexts(
         .collect();
     let seq = contexts[0].tokens.len();
     for (h, hook) in hooks.iter().enumerate() {
-        let all: Vec<f32> = fwd
-            .capture(hook)?
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(candle_err)?;
+        let all = fwd.capture(hook)?.as_slice();
         let dst = &mut out.acts[h];
         dst.reserve(keep.len() * d);
         for &(b, t) in &keep {

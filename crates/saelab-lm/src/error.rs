@@ -1,63 +1,42 @@
-//! The error type of `saelab-lm`.
+//! The error type of `saelab-lm`: `saelab_core`'s error plus the one failure core has
+//! no word for, the tokenizer's.
 //!
-//! Like `saelab_core::Error`, every variant that concerns a file names it, so that the
-//! binary can print one line such as `data/corpus: no *.txt documents found`.
+//! Files, shapes, configuration values and interruptions are `saelab_core::Error`s
+//! (every one that concerns a file names it, so that the binary can print one line
+//! such as `data/corpus: no *.txt documents found`), wrapped in [`Error::Core`]. Code
+//! that cannot fail in the tokenizer — the model, the stream, running contexts through
+//! the model — returns `saelab_core::Result` directly, so nothing ever converts back.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Errors raised by `saelab-lm`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file or folder could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file concerned.
-        path: PathBuf,
-        /// The underlying I/O error.
-        source: std::io::Error,
-    },
-    /// A file exists but its contents are not what saelab expects.
-    #[error("{}: {msg}", path.display())]
-    BadFile {
-        /// The file concerned.
-        path: PathBuf,
-        /// What is wrong with it, in a few words.
-        msg: String,
-    },
-    /// A configuration value is invalid.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// A file, shape, configuration or interruption error (`saelab_core`'s kinds).
+    #[error(transparent)]
+    Core(#[from] saelab_core::Error),
     /// The tokenizer failed on an input (not a file problem).
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// An error from `saelab-core`.
-    #[error(transparent)]
-    Core(#[from] saelab_core::Error),
 }
 
 /// Result alias for `saelab-lm`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// An I/O error on `path`.
+    /// An I/O error on `path` ([`saelab_core::Error::Io`]).
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().to_path_buf(),
-            source,
-        }
+        saelab_core::Error::io(path, source).into()
     }
 
-    /// A malformed or unexpected file.
+    /// A malformed or unexpected file ([`saelab_core::Error::BadFile`]).
     pub fn bad_file(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::BadFile {
-            path: path.as_ref().to_path_buf(),
-            msg: msg.into(),
-        }
+        saelab_core::Error::bad_file(path, msg).into()
     }
 
-    /// An invalid configuration value.
+    /// An invalid configuration value ([`saelab_core::Error::Config`]).
     pub fn config(msg: impl Into<String>) -> Self {
-        Error::Config(msg.into())
+        saelab_core::Error::config(msg).into()
     }
 
     /// A tokenizer failure on some input.

@@ -1,7 +1,9 @@
-//! `saelab-lm`: hooked LLaMA-family transformers on candle, tokenizers and text sources.
+//! `saelab-lm`: hooked transformer language models, tokenizers and text sources.
 //!
-//! - [`model`]: weights from GGUF (dequantised to f32) or a Hugging Face directory, and a
-//!   forward pass with TransformerLens-style hook points (capture, patch, stop early);
+//! - [`model`]: a family-neutral hooked model (LLaMA for now) with weights from GGUF
+//!   (dequantised to f32) or a Hugging Face directory, and a forward pass on saelab's
+//!   own f32 kernels with TransformerLens-style hook points (capture, patch in place,
+//!   stop early);
 //! - [`tokenizer`]: byte-level BPE from GGUF metadata or `tokenizer.json`;
 //! - [`text`]: documents from text files, folders and JSONL, packed into contexts;
 //! - [`contexts`]: a corpus part's contexts in a fixed (shuffled) order, run through

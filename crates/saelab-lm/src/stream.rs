@@ -39,7 +39,6 @@ use saelab_core::Matrix;
 use serde::{Deserialize, Serialize};
 
 use crate::contexts::{run_contexts, CapturedRows, ContextPlan, ContextRef};
-use crate::error::Error as LmError;
 use crate::model::HookedModel;
 
 /// Default contexts per shuffle window.
@@ -48,18 +47,6 @@ pub const DEFAULT_WINDOW_CONTEXTS: usize = 256;
 /// Salt of the window permutations' generator (kept apart from the plan's epoch
 /// permutations, which use the same seed).
 const WINDOW_SALT: u64 = 0x5752_4F57_5748_4E44;
-
-/// A `saelab_lm` error as a `saelab_core` error (the [`BatchSource`] trait speaks
-/// `saelab_core::Error`).
-pub fn to_core(e: LmError) -> saelab_core::Error {
-    match e {
-        LmError::Core(e) => e,
-        LmError::Io { path, source } => saelab_core::Error::Io { path, source },
-        LmError::BadFile { path, msg } => saelab_core::Error::BadFile { path, msg },
-        LmError::Config(m) => saelab_core::Error::Config(m),
-        LmError::Tokenizer(m) => saelab_core::Error::Config(format!("tokenizer: {m}")),
-    }
-}
 
 /// How a [`StreamSource`] reads the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,8 +182,7 @@ impl<'a> StreamSource<'a> {
         while g < (w + 1) * wc {
             let end = (g + self.opts.batch_contexts as u64).min((w + 1) * wc);
             let batch: Vec<ContextRef<'a>> = (g..end).map(|i| self.context(i)).collect();
-            let got = run_contexts(self.model, &self.opts.hooks, &batch, self.opts.keep_bos)
-                .map_err(to_core)?;
+            let got = run_contexts(self.model, &self.opts.hooks, &batch, self.opts.keep_bos)?;
             self.model_tokens += (batch.len() * self.plan.ctx_len()) as u64;
             rows.append(&got);
             g = end;
@@ -328,7 +314,7 @@ pub fn collect_rows(
     while rows.rows < max_rows && g < plan.len() {
         let end = (g + batch_contexts.max(1)).min(plan.len());
         let batch: Vec<ContextRef<'_>> = (g..end).map(|i| plan.first_epoch(i)).collect();
-        rows.append(&run_contexts(model, hooks, &batch, keep_bos).map_err(to_core)?);
+        rows.append(&run_contexts(model, hooks, &batch, keep_bos)?);
         g = end;
         on_rows(rows.rows.min(max_rows));
     }

@@ -151,7 +151,7 @@ impl Tokenizer {
 
     /// Builds the tokenizer from already-parsed GGUF metadata; `path` is only used in
     /// error messages and [`Tokenizer::source`].
-    pub fn from_gguf_metadata(
+    pub(crate) fn from_gguf_metadata(
         md: &HashMap<String, gguf_file::Value>,
         path: impl AsRef<Path>,
     ) -> Result<Self> {

@@ -118,7 +118,7 @@ pub fn part_documents<'c>(
 /// The canonical name of a syntactically valid hook name (the layer is checked once
 /// the model is loaded).
 fn canonical(h: &str) -> String {
-    HookPoint::parse(h, usize::MAX)
+    HookPoint::parse(h)
         .map(|hp| hp.name())
         .unwrap_or_else(|_| h.to_string())
 }

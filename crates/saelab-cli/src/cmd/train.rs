@@ -512,7 +512,7 @@ fn new_stream(a: &Args) -> Result<()> {
     }
     let mut hooks: Vec<String> = Vec::new();
     for h in &a.hooks {
-        let c = HookPoint::parse(h, usize::MAX)
+        let c = HookPoint::parse(h)
             .map(|hp| hp.name())
             .unwrap_or_else(|_| h.clone());
         if !hooks.contains(&c) {

@@ -159,13 +159,7 @@ fn extracted_rows_match_an_independent_forward_and_the_tokenizer() {
                     .model
                     .forward(&[ctx.tokens], &ForwardOptions::new().capture(hook))
                     .unwrap();
-                let all: Vec<f32> = fwd
-                    .capture(hook)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let all = fwd.capture(hook).unwrap().as_slice();
                 let want = &all[t * d..(t + 1) * d];
                 let got = &c.acts[r * d..(r + 1) * d];
                 for (a, b) in got.iter().zip(want) {

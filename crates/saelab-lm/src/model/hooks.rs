@@ -1,42 +1,54 @@
-//! Hook points (TransformerLens names), forward options and forward outputs.
+//! Hook points (TransformerLens names), forward options and outputs, and the hook sites
+//! of one forward: the capture and patch step every family's blocks call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use candle_core::Tensor;
-use saelab_core::{Error, Result};
+use saelab_core::{Error, Matrix, Result};
 
-/// Which activation inside a block a hook point names.
+use super::activation::{Activation, ActivationMut};
+use super::info::ModelInfo;
+
+/// Which activation inside a block a hook point names. The kinds of every family, by
+/// their TransformerLens names; a family offers a subset ([`ModelInfo::hook_kinds`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HookKind {
-    /// The residual stream entering the block.
+    /// `hook_resid_pre`: the residual stream entering the block.
     ResidPre,
-    /// The attention output (after the output projection), before it is added.
+    /// `hook_attn_out`: the attention output (after the output projection), before it
+    /// is added to the residual stream.
     AttnOut,
-    /// The residual stream between attention and MLP (`resid_pre + attn_out`).
+    /// `hook_resid_mid`: the residual stream between attention and MLP
+    /// (`resid_pre + attn_out`).
     ResidMid,
-    /// The MLP output (after the down projection), before it is added.
+    /// `ln2.hook_normalized`: the MLP's input normalised by the second norm, before
+    /// the norm's gain (as in TransformerLens, which folds the gain into the MLP's input
+    /// weights): for RMSNorm `resid_mid / √(mean(resid_mid²) + ε)`. Transcoders read it.
+    Ln2Normalized,
+    /// `hook_mlp_out`: the MLP output (after the down projection), before it is added.
     MlpOut,
-    /// The residual stream leaving the block (`resid_mid + mlp_out`).
+    /// `hook_resid_post`: the residual stream leaving the block (`resid_mid + mlp_out`).
     ResidPost,
 }
 
 impl HookKind {
-    /// Every kind, in the order the forward reaches them inside a block.
-    pub const ALL: [HookKind; 5] = [
+    /// Every kind any family offers.
+    pub const ALL: [HookKind; 6] = [
         HookKind::ResidPre,
         HookKind::AttnOut,
         HookKind::ResidMid,
+        HookKind::Ln2Normalized,
         HookKind::MlpOut,
         HookKind::ResidPost,
     ];
 
-    /// The TransformerLens suffix, e.g. `hook_resid_post`.
+    /// The TransformerLens name inside a block, e.g. `hook_resid_post`.
     pub fn suffix(self) -> &'static str {
         match self {
             HookKind::ResidPre => "hook_resid_pre",
             HookKind::AttnOut => "hook_attn_out",
             HookKind::ResidMid => "hook_resid_mid",
+            HookKind::Ln2Normalized => "ln2.hook_normalized",
             HookKind::MlpOut => "hook_mlp_out",
             HookKind::ResidPost => "hook_resid_post",
         }
@@ -54,37 +66,23 @@ pub struct HookPoint {
 }
 
 impl HookPoint {
-    /// Parse a TransformerLens hook name and check the layer against `n_layers`.
-    ///
-    /// Errors name the bad hook and list the valid ones.
-    pub fn parse(name: &str, n_layers: usize) -> Result<HookPoint> {
-        let valid = || valid_hooks_message(n_layers);
-        let rest = name.strip_prefix("blocks.").ok_or_else(|| {
-            Error::config(format!("unknown hook '{name}'; valid hooks: {}", valid()))
-        })?;
-        let (layer, suffix) = rest.split_once('.').ok_or_else(|| {
-            Error::config(format!("unknown hook '{name}'; valid hooks: {}", valid()))
-        })?;
+    /// Parse a TransformerLens hook name, `blocks.{layer}.{suffix}` with the suffix of
+    /// any [`HookKind`], without a model: the layer is not range-checked. For the
+    /// canonical form of a name before the model is loaded; [`ModelInfo::hook`] checks
+    /// a name against a model.
+    pub fn parse(name: &str) -> Result<HookPoint> {
+        let unknown = || Error::config(format!("unknown hook '{name}'"));
+        let (layer, suffix) = name
+            .strip_prefix("blocks.")
+            .and_then(|rest| rest.split_once('.'))
+            .ok_or_else(unknown)?;
         let kind = HookKind::ALL
             .into_iter()
             .find(|k| k.suffix() == suffix)
-            .ok_or_else(|| {
-                Error::config(format!("unknown hook '{name}'; valid hooks: {}", valid()))
-            })?;
+            .ok_or_else(unknown)?;
         let layer: usize = layer.parse().map_err(|_| {
-            Error::config(format!(
-                "hook '{name}': '{layer}' is not a layer number; valid hooks: {}",
-                valid()
-            ))
+            Error::config(format!("hook '{name}': '{layer}' is not a layer number"))
         })?;
-        if layer >= n_layers {
-            return Err(Error::config(format!(
-                "hook '{name}': layer {layer} is out of range, the model has {n_layers} blocks \
-                 (0..={}); valid hooks: {}",
-                n_layers.saturating_sub(1),
-                valid()
-            )));
-        }
         Ok(HookPoint { layer, kind })
     }
 
@@ -100,19 +98,8 @@ impl fmt::Display for HookPoint {
     }
 }
 
-/// One line listing the valid hook names of a model with `n_layers` blocks.
-pub fn valid_hooks_message(n_layers: usize) -> String {
-    let last = n_layers.saturating_sub(1);
-    let kinds: Vec<String> = HookKind::ALL
-        .iter()
-        .map(|k| format!("blocks.{{L}}.{}", k.suffix()))
-        .collect();
-    format!("{} with L in 0..={last}", kinds.join(", "))
-}
-
-/// A patch: receives the activation `[B, T, d_model]` (f32) at a hook point and returns
-/// the tensor that replaces it (same shape; any float dtype, converted to f32).
-pub type PatchFn<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
+/// A patch: edits, in place, the activation `[B, T, d_model]` (f32) at a hook point.
+pub type PatchFn<'a> = Box<dyn Fn(&mut ActivationMut<'_>) -> Result<()> + 'a>;
 
 /// Which logits a forward returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -120,7 +107,7 @@ pub enum Logits {
     /// No logits: the forward stops after the last block a capture or patch needs.
     #[default]
     None,
-    /// Logits of the last position of each sequence, `[B, V]`.
+    /// Logits of the last position of each sequence, `[B, 1, V]`.
     Last,
     /// Logits at every position, `[B, T, V]`.
     All,
@@ -157,12 +144,13 @@ impl<'a> ForwardOptions<'a> {
         self
     }
 
-    /// Replace the activation at `hook` by `f(activation)`. Several patches on one hook
-    /// apply in the order they were added.
+    /// Edit the activation at `hook` in place with `f` (which sees the value after the
+    /// patches added before it on the same hook; they apply in the order added). The
+    /// forward continues from the edited values.
     pub fn patch(
         mut self,
         hook: impl Into<String>,
-        f: impl Fn(&Tensor) -> Result<Tensor> + 'a,
+        f: impl Fn(&mut ActivationMut<'_>) -> Result<()> + 'a,
     ) -> Self {
         self.patches.push((hook.into(), Box::new(f)));
         self
@@ -190,12 +178,12 @@ impl<'a> ForwardOptions<'a> {
 /// What a forward returns.
 #[derive(Debug, Default)]
 pub struct ForwardOutput {
-    /// Captured activations by canonical hook name, each `[B, T, d_model]` f32.
-    pub captures: BTreeMap<String, Tensor>,
-    /// Logits as asked: `[B, V]` (last position) or `[B, T, V]` (all positions).
-    pub logits: Option<Tensor>,
+    /// Captured activations by canonical hook name, each `[B, T, d_model]`.
+    pub captures: BTreeMap<String, Activation>,
+    /// Logits as asked: `[B, T, V]` (every position) or `[B, 1, V]` (the last).
+    pub logits: Option<Activation>,
     /// Next-token cross-entropy `[B, T−1]` in nats, when asked.
-    pub loss: Option<Tensor>,
+    pub loss: Option<Matrix>,
     /// Number of blocks that ran.
     pub blocks_run: usize,
 }
@@ -203,7 +191,7 @@ pub struct ForwardOutput {
 impl ForwardOutput {
     /// The captured activation at `hook` (`[B, T, d_model]`), or an error naming the
     /// hooks that were captured.
-    pub fn capture(&self, hook: &str) -> Result<&Tensor> {
+    pub fn capture(&self, hook: &str) -> Result<&Activation> {
         self.captures.get(hook).ok_or_else(|| {
             let have: Vec<&str> = self.captures.keys().map(String::as_str).collect();
             Error::config(format!(
@@ -218,8 +206,126 @@ impl ForwardOutput {
     }
 
     /// Remove and return the captured activation at `hook`.
-    pub fn take_capture(&mut self, hook: &str) -> Result<Tensor> {
+    pub fn take_capture(&mut self, hook: &str) -> Result<Activation> {
         self.capture(hook)?;
         Ok(self.captures.remove(hook).expect("checked above"))
+    }
+
+    /// Remove and return the logits, or an error if the forward was not asked for them.
+    pub fn take_logits(&mut self) -> Result<Activation> {
+        self.logits
+            .take()
+            .ok_or_else(|| Error::config("the forward was not asked for logits"))
+    }
+}
+
+/// The hooks of one forward resolved against the model: what to capture, what to
+/// patch (in order), and how many blocks to run.
+pub(crate) struct Plan<'o, 'a> {
+    captures: BTreeSet<HookPoint>,
+    patches: BTreeMap<HookPoint, Vec<&'o PatchFn<'a>>>,
+    /// Blocks to run: up to the deepest hook asked for, or all when the head is needed.
+    pub n_blocks: usize,
+}
+
+impl<'o, 'a> Plan<'o, 'a> {
+    /// Checks every hook name of `opts` against `info`.
+    pub fn new(info: &ModelInfo, opts: &'o ForwardOptions<'a>) -> Result<Self> {
+        let mut plan = Plan {
+            captures: BTreeSet::new(),
+            patches: BTreeMap::new(),
+            n_blocks: 0,
+        };
+        for name in &opts.captures {
+            let hp = info.hook(name)?;
+            plan.n_blocks = plan.n_blocks.max(hp.layer + 1);
+            plan.captures.insert(hp);
+        }
+        for (name, f) in &opts.patches {
+            let hp = info.hook(name)?;
+            plan.n_blocks = plan.n_blocks.max(hp.layer + 1);
+            plan.patches.entry(hp).or_default().push(f);
+        }
+        if opts.needs_head() {
+            plan.n_blocks = info.n_layers;
+        }
+        Ok(plan)
+    }
+}
+
+/// The hook sites of one forward, as a family's blocks see them: at each hook point a
+/// block calls [`Hooks::visit`] with the buffer holding that activation, and computes a
+/// value that exists only for a hook (such as [`HookKind::Ln2Normalized`]) only when
+/// [`Hooks::wants`] says so.
+pub(crate) struct Hooks<'p, 'o, 'a> {
+    plan: &'p Plan<'o, 'a>,
+    batch: usize,
+    seq_len: usize,
+    out: &'p mut ForwardOutput,
+}
+
+impl<'p, 'o, 'a> Hooks<'p, 'o, 'a> {
+    /// The hook sites of a forward over `batch` sequences of `seq_len` tokens, writing
+    /// captures into `out`.
+    pub fn new(
+        plan: &'p Plan<'o, 'a>,
+        batch: usize,
+        seq_len: usize,
+        out: &'p mut ForwardOutput,
+    ) -> Self {
+        Hooks {
+            plan,
+            batch,
+            seq_len,
+            out,
+        }
+    }
+
+    /// Whether the forward captures or patches `blocks.{layer}.{kind}`.
+    pub fn wants(&self, layer: usize, kind: HookKind) -> bool {
+        let hp = HookPoint { layer, kind };
+        self.plan.captures.contains(&hp) || self.plan.patches.contains_key(&hp)
+    }
+
+    /// At `blocks.{layer}.{kind}`, whose activation is `buf` (`[B·T, width]`): applies
+    /// the patches in order, then records a capture. Does nothing for a hook nobody asked
+    /// for.
+    pub fn visit(&mut self, layer: usize, kind: HookKind, buf: &mut [f32]) -> Result<()> {
+        let hp = HookPoint { layer, kind };
+        let width = buf.len() / (self.batch * self.seq_len);
+        if let Some(fs) = self.plan.patches.get(&hp) {
+            let mut view = ActivationMut::from_slice(self.batch, self.seq_len, width, buf)?;
+            for pf in fs {
+                pf(&mut view)?;
+            }
+        }
+        if self.plan.captures.contains(&hp) {
+            let a = Activation::new(self.batch, self.seq_len, width, buf.to_vec())?;
+            self.out.captures.insert(hp.name(), a);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_to_their_kind_and_back() {
+        for kind in HookKind::ALL {
+            let hp = HookPoint { layer: 12, kind };
+            assert_eq!(HookPoint::parse(&hp.name()).unwrap(), hp);
+        }
+        let hp = HookPoint::parse("blocks.007.ln2.hook_normalized").unwrap();
+        assert_eq!(hp.name(), "blocks.7.ln2.hook_normalized");
+        for bad in [
+            "blocks.1.hook_resid_postt",
+            "resid_post",
+            "blocks.x.hook_mlp_out",
+        ] {
+            let e = HookPoint::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("'{bad}'")) || e.contains("'x'"), "{e}");
+        }
     }
 }

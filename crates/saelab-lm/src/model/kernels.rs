@@ -1,6 +1,6 @@
-//! CPU kernels of the LLaMA forward on plain row-major `f32` buffers: linear layers,
-//! RMSNorm, rotary embeddings, causal grouped-query attention, SwiGLU and the
-//! cross-entropy of logits.
+//! CPU kernels of the transformer forwards on plain row-major `f32` buffers: linear
+//! layers, RMSNorm, embedding lookup, rotary embeddings, causal grouped-query
+//! attention, SwiGLU and the cross-entropy of logits.
 //!
 //! Activations are `[N, width]` row-major with `N = B·T` rows, row `b·T + t` holding
 //! position `t` of sequence `b`. Work is split over rows (or over `(sequence, head)`
@@ -44,6 +44,60 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
                     *o = v * scale * w;
                 }
             }
+        });
+}
+
+/// `x[r] = rms_norm(x[r]) · weight` in place for every row of `x [N, d]`: the same
+/// values as [`rms_norm`] into another buffer.
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let d = weight.len();
+    x.par_chunks_mut(ROWS_PER_TASK * d).for_each(|xs| {
+        for xr in xs.chunks_exact_mut(d) {
+            let scale = 1.0 / (mean_square(xr) + eps).sqrt();
+            for (v, &w) in xr.iter_mut().zip(weight) {
+                *v = *v * scale * w;
+            }
+        }
+    });
+}
+
+/// `y[r] = x[r] / sqrt(mean(x[r]²) + eps)` for every row of `x [N, d]`: RMSNorm without
+/// its gain. [`scale_columns`] by the gain afterwards gives [`rms_norm`]'s values
+/// exactly.
+pub fn rms_normalize(x: &[f32], d: usize, eps: f32, y: &mut [f32]) {
+    x.par_chunks(ROWS_PER_TASK * d)
+        .zip(y.par_chunks_mut(ROWS_PER_TASK * d))
+        .for_each(|(xs, ys)| {
+            for (xr, yr) in xs.chunks_exact(d).zip(ys.chunks_exact_mut(d)) {
+                let scale = 1.0 / (mean_square(xr) + eps).sqrt();
+                for (o, &v) in yr.iter_mut().zip(xr) {
+                    *o = v * scale;
+                }
+            }
+        });
+}
+
+/// `y[r][j] *= w[j]` for every row of `y [N, d]`, `d = w.len()`.
+pub fn scale_columns(y: &mut [f32], w: &[f32]) {
+    let d = w.len();
+    y.par_chunks_mut(ROWS_PER_TASK * d).for_each(|ys| {
+        for yr in ys.chunks_exact_mut(d) {
+            for (o, &g) in yr.iter_mut().zip(w) {
+                *o *= g;
+            }
+        }
+    });
+}
+
+/// `x[r] = table[tokens[r]]`: rows of `table [V, d]` gathered into `x [N, d]`,
+/// `d = x.len() / tokens.len()`.
+pub fn gather_rows(table: &[f32], tokens: &[u32], x: &mut [f32]) {
+    let d = x.len() / tokens.len().max(1);
+    x.par_chunks_mut(d)
+        .zip(tokens.par_iter())
+        .for_each(|(row, &t)| {
+            let t = t as usize;
+            row.copy_from_slice(&table[t * d..(t + 1) * d]);
         });
 }
 
@@ -408,6 +462,26 @@ mod tests {
                 assert!((y[r * d + j] as f64 - want).abs() < 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn split_and_in_place_norms_equal_the_fused_one_bit_for_bit() {
+        let d = 19;
+        let x: Vec<f32> = (0..70 * d)
+            .map(|i| ((i * 37) % 101) as f32 / 7.0 - 6.0)
+            .collect();
+        let w: Vec<f32> = (0..d).map(|i| 0.3 + i as f32 * 0.07).collect();
+        let mut fused = vec![0.0; x.len()];
+        rms_norm(&x, &w, 1e-5, &mut fused);
+        let mut split = vec![0.0; x.len()];
+        rms_normalize(&x, d, 1e-5, &mut split);
+        let ms: f64 = x[..d].iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+        assert!((split[3] as f64 - x[3] as f64 / (ms + 1e-5).sqrt()).abs() < 1e-5);
+        scale_columns(&mut split, &w);
+        assert_eq!(split, fused);
+        let mut inplace = x.clone();
+        rms_norm_in_place(&mut inplace, &w, 1e-5);
+        assert_eq!(inplace, fused);
     }
 
     /// Naive attention straight from the definition, one (sequence, head) at a time.

@@ -181,7 +181,10 @@ fn bad_pack_config_errors() {
     let err = ContextStream::new(&tok, corpus.documents(), PackConfig::new(1, 0))
         .err()
         .unwrap();
-    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(
+        matches!(err, Error::Core(saelab_core::Error::Config(_))),
+        "{err}"
+    );
     let cfg = PackConfig {
         prepend_bos: false,
         ..PackConfig::new(1, 0)
@@ -262,7 +265,7 @@ fn source_errors_name_the_path() {
     assert!(err.contains("blank") && err.contains("empty"), "{err}");
 
     let err = Corpus::load(root.join("missing.txt"), &opts).unwrap_err();
-    assert!(matches!(err, Error::Io { .. }));
+    assert!(matches!(err, Error::Core(saelab_core::Error::Io { .. })));
     assert!(err.to_string().contains("missing.txt"), "{err}");
 
     let latin1 = root.join("latin1/old.txt");

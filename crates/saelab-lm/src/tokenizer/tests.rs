@@ -240,13 +240,19 @@ fn bad_files_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.gguf");
     let err = Tokenizer::from_gguf(&missing).unwrap_err();
-    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Core(saelab_core::Error::Io { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("nope.gguf"), "{err}");
 
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"this is not a gguf file at all").unwrap();
     let err = Tokenizer::from_path(&junk).unwrap_err();
-    assert!(matches!(err, Error::BadFile { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Core(saelab_core::Error::BadFile { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("junk.gguf"), "{err}");
 
     let json = dir.path().join("tokenizer.json");
