@@ -7,6 +7,8 @@
 //! - [`metrics`]: reconstruction and sparsity metrics as defined in DESIGN.md;
 //! - [`format`]: SAELens, sparsify and Gemma Scope files;
 //! - [`store`]: activation matrices from `.npy` / `.safetensors`, memory-mapped;
+//! - [`tensorfile`]: the bytes of `.safetensors` and `.npy` (headers, dtypes, f32
+//!   conversion), for every reader and writer;
 //! - [`synth`]: synthetic activations with a known dictionary;
 //! - [`bench`]: the training-step benchmark of BENCH.md (W1–W4).
 
@@ -29,6 +31,7 @@ pub mod schedule;
 pub mod store;
 pub mod synth;
 pub mod tensor;
+pub mod tensorfile;
 pub mod train;
 
 pub use config::{ArchConfig, Dims, SaeConfig};

@@ -9,33 +9,31 @@
 //! - [`Split`] holds out the last rows for validation; [`BatchSampler`] yields
 //!   shuffled, resumable batches of training row indices.
 //! - [`write_npy_f32`], [`write_npy`], [`write_safetensors`] write matrices the store
-//!   reads back (atomically), for `saelab synth`, the activation cache and tests.
+//!   reads back (atomically), for `saelab synth`, examples and tests.
+//!
+//! The bytes of both formats (headers, dtypes, conversion to f32) are
+//! [`crate::tensorfile`]'s; this module chooses the tensor, checks it is an activation
+//! matrix and keeps the file's memory map, reading rows in place.
 //!
 //! Files are mapped read-only and must not be modified while a store holds them.
 
-mod npy;
-mod safetensors;
 mod sampler;
 mod source;
+mod write;
 
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Deserialize;
 
-pub use self::npy::{
-    encode_npy, parse_header as parse_npy_header, write_npy, write_npy_f32, NpyHeader,
-};
-pub use self::safetensors::{
-    encode_safetensors, parse_header as parse_safetensors_header, write_safetensors, TensorEntry,
-    DEFAULT_TENSOR,
-};
+pub use crate::tensorfile::DType;
 pub use sampler::{BatchSampler, SamplerState, Split};
-pub use source::DType;
+pub use source::DEFAULT_TENSOR;
+pub use write::{write_npy, write_npy_f32, write_safetensors};
 
 use crate::error::{Error, Result};
 use crate::tensor::Matrix;
-use source::{Bytes, SourceMatrix};
+use source::{open_npy, open_safetensors, Bytes, SourceMatrix};
 
 /// Name of the manifest that marks a directory as an activation cache.
 pub const MANIFEST: &str = "manifest.json";
@@ -308,8 +306,8 @@ impl ActivationStore {
 /// Opens one file, choosing the reader by extension (or by content for others).
 fn open_file(path: &Path, tensor: Option<&str>) -> Result<SourceMatrix> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => npy::open(path),
-        Some("safetensors") => safetensors::open(path, tensor),
+        Some("npy") => open_npy(path),
+        Some("safetensors") => open_safetensors(path, tensor),
         _ => {
             let mut head = [0u8; 9];
             let n = {
@@ -325,9 +323,9 @@ fn open_file(path: &Path, tensor: Option<&str>) -> Result<SourceMatrix> {
                 n
             };
             if n >= 6 && head.starts_with(b"\x93NUMPY") {
-                npy::open(path)
+                open_npy(path)
             } else if n == 9 && head[8] == b'{' {
-                safetensors::open(path, tensor)
+                open_safetensors(path, tensor)
             } else {
                 Err(Error::bad_file(
                     path,
