@@ -33,7 +33,9 @@
 //! format and version, the model (path, fingerprint, shape), the hook, `d`, dtype,
 //! context length and BOS handling, the corpus part, the shard list with row and
 //! context counts, total rows, the target, and whether the cache is `complete`.
-//! [`saelab_core::store::ActivationStore::open`] reads a cache directory directly.
+//! Its schema is saelab-core's ([`saelab_core::store::manifest`]), so that
+//! [`saelab_core::store::ActivationStore::open`] reads a cache directory directly
+//! through the same types.
 //!
 //! # Consistency and resuming
 //!
@@ -59,208 +61,18 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::{Deserialize, Serialize};
-
 use crate::contexts::{run_contexts, CapturedRows, ContextOrder, ContextPlan, ContextRef};
 use crate::error::{Error, Result};
 use crate::model::HookedModel;
 use crate::text::{HeldOut, Part, NOT_IN_DOCUMENT};
 
-/// `manifest["format"]` of an activation cache.
-pub const FORMAT: &str = "saelab-activation-cache";
-/// Current `manifest["version"]`.
-pub const VERSION: u32 = 1;
-/// Name of the manifest file.
-pub const MANIFEST: &str = saelab_core::store::MANIFEST;
+pub use saelab_core::store::manifest::{
+    read_manifest, CacheDType, CacheManifest, CorpusInfo, ModelInfo, ShardInfo, TokenInfo, FORMAT,
+    MANIFEST, VERSION,
+};
+
 /// Default rows per shard (about 75 MB of f32 at d = 576).
 pub const DEFAULT_SHARD_ROWS: usize = 32_768;
-
-/// Element type of the stored activations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheDType {
-    /// IEEE binary32.
-    F32,
-    /// bfloat16 (rounded to nearest even from the f32 forward).
-    Bf16,
-}
-
-impl CacheDType {
-    /// Parses `f32` or `bf16`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" => Ok(CacheDType::F32),
-            "bf16" => Ok(CacheDType::Bf16),
-            _ => Err(Error::config(format!(
-                "unknown activation dtype '{s}' (use f32 or bf16)"
-            ))),
-        }
-    }
-
-    /// `f32` or `bf16`.
-    pub fn name(self) -> &'static str {
-        match self {
-            CacheDType::F32 => "f32",
-            CacheDType::Bf16 => "bf16",
-        }
-    }
-
-    /// Bytes per value.
-    pub fn size(self) -> usize {
-        match self {
-            CacheDType::F32 => 4,
-            CacheDType::Bf16 => 2,
-        }
-    }
-
-    fn safetensors_name(self) -> &'static str {
-        match self {
-            CacheDType::F32 => "F32",
-            CacheDType::Bf16 => "BF16",
-        }
-    }
-}
-
-/// One shard as listed in the manifest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardInfo {
-    /// File name, relative to the cache directory.
-    pub file: String,
-    /// Activation rows in the shard.
-    pub rows: u64,
-    /// Contexts the shard holds.
-    pub contexts: u64,
-    /// Global index of its first context.
-    pub first_context: u64,
-}
-
-/// The model a cache was extracted from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelInfo {
-    /// Path given at extraction (a GGUF file or a Hugging Face directory).
-    pub path: String,
-    /// [`crate::contexts::model_fingerprint`] of the model files.
-    pub fingerprint: String,
-    /// Architecture family (`llama`).
-    pub architecture: String,
-    /// Number of blocks.
-    pub n_layers: usize,
-    /// Width of the residual stream.
-    pub d_model: usize,
-}
-
-/// How the token sequences fed to the model were built.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenInfo {
-    /// Tokens per context.
-    pub ctx_len: usize,
-    /// The BOS token id (before every document and at every context start).
-    pub bos_id: u32,
-    /// Whether every context starts with BOS (always true for saelab caches).
-    pub prepend_bos: bool,
-    /// Whether BOS positions are stored as rows (default false).
-    pub keep_bos: bool,
-}
-
-/// The corpus part a cache covers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CorpusInfo {
-    /// Path given at extraction.
-    pub path: String,
-    /// `train`, `heldout` or `all`.
-    pub part: String,
-    /// Held-out rule: document `id` is held out when `id % held_out_every == held_out_offset`.
-    pub held_out_every: u32,
-    /// See `held_out_every`.
-    pub held_out_offset: u32,
-    /// Documents in the part.
-    pub documents: usize,
-    /// [`crate::contexts::documents_fingerprint`] of the part's documents.
-    pub fingerprint: String,
-    /// Order of the contexts: `shuffled` or `corpus`.
-    pub order: ContextOrder,
-    /// Contexts the part packs into.
-    pub contexts_available: u64,
-    /// Rows the whole part would give.
-    pub rows_available: u64,
-}
-
-/// `manifest.json` of an activation cache.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CacheManifest {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// [`VERSION`] of the writer.
-    pub version: u32,
-    /// Whether extraction reached its target (or the end of the corpus part).
-    pub complete: bool,
-    /// Whether the corpus part ran out before the target was reached.
-    pub exhausted: bool,
-    /// Hook point (TransformerLens name).
-    pub hook: String,
-    /// Width of every row.
-    pub d: usize,
-    /// Element type of `activations`.
-    pub dtype: CacheDType,
-    /// Rows over all shards.
-    pub rows: u64,
-    /// Contexts over all shards (the shards hold contexts `0..contexts`).
-    pub contexts: u64,
-    /// Rows asked for.
-    pub target_rows: u64,
-    /// The shards, in dataset order.
-    pub shards: Vec<ShardInfo>,
-    /// The model.
-    pub model: ModelInfo,
-    /// Token sequences.
-    pub tokens: TokenInfo,
-    /// Corpus part.
-    pub corpus: CorpusInfo,
-    /// Version of saelab that wrote the cache.
-    pub saelab_version: String,
-}
-
-/// Reads and checks `dir/manifest.json`: JSON of the right format and version, shard
-/// counts adding up. Errors name the file.
-pub fn read_manifest(dir: &Path) -> Result<CacheManifest> {
-    let path = dir.join(MANIFEST);
-    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::bad_file(&path, format!("corrupt manifest: {e}")))?;
-    if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
-        return Err(Error::bad_file(
-            &path,
-            format!("not a saelab activation-cache manifest (format is not \"{FORMAT}\")"),
-        ));
-    }
-    let version = v.get("version").and_then(|f| f.as_u64()).unwrap_or(0);
-    if version != VERSION as u64 {
-        return Err(Error::bad_file(
-            &path,
-            format!("cache format version {version}; this saelab reads version {VERSION}"),
-        ));
-    }
-    let m: CacheManifest = serde_json::from_value(v)
-        .map_err(|e| Error::bad_file(&path, format!("corrupt manifest: {e}")))?;
-    let rows: u64 = m.shards.iter().map(|s| s.rows).sum();
-    let contexts: u64 = m.shards.iter().map(|s| s.contexts).sum();
-    let contiguous = m
-        .shards
-        .iter()
-        .scan(0u64, |next, s| {
-            let ok = s.first_context == *next;
-            *next += s.contexts;
-            Some(ok)
-        })
-        .all(|ok| ok);
-    if rows != m.rows || contexts != m.contexts || !contiguous {
-        return Err(Error::bad_file(
-            &path,
-            "corrupt manifest: the shard list does not add up to `rows` / `contexts`",
-        ));
-    }
-    Ok(m)
-}
 
 fn write_manifest(dir: &Path, m: &CacheManifest, consistent: &str) -> Result<()> {
     let path = dir.join(MANIFEST);
@@ -882,7 +694,7 @@ fn write_shard_bytes(
     let act_bytes = rows * d * dtype.size();
     header.insert(
         "activations".into(),
-        serde_json::json!({"dtype": dtype.safetensors_name(), "shape": [rows, d],
+        serde_json::json!({"dtype": dtype.dtype().name(), "shape": [rows, d],
                            "data_offsets": [0, act_bytes]}),
     );
     let mut off = act_bytes;

@@ -17,6 +17,7 @@
 //!
 //! Files are mapped read-only and must not be modified while a store holds them.
 
+pub mod manifest;
 mod sampler;
 mod source;
 mod write;
@@ -24,9 +25,9 @@ mod write;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use serde::Deserialize;
 
 pub use crate::tensorfile::DType;
+pub use manifest::MANIFEST;
 pub use sampler::{BatchSampler, SamplerState, Split};
 pub use source::DEFAULT_TENSOR;
 pub use write::{write_npy, write_npy_f32, write_safetensors};
@@ -34,9 +35,6 @@ pub use write::{write_npy, write_npy_f32, write_safetensors};
 use crate::error::{Error, Result};
 use crate::tensor::Matrix;
 use source::{open_npy, open_safetensors, Bytes, SourceMatrix};
-
-/// Name of the manifest that marks a directory as an activation cache.
-pub const MANIFEST: &str = "manifest.json";
 
 /// Rows gathered per parallel task. Fixed, so that which task reads which row does
 /// not depend on the thread count.
@@ -59,25 +57,6 @@ pub struct FileInfo {
     pub rows: usize,
     /// Its element type.
     pub dtype: DType,
-}
-
-/// The part of an activation-cache manifest the store reads. The cache writer
-/// (`saelab extract`) owns the format and may add fields; unknown fields are ignored.
-#[derive(Deserialize)]
-struct Manifest {
-    /// Shards, relative to the directory, in dataset order.
-    shards: Vec<ShardEntry>,
-    /// Width of every shard.
-    d: usize,
-}
-
-/// A manifest's shard: a file name, or an object with the file name and (optionally)
-/// its row count, which is then checked against the file.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ShardEntry {
-    Name(String),
-    Info { file: String, rows: Option<u64> },
 }
 
 /// A dataset of activation vectors `[rows, d]` over one or more files, concatenated
@@ -104,11 +83,13 @@ impl ActivationStore {
     /// `.safetensors`; other extensions are recognised by content) or a directory.
     ///
     /// A directory expands to its `*.npy` and `*.safetensors` files in sorted name
-    /// order (hidden files skipped) — unless it holds `manifest.json`, the activation
-    /// cache written by `saelab extract`: then `manifest["shards"]` lists the files in
-    /// dataset order (each a file name, or `{"file": ..., "rows": ...}` whose row count
-    /// is checked), every shard must have width `manifest["d"]`, and the tensor read
-    /// from `.safetensors` shards is `activations` (or `tensor` if given).
+    /// order (hidden files skipped) — unless it holds `manifest.json`: the activation
+    /// cache written by `saelab extract` ([`manifest::CacheManifest`], checked as the
+    /// cache reads it), or a hand-written listing. Then `manifest["shards"]` lists the
+    /// files in dataset order (in a listing, each a file name or `{"file": ...,
+    /// "rows": ...}`; row counts given are checked), every shard must have width
+    /// `manifest["d"]`, and the tensor read from `.safetensors` shards is
+    /// `activations` (or `tensor` if given).
     ///
     /// `tensor` names the tensor to read from `.safetensors` files; with `None` a file's
     /// `activations` tensor is used if present, else its only 2-D float tensor.
@@ -340,17 +321,8 @@ fn open_file(path: &Path, tensor: Option<&str>) -> Result<SourceMatrix> {
 fn open_dir(dir: &Path, tensor: Option<&str>, files: &mut Vec<SourceMatrix>) -> Result<()> {
     let manifest = dir.join(MANIFEST);
     if manifest.is_file() {
-        let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_file(&manifest, format!("corrupt manifest: {e}")))?;
-        if m.shards.is_empty() {
-            return Err(Error::bad_file(&manifest, "manifest lists no shards"));
-        }
-        for s in &m.shards {
-            let (name, rows) = match s {
-                ShardEntry::Name(n) => (n, None),
-                ShardEntry::Info { file, rows } => (file, *rows),
-            };
+        let m = manifest::read_listing(&manifest)?;
+        for (name, rows) in &m.shards {
             let f = open_file(&dir.join(name), Some(tensor.unwrap_or(DEFAULT_TENSOR)))?;
             if rows.is_some_and(|r| r != f.rows as u64) {
                 return Err(Error::bad_file(
