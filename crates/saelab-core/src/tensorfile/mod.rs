@@ -209,48 +209,30 @@ impl<'a> Values<'a> {
     /// Writes the stored little-endian bytes to `w`, converting block by block (so a
     /// large tensor streams through a small buffer).
     pub fn write_le(&self, w: &mut impl Write) -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(WRITE_BLOCK * 8);
-        let mut flush = |buf: &mut Vec<u8>| -> std::io::Result<()> {
-            w.write_all(buf)?;
-            buf.clear();
-            Ok(())
-        };
         match *self {
-            Values::F32(v) => {
-                for block in v.chunks(WRITE_BLOCK) {
-                    block
-                        .iter()
-                        .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
-                    flush(&mut buf)?;
-                }
-            }
-            Values::F16(v) => {
-                for block in v.chunks(WRITE_BLOCK) {
-                    block.iter().for_each(|x| {
-                        buf.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes())
-                    });
-                    flush(&mut buf)?;
-                }
-            }
-            Values::BF16(v) => {
-                for block in v.chunks(WRITE_BLOCK) {
-                    block.iter().for_each(|x| {
-                        buf.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes())
-                    });
-                    flush(&mut buf)?;
-                }
-            }
-            Values::I64(v) => {
-                for block in v.chunks(WRITE_BLOCK) {
-                    block
-                        .iter()
-                        .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
-                    flush(&mut buf)?;
-                }
-            }
+            Values::F32(v) => write_blocks(w, v, |x| x.to_le_bytes()),
+            Values::F16(v) => write_blocks(w, v, |x| half::f16::from_f32(x).to_le_bytes()),
+            Values::BF16(v) => write_blocks(w, v, |x| half::bf16::from_f32(x).to_le_bytes()),
+            Values::I64(v) => write_blocks(w, v, |x| x.to_le_bytes()),
         }
-        Ok(())
     }
+}
+
+/// Writes `encode(x)` for every `x` of `values` to `w`, [`WRITE_BLOCK`] values at a time.
+fn write_blocks<T: Copy, const N: usize>(
+    w: &mut impl Write,
+    values: &[T],
+    encode: impl Fn(T) -> [u8; N],
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(values.len().min(WRITE_BLOCK) * N);
+    for block in values.chunks(WRITE_BLOCK) {
+        buf.clear();
+        block
+            .iter()
+            .for_each(|&x| buf.extend_from_slice(&encode(x)));
+        w.write_all(&buf)?;
+    }
+    Ok(())
 }
 
 /// A tensor read from a file and converted to f32.

@@ -130,20 +130,12 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Vec<TensorEntry>, usiz
 /// A `.safetensors` file mapped read-only, with its parsed header. Tensors are read in
 /// place: [`SafetensorsFile::locate`] gives the checked byte range of one, and
 /// [`SafetensorsFile::read_f32`] / [`SafetensorsFile::read_i64`] convert one.
+#[derive(Debug)]
 pub struct SafetensorsFile {
     path: PathBuf,
     map: Mmap,
     entries: Vec<TensorEntry>,
     data_start: usize,
-}
-
-impl std::fmt::Debug for SafetensorsFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SafetensorsFile")
-            .field("path", &self.path)
-            .field("entries", &self.entries)
-            .finish()
-    }
 }
 
 impl SafetensorsFile {
@@ -453,48 +445,41 @@ mod tests {
     #[test]
     fn whole_file_reads_check_the_layout() {
         let dir = tempfile::tempdir().unwrap();
-        let file = |name: &str, header: &str, data: usize| {
-            let mut b = (header.len() as u64).to_le_bytes().to_vec();
-            b.extend_from_slice(header.as_bytes());
-            b.resize(b.len() + data, 0);
-            let p = dir.path().join(name);
-            std::fs::write(&p, b).unwrap();
-            p
+        let entry = |name: &str, dtype: &str, n: usize, (b, e): (usize, usize)| {
+            format!(r#""{name}":{{"dtype":"{dtype}","shape":[{n}],"data_offsets":[{b},{e}]}}"#)
         };
-        let gap = file(
-            "gap.safetensors",
-            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},
-                "b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
-            12,
-        );
-        let e = read_f32_file(&gap).unwrap_err().to_string();
-        assert!(
-            e.contains("gap.safetensors") && e.contains("'b' starts at data byte 8"),
-            "{e}"
-        );
-        let extra = file(
-            "extra.safetensors",
-            r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#,
-            10,
-        );
-        let e = read_f32_file(&extra).unwrap_err().to_string();
-        assert!(e.contains("6 bytes after the 4 bytes"), "{e}");
-        let short = file(
-            "short.safetensors",
-            r#"{"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}}"#,
-            9,
-        );
-        let e = read_f32_file(&short).unwrap_err().to_string();
-        assert!(
-            e.contains("truncated") && e.contains("'a' [2] F64 needs 16 bytes"),
-            "{e}"
-        );
-        let ints = file(
-            "i32.safetensors",
-            r#"{"a":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}"#,
-            8,
-        );
-        let e = read_f32_file(&ints).unwrap_err().to_string();
-        assert!(e.contains("dtype I32"), "{e}");
+        for (name, entries, data, want) in [
+            (
+                "gap",
+                vec![entry("a", "F32", 1, (0, 4)), entry("b", "F32", 1, (8, 12))],
+                12,
+                "'b' starts at data byte 8",
+            ),
+            (
+                "extra",
+                vec![entry("a", "F16", 2, (0, 4))],
+                10,
+                "6 bytes after the 4 bytes",
+            ),
+            (
+                "short",
+                vec![entry("a", "F64", 2, (0, 16))],
+                9,
+                "truncated: tensor 'a' [2] F64 needs 16 bytes",
+            ),
+            ("i32", vec![entry("a", "I32", 2, (0, 8))], 8, "dtype I32"),
+        ] {
+            let header = format!("{{{}}}", entries.join(","));
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.resize(bytes.len() + data, 0);
+            let path = dir.path().join(format!("{name}.safetensors"));
+            std::fs::write(&path, bytes).unwrap();
+            let e = read_f32_file(&path).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{name}.safetensors")) && e.contains(want),
+                "{e}"
+            );
+        }
     }
 }
