@@ -124,68 +124,6 @@ pub fn check_writable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes named f32 tensors `(name, shape, values)` to a `.safetensors` file atomically.
-pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::bad_file(path, format!("tensor {name}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let out = safetensors::serialize(views, None)
-        .map_err(|e| Error::bad_file(path, format!("cannot serialise: {e}")))?;
-    write_file_atomic(path, &out)
-}
-
-/// Reads every floating-point tensor of a `.safetensors` file as f32 (F32, F16 and BF16
-/// are converted), in file order. Errors name the file.
-pub fn read_safetensors(path: &Path) -> Result<Vec<(String, crate::tensor::Tensor)>> {
-    use safetensors::Dtype;
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file: {e}")))?;
-    let mut out = Vec::new();
-    let mut names: Vec<(usize, String)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (v.data().as_ptr() as usize, n))
-        .collect();
-    names.sort();
-    for (_, name) in names {
-        let v = st.tensor(&name).expect("listed tensor exists");
-        let data = v.data();
-        let values: Vec<f32> = match v.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::bad_file(
-                    path,
-                    format!("tensor {name} has dtype {other:?}; expected F32, F16 or BF16"),
-                ))
-            }
-        };
-        out.push((name, crate::tensor::Tensor::new(v.shape(), values)?));
-    }
-    Ok(out)
-}
-
 fn temp_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))

@@ -20,7 +20,9 @@
 //! - [`synth`]: synthetic activations with a known dictionary; [`bench`]: the
 //!   training-step benchmark of `docs/bench.md` (W1–W4);
 //! - [`tensor`], [`latents`]: dense matrices, named parameter sets, sparse latents;
-//!   [`io`]: atomic files and directories, tensor files; [`rng`]: the seeded generator;
+//!   [`tensorfile`]: the bytes of `.safetensors` and `.npy` (headers, dtypes, the one
+//!   conversion to f32) for every reader and writer; [`io`]: atomic files and
+//!   directories; [`rng`]: the seeded generator;
 //!   [`error`]: the error type (every message names the file and the problem).
 
 #![warn(missing_docs)]
@@ -44,6 +46,7 @@ pub mod schedule;
 pub mod store;
 pub mod synth;
 pub mod tensor;
+pub mod tensorfile;
 pub mod train;
 
 pub use config::{ArchConfig, Dims, SaeConfig};

@@ -24,6 +24,7 @@ use crate::optim::{clip_grad_norm, Adam, AdamConfig};
 use crate::rng::Rng;
 use crate::schedule::Schedule;
 use crate::tensor::{Matrix, ParamSet, Tensor};
+use crate::tensorfile::safetensors::{self, TensorOut};
 
 /// How `b_dec` is initialised from a data sample.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -508,7 +509,11 @@ impl Trainer {
         let n = hi.len();
         tensors.push(("tokens_since_fired.hi".into(), vec![n], hi));
         tensors.push(("tokens_since_fired.lo".into(), vec![n], lo));
-        io::write_safetensors(&dir.join("trainer_state.safetensors"), &tensors)?;
+        let out: Vec<TensorOut<'_>> = tensors
+            .iter()
+            .map(|(name, shape, data)| TensorOut::f32(name, shape, data))
+            .collect();
+        safetensors::write_file(&dir.join("trainer_state.safetensors"), &out, &[])?;
         let state = TrainerState {
             saelab_version: env!("CARGO_PKG_VERSION").to_string(),
             step: self.step,
@@ -531,7 +536,10 @@ impl Trainer {
         let state: TrainerState = serde_json::from_slice(&bytes)
             .map_err(|e| Error::bad_file(&json_path, format!("not a saelab trainer state: {e}")))?;
         let st_path = dir.join("trainer_state.safetensors");
-        let tensors = io::read_safetensors(&st_path)?;
+        let tensors: Vec<(String, Tensor)> = safetensors::read_f32_file(&st_path)?
+            .into_iter()
+            .map(|t| (t.name, t.tensor))
+            .collect();
         let mut arch = validate_trainable(&state.sae).map_err(|e| in_file(&json_path, e))?;
         arch.load_state(&state.arch_state)?;
         let template = arch.init(state.sae.dims(), &mut Rng::new(0));

@@ -26,36 +26,13 @@ use std::io::Read;
 use std::path::Path;
 
 use saelab_core::rng::Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::{ForwardOptions, HookedModel};
 use crate::text::{ContextStream, Document, PackConfig, NOT_IN_DOCUMENT};
 use crate::tokenizer::Tokenizer;
 
-/// The order in which the contexts of a part are visited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ContextOrder {
-    /// The packing order: documents in corpus order, contexts in stream order.
-    Corpus,
-    /// A uniformly random permutation of all contexts, drawn from the seed (a new one
-    /// per epoch).
-    Shuffled {
-        /// Seed of the permutation.
-        seed: u64,
-    },
-}
-
-impl ContextOrder {
-    /// `corpus` or `shuffled`, as written in manifests and messages.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ContextOrder::Corpus => "corpus",
-            ContextOrder::Shuffled { .. } => "shuffled",
-        }
-    }
-}
+pub use saelab_core::store::manifest::ContextOrder;
 
 /// One context of a [`ContextPlan`]: three parallel slices of length `ctx_len`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

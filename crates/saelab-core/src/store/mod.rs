@@ -9,36 +9,32 @@
 //! - [`Split`] holds out the last rows for validation; [`BatchSampler`] yields
 //!   shuffled, resumable batches of training row indices.
 //! - [`write_npy_f32`], [`write_npy`], [`write_safetensors`] write matrices the store
-//!   reads back (atomically), for `saelab synth`, the activation cache and tests.
+//!   reads back (atomically), for `saelab synth`, examples and tests.
+//!
+//! The bytes of both formats (headers, dtypes, conversion to f32) are
+//! [`crate::tensorfile`]'s; this module chooses the tensor, checks it is an activation
+//! matrix and keeps the file's memory map, reading rows in place.
 //!
 //! Files are mapped read-only and must not be modified while a store holds them.
 
-mod npy;
-mod safetensors;
+pub mod manifest;
 mod sampler;
 mod source;
+mod write;
 
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use serde::Deserialize;
 
-pub use self::npy::{
-    encode_npy, parse_header as parse_npy_header, write_npy, write_npy_f32, NpyHeader,
-};
-pub use self::safetensors::{
-    encode_safetensors, parse_header as parse_safetensors_header, write_safetensors, TensorEntry,
-    DEFAULT_TENSOR,
-};
+pub use crate::tensorfile::DType;
+pub use manifest::MANIFEST;
 pub use sampler::{BatchSampler, SamplerState, Split};
-pub use source::DType;
+pub use source::DEFAULT_TENSOR;
+pub use write::{write_npy, write_npy_f32, write_safetensors};
 
 use crate::error::{Error, Result};
 use crate::tensor::Matrix;
-use source::{Bytes, SourceMatrix};
-
-/// Name of the manifest that marks a directory as an activation cache.
-pub const MANIFEST: &str = "manifest.json";
+use source::{open_npy, open_safetensors, Bytes, SourceMatrix};
 
 /// Rows gathered per parallel task. Fixed, so that which task reads which row does
 /// not depend on the thread count.
@@ -61,25 +57,6 @@ pub struct FileInfo {
     pub rows: usize,
     /// Its element type.
     pub dtype: DType,
-}
-
-/// The part of an activation-cache manifest the store reads. The cache writer
-/// (`saelab extract`) owns the format and may add fields; unknown fields are ignored.
-#[derive(Deserialize)]
-struct Manifest {
-    /// Shards, relative to the directory, in dataset order.
-    shards: Vec<ShardEntry>,
-    /// Width of every shard.
-    d: usize,
-}
-
-/// A manifest's shard: a file name, or an object with the file name and (optionally)
-/// its row count, which is then checked against the file.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ShardEntry {
-    Name(String),
-    Info { file: String, rows: Option<u64> },
 }
 
 /// A dataset of activation vectors `[rows, d]` over one or more files, concatenated
@@ -106,11 +83,13 @@ impl ActivationStore {
     /// `.safetensors`; other extensions are recognised by content) or a directory.
     ///
     /// A directory expands to its `*.npy` and `*.safetensors` files in sorted name
-    /// order (hidden files skipped) — unless it holds `manifest.json`, the activation
-    /// cache written by `saelab extract`: then `manifest["shards"]` lists the files in
-    /// dataset order (each a file name, or `{"file": ..., "rows": ...}` whose row count
-    /// is checked), every shard must have width `manifest["d"]`, and the tensor read
-    /// from `.safetensors` shards is `activations` (or `tensor` if given).
+    /// order (hidden files skipped) — unless it holds `manifest.json`: the activation
+    /// cache written by `saelab extract` ([`manifest::CacheManifest`], checked as the
+    /// cache reads it), or a hand-written listing. Then `manifest["shards"]` lists the
+    /// files in dataset order (in a listing, each a file name or `{"file": ...,
+    /// "rows": ...}`; row counts given are checked), every shard must have width
+    /// `manifest["d"]`, and the tensor read from `.safetensors` shards is
+    /// `activations` (or `tensor` if given).
     ///
     /// `tensor` names the tensor to read from `.safetensors` files; with `None` a file's
     /// `activations` tensor is used if present, else its only 2-D float tensor.
@@ -308,8 +287,8 @@ impl ActivationStore {
 /// Opens one file, choosing the reader by extension (or by content for others).
 fn open_file(path: &Path, tensor: Option<&str>) -> Result<SourceMatrix> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => npy::open(path),
-        Some("safetensors") => safetensors::open(path, tensor),
+        Some("npy") => open_npy(path),
+        Some("safetensors") => open_safetensors(path, tensor),
         _ => {
             let mut head = [0u8; 9];
             let n = {
@@ -325,9 +304,9 @@ fn open_file(path: &Path, tensor: Option<&str>) -> Result<SourceMatrix> {
                 n
             };
             if n >= 6 && head.starts_with(b"\x93NUMPY") {
-                npy::open(path)
+                open_npy(path)
             } else if n == 9 && head[8] == b'{' {
-                safetensors::open(path, tensor)
+                open_safetensors(path, tensor)
             } else {
                 Err(Error::bad_file(
                     path,
@@ -342,17 +321,8 @@ fn open_file(path: &Path, tensor: Option<&str>) -> Result<SourceMatrix> {
 fn open_dir(dir: &Path, tensor: Option<&str>, files: &mut Vec<SourceMatrix>) -> Result<()> {
     let manifest = dir.join(MANIFEST);
     if manifest.is_file() {
-        let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_file(&manifest, format!("corrupt manifest: {e}")))?;
-        if m.shards.is_empty() {
-            return Err(Error::bad_file(&manifest, "manifest lists no shards"));
-        }
-        for s in &m.shards {
-            let (name, rows) = match s {
-                ShardEntry::Name(n) => (n, None),
-                ShardEntry::Info { file, rows } => (file, *rows),
-            };
+        let m = manifest::read_listing(&manifest)?;
+        for (name, rows) in &m.shards {
             let f = open_file(&dir.join(name), Some(tensor.unwrap_or(DEFAULT_TENSOR)))?;
             if rows.is_some_and(|r| r != f.rows as u64) {
                 return Err(Error::bad_file(

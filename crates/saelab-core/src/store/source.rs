@@ -1,46 +1,27 @@
 //! One activation matrix inside one file: its bytes (memory-mapped, or owned for an
 //! in-memory store), where the values start, its shape and its element type.
 //!
-//! The `.npy` and `.safetensors` readers both produce a [`SourceMatrix`]; the store
-//! only ever reads rows through it, converting to f32 on the way.
+//! [`open_npy`] and [`open_safetensors`] check a file with the header parsers of
+//! [`crate::tensorfile`] and keep its map; the store then only ever reads rows through
+//! [`SourceMatrix::read_row`], converting in place with [`decode_f32`].
+//!
+//! Accepted: 2-D `[rows, d]` matrices, non-empty, of F32, F16 or BF16 (`.npy`: C
+//! order, little-endian `<f4` or `<f2`). A `.safetensors` file may hold other tensors
+//! of any dtype beside the one read: only that one is checked.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::tensorfile::safetensors::{SafetensorsFile, TensorEntry};
+use crate::tensorfile::{decode_f32, map_file, npy, DType};
 
-/// Element types an activation file may hold. All are read little-endian and
-/// converted exactly to f32 (every f16 and bf16 value is representable in f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum DType {
-    /// IEEE 754 binary32 (`<f4` in `.npy`, `F32` in `.safetensors`).
-    F32,
-    /// IEEE 754 binary16 (`<f2` in `.npy`, `F16` in `.safetensors`).
-    F16,
-    /// bfloat16, the upper half of an f32 (`BF16` in `.safetensors`; `.npy` has none).
-    BF16,
-}
+/// The tensor name used when the caller names none and the file has one of this name.
+pub const DEFAULT_TENSOR: &str = "activations";
 
-impl DType {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-        }
-    }
-
-    /// The name used in messages and in `.safetensors` headers (`F32`, `F16`, `BF16`).
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "F32",
-            DType::F16 => "F16",
-            DType::BF16 => "BF16",
-        }
-    }
-}
+/// The dtypes an activation file may hold.
+const ACCEPTED: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// The bytes behind a [`SourceMatrix`].
 pub(crate) enum Bytes {
@@ -80,68 +61,135 @@ impl SourceMatrix {
         debug_assert!(r < self.rows && out.len() == self.cols);
         let width = self.cols * self.dtype.size();
         let start = self.offset + r * width;
-        let src = &self.bytes[start..start + width];
-        match self.dtype {
-            DType::F32 => {
-                for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
-            }
-            DType::F16 => {
-                for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
-                    *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-                }
-            }
-            DType::BF16 => {
-                for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
-                    // bf16 is the top 16 bits of an f32: widening is exact.
-                    *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
-                }
-            }
-        }
+        decode_f32(self.dtype, &self.bytes[start..start + width], out);
         if out.iter().all(|x| x.is_finite()) {
             None
         } else {
             out.iter().position(|x| !x.is_finite())
         }
     }
+}
 
-    /// Checks that the file holds the `rows * cols` values its header promises.
-    pub fn check_size(&self, what: &str) -> Result<()> {
-        let need = self
-            .rows
-            .checked_mul(self.cols)
-            .and_then(|n| n.checked_mul(self.dtype.size()))
-            .ok_or_else(|| Error::bad_file(&self.path, "corrupt header: shape overflows"))?;
-        let have = self.bytes.len().saturating_sub(self.offset);
-        if need > have {
-            return Err(Error::bad_file(
-                &self.path,
-                format!(
-                    "truncated: {what} [{}, {}] {} needs {need} bytes of data, the file holds {have}",
-                    self.rows,
-                    self.cols,
-                    self.dtype.name()
-                ),
-            ));
-        }
-        Ok(())
+/// `(rows, cols)` of a 2-D, non-empty `shape`; `what` names the tensor in errors.
+fn matrix_shape(path: &Path, what: &str, shape: &[usize]) -> Result<(usize, usize)> {
+    match shape[..] {
+        [r, c] if r == 0 || c == 0 => Err(Error::bad_file(
+            path,
+            format!("{what} is an empty matrix [{r}, {c}]: no activations"),
+        )),
+        [r, c] => Ok((r, c)),
+        _ => Err(Error::bad_file(
+            path,
+            format!(
+                "{what} is {}-D {shape:?}; expected a 2-D [rows, d] matrix (reshape to [tokens, d])",
+                shape.len()
+            ),
+        )),
     }
 }
 
-/// Memory-maps `path` read-only, after checking it is a non-empty regular file.
-pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if meta.is_dir() {
-        return Err(Error::bad_file(path, "is a directory, expected a file"));
+/// Opens the `.npy` file `path` as a memory-mapped 2-D activation matrix.
+pub(crate) fn open_npy(path: &Path) -> Result<SourceMatrix> {
+    let map = map_file(path)?;
+    let h = npy::parse_header(path, &map)?;
+    let dtype = h.dtype(&ACCEPTED).map_err(|m| Error::bad_file(path, m))?;
+    if h.fortran_order {
+        return Err(Error::bad_file(
+            path,
+            "Fortran-order (column-major) array is not supported; save it in C order (np.ascontiguousarray)",
+        ));
     }
-    if meta.len() == 0 {
-        return Err(Error::bad_file(path, "empty file (0 bytes)"));
+    let (rows, cols) = matrix_shape(path, "the array", &h.shape)?;
+    h.check_data(dtype, map.len() - h.data_offset, false)
+        .map_err(|m| Error::bad_file(path, m))?;
+    Ok(SourceMatrix {
+        path: path.to_path_buf(),
+        tensor: None,
+        bytes: Bytes::Map(map),
+        offset: h.data_offset,
+        rows,
+        cols,
+        dtype,
+    })
+}
+
+/// A header's entries as `name [shape] dtype, ...`, for messages.
+fn describe(entries: &[TensorEntry]) -> String {
+    if entries.is_empty() {
+        return "none".into();
     }
-    // SAFETY: the map is read-only. If another process truncates or rewrites the file
-    // while it is mapped the contents we read may change (or the process may fault);
-    // activation files are written once (atomically, by rename) and then only read,
-    // which is the contract documented on `ActivationStore`.
-    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+    entries
+        .iter()
+        .map(|e| format!("{} {:?} {}", e.name, e.shape, e.dtype))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The tensor to read from a `.safetensors` file: the one called `tensor`, or (when
+/// `None`) `activations` if present, else the only 2-D floating-point tensor (or the
+/// only tensor).
+fn choose<'a>(file: &'a SafetensorsFile, tensor: Option<&str>) -> Result<&'a TensorEntry> {
+    let entries = file.entries();
+    let refuse = |msg: String| Err(Error::bad_file(file.path(), msg));
+    if let Some(name) = tensor {
+        return match file.entry(name) {
+            Some(e) => Ok(e),
+            None => refuse(format!(
+                "no tensor named '{name}'; available: {}",
+                describe(entries)
+            )),
+        };
+    }
+    if let Some(e) = file.entry(DEFAULT_TENSOR) {
+        return Ok(e);
+    }
+    let cands: Vec<&TensorEntry> = entries
+        .iter()
+        .filter(|e| e.shape.len() == 2 && e.is_float())
+        .collect();
+    match cands[..] {
+        [one] => Ok(one),
+        [] if entries.len() == 1 => Ok(&entries[0]),
+        [] => refuse(format!(
+            "no 2-D floating-point tensor to use; available: {}",
+            describe(entries)
+        )),
+        _ => refuse(format!(
+            "several 2-D tensors, name one (--tensor); available: {}",
+            describe(entries)
+        )),
+    }
+}
+
+/// Opens the activation matrix in the `.safetensors` file `path`: the tensor called
+/// `tensor`, or (when `None`) `activations` if present, else the only 2-D
+/// floating-point tensor.
+pub(crate) fn open_safetensors(path: &Path, tensor: Option<&str>) -> Result<SourceMatrix> {
+    let file = SafetensorsFile::open(path)?;
+    let entry = choose(&file, tensor)?;
+    let name = &entry.name;
+    let dtype = entry
+        .known_dtype()
+        .filter(|d| ACCEPTED.contains(d))
+        .ok_or_else(|| {
+            Error::bad_file(
+                path,
+                format!(
+                    "tensor '{name}' has dtype {}; accepted dtypes: F32, F16, BF16",
+                    entry.dtype
+                ),
+            )
+        })?;
+    let (rows, cols) = matrix_shape(path, &format!("tensor '{name}'"), &entry.shape)?;
+    let range = file.locate(entry, dtype)?;
+    let name = name.clone();
+    Ok(SourceMatrix {
+        path: path.to_path_buf(),
+        tensor: Some(name),
+        bytes: Bytes::Map(file.into_map()),
+        offset: range.start,
+        rows,
+        cols,
+        dtype,
+    })
 }
