@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::Device;
 use saelab_core::{Error, Result};
-use safetensors::{Dtype, SafeTensors};
+use saelab_core::tensorfile::safetensors::{self, SafetensorsFile, TensorOut};
 
 /// First line of a candle error message (candle appends a backtrace when
 /// `RUST_BACKTRACE` is set).
@@ -297,72 +297,41 @@ fn hf_shards(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The tensors of a Hugging Face checkpoint directory, memory-mapped.
 pub(crate) struct HfTensors {
-    maps: Vec<(PathBuf, memmap2::Mmap)>,
-    /// tensor name → index into `maps`
+    files: Vec<SafetensorsFile>,
+    /// tensor name → index into `files`
     index: HashMap<String, usize>,
 }
 
 impl HfTensors {
     /// Maps every safetensors shard of `dir` and indexes its tensor names.
     pub fn open(dir: &Path) -> Result<Self> {
-        let mut maps = Vec::new();
+        let mut files = Vec::new();
         let mut index = HashMap::new();
         for (i, p) in hf_shards(dir)?.into_iter().enumerate() {
-            let f = File::open(&p).map_err(|e| Error::io(&p, e))?;
-            // SAFETY: the file is only read; concurrent modification by another process
-            // is the user's responsibility, as with any memory-mapped checkpoint.
-            let m = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(&p, e))?;
-            let st = SafeTensors::deserialize(&m)
-                .map_err(|e| Error::bad_file(&p, format!("not a safetensors file: {e}")))?;
-            for name in st.names() {
-                index.insert(name.to_string(), i);
+            let f = SafetensorsFile::open(&p)?;
+            for e in f.entries() {
+                index.insert(e.name.clone(), i);
             }
-            drop(st);
-            maps.push((p, m));
+            files.push(f);
         }
-        Ok(HfTensors { maps, index })
+        Ok(HfTensors { files, index })
     }
 }
 
 impl TensorSource for HfTensors {
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let Some(&i) = self.index.get(name) else {
-            let path = &self.maps[0].0;
+            let path = self.files[0].path();
             let dir = path.parent().unwrap_or(path);
             return Err(Error::bad_file(dir, format!("tensor {name} is missing")));
         };
-        let (path, map) = &self.maps[i];
-        let st = SafeTensors::deserialize(map)
-            .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| Error::bad_file(path, format!("tensor {name}: {e}")))?;
-        if view.shape() != shape {
-            return Err(shape_error(path, name, view.shape(), shape));
+        let file = &self.files[i];
+        let t = file.read_f32(name)?.tensor;
+        if t.shape != shape {
+            return Err(shape_error(file.path(), name, &t.shape, shape));
         }
-        let bytes = view.data();
-        let out: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::bad_file(
-                    path,
-                    format!("tensor {name} has dtype {other:?}; expected F32, F16 or BF16"),
-                ))
-            }
-        };
-        check_finite(path, name, &out)?;
-        Ok(out)
+        check_finite(file.path(), name, &t.data)?;
+        Ok(t.data)
     }
 
     fn has(&self, name: &str) -> bool {
@@ -381,24 +350,11 @@ pub(crate) fn write_hf_dir(
     tensors: Vec<NamedTensor>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(name, shape, data)| {
-            let b = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name, shape, b)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+    let out: Vec<TensorOut<'_>> = tensors
         .iter()
-        .map(|(name, shape, b)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)
-                .expect("sizes match by construction");
-            (name.clone(), view)
-        })
+        .map(|(name, shape, data)| TensorOut::f32(name, shape, data))
         .collect();
-    let st_path = dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, None, &st_path)
-        .map_err(|e| Error::bad_file(&st_path, format!("writing safetensors: {e}")))?;
+    safetensors::write_file(&dir.join("model.safetensors"), &out, &[])?;
     let cfg_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(config).expect("JSON of plain values");
     std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;

@@ -295,6 +295,7 @@ impl HookedModel {
     ) -> Result<ForwardOutput> {
         let batch = tokens.len();
         let seq_len = tokens.first().map_or(0, |s| s.as_ref().len());
+        let _span = tracing::debug_span!("forward", batch, seq_len).entered();
         let mut flat = Vec::with_capacity(batch * seq_len);
         for (b, s) in tokens.iter().enumerate() {
             let s = s.as_ref();
