@@ -4,6 +4,8 @@
 //! - [`kernels`]: the dense and sparse CPU products those architectures call;
 //! - [`sae`]: a loaded SAE for inference (`encode`, `decode`, `forward`);
 //! - [`train`], [`optim`], [`schedule`]: the training loop, Adam, warm-ups and decays;
+//! - [`fit`], [`rundir`]: the driver feeding trainers, and the run directories it writes
+//!   (typed records the report and resume read back);
 //! - [`metrics`]: reconstruction and sparsity metrics as defined in DESIGN.md;
 //! - [`format`]: SAELens, sparsify and Gemma Scope files;
 //! - [`store`]: activation matrices from `.npy` / `.safetensors`, memory-mapped;
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod optim;
 pub mod refit;
 pub mod rng;
+pub mod rundir;
 pub mod sae;
 pub mod schedule;
 pub mod store;
