@@ -578,6 +578,60 @@ mod tests {
     }
 
     #[test]
+    fn val_and_run_records_are_the_old_bytes() {
+        let m = ReconMetrics {
+            tokens: 300,
+            fvu: 0.41,
+            explained_variance: 0.59,
+            nmse: 0.39,
+            mse: 0.0988,
+            cos_sim: 0.7,
+            l2_ratio: 1.7,
+            rel_recon_bias: 1.33,
+            l0: 2.0,
+            dead_frac: 0.0,
+            dense_frac: 0.625,
+            fvu_refit: None,
+        };
+        let mut old = serde_json::to_value(&m).unwrap();
+        old["kind"] = serde_json::json!("val");
+        old["step"] = serde_json::json!(10);
+        let rec = MetricsRecord::Val(ValRecord {
+            step: 10,
+            metrics: m,
+        });
+        assert_eq!(record_json(&rec, false), serde_json::to_vec(&old).unwrap());
+
+        let data = crate::fit::DataSpec {
+            paths: vec!["acts.npy".into()],
+            tensor: None,
+        };
+        let train = TrainConfig {
+            lr: 3e-3,
+            grad_clip: Some(1.0),
+            ..TrainConfig::default()
+        };
+        let sae = SaeConfig::new(crate::ArchConfig::default_for("topk", 8).unwrap(), 16, 64);
+        let old = serde_json::json!({ "data": data, "train": train, "sae": sae });
+        let rec = RunRecord {
+            data: &data,
+            sae,
+            train,
+        };
+        assert_eq!(
+            record_json(&rec, true),
+            serde_json::to_vec_pretty(&old).unwrap()
+        );
+        let sweep = SweepRecord {
+            runs: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(
+            record_json(&sweep, true),
+            serde_json::to_vec_pretty(&serde_json::json!({ "runs": ["a", "b"] })).unwrap()
+        );
+    }
+
+    #[test]
     fn a_null_loss_reads_as_nan_and_a_stray_key_is_refused() {
         let line = r#"{"dead_frac":0.0,"fvu":null,"kind":"train","l0":1.0,"loss":null,"loss_mse":null,"lr":0.001,"sparsity_scale":1.0,"step":3,"tokens":30}"#;
         let MetricsRecord::Train(r) = serde_json::from_str(line).unwrap() else {
