@@ -311,6 +311,13 @@ pub fn fit_streams(
                 )?
                 .0;
                 logs[i].append(&val_record(step, &metrics))?;
+                tracing::debug!(
+                    run = i,
+                    step,
+                    fvu = metrics.fvu,
+                    l0 = metrics.l0,
+                    "validated"
+                );
                 on_event(Event::Eval {
                     run: i,
                     step,
@@ -319,6 +326,7 @@ pub fn fit_streams(
             }
         }
         if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < total {
+            tracing::debug!(step, "checkpoint");
             checkpoint_all(runs, source)?;
             on_event(Event::Checkpoint { step });
         }

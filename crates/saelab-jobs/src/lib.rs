@@ -17,6 +17,8 @@
 //! [`Error::is_interrupted`] holds; running it again continues) and a callback that
 //! receives [`Event`]s (progress, notes, results as they come). Jobs never print.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
 pub mod eval;

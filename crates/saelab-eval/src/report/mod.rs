@@ -3,7 +3,7 @@
 //! [`read_run`] (in `runs.rs`, the data model) gathers what a run directory holds
 //! (see `saelab_core::rundir`):
 //! `run.json` (architecture and hyperparameters), `metrics.jsonl` (`kind: "train"`
-//! records, `kind: "val"` validation records, `kind: "val_model"` in-model records),
+//! records and `kind: "val"` validation records; other kinds are skipped),
 //! `sae/` (the SAE and its `sparsity.safetensors`), and `eval.json` (an
 //! [`InModelMetrics`] written by `saelab eval --out` or `saelab report --model`).
 //! A bare SAE directory works too (no curves then).

@@ -1,4 +1,4 @@
-//! The training job: one pass over stored activations ([`store`]) or over activations
+//! The training job: one pass over stored activations (`store.rs`) or over activations
 //! streamed from a model ([`stream`]) trains one SAE per member, each into its own run
 //! directory of one [`RunSet`]; [`resume`] continues a set from its checkpoints.
 //!
@@ -9,7 +9,7 @@
 //! The trainer sees what the job holds: `Member` → [`SaeConfig`] + [`TrainConfig`] →
 //! `Trainer::new`.
 
-pub mod store;
+mod store;
 pub mod stream;
 
 use std::path::{Path, PathBuf};
@@ -295,9 +295,11 @@ fn fit_loop(
     on: &mut OnEvent,
 ) -> Result<Vec<Option<ReconMetrics>>> {
     let total = runs[0].trainer.train_config().total_steps();
+    let start = runs[0].trainer.step_count();
+    tracing::info!(start, total, runs = runs.len(), "training");
     on(Event::TrainStart {
         names: set.names(),
-        start: runs[0].trainer.step_count(),
+        start,
         total,
     });
     let mut last_val: Vec<Option<ReconMetrics>> = vec![None; runs.len()];

@@ -62,7 +62,7 @@ pub(super) fn train(
 
 /// SAE metadata from the manifest of an activation cache, when the data is one; notes
 /// an incomplete cache.
-pub fn cache_metadata(data: &DataSpec, on: &mut OnEvent) -> Option<SaeMetadata> {
+fn cache_metadata(data: &DataSpec, on: &mut OnEvent) -> Option<SaeMetadata> {
     let dir = data.paths.first()?;
     if !dir.join(saelab_lm::cache::MANIFEST).is_file() {
         return None;
@@ -135,7 +135,7 @@ pub(super) fn train_runs(
 }
 
 /// Evenly spaced rows of the training range (never the validation rows).
-pub fn init_sample(store: &ActivationStore, val_fraction: f64) -> Result<Matrix> {
+fn init_sample(store: &ActivationStore, val_fraction: f64) -> Result<Matrix> {
     let split = Split::new(store.rows(), val_fraction)?;
     let n = split.train.len().min(INIT_SAMPLE_ROWS);
     if n == 0 {
