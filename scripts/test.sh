@@ -21,7 +21,8 @@ SAELAB_KERNELS=portable cargo test -p saelab-core --release
 cargo test -p saelab-core --lib
 
 # The main job, small (real model: setup, extract, train, evaluate, in-model evaluation),
-# in a fresh folder.
+# in a fresh folder; CHECK fails it unless its figures are those of a working pipeline
+# (finite, held-out FVU < 1, 0 < CE loss score <= 1, finite KL).
 rm -rf target/ci-main
 EXTRACT_TOKENS=20000 HELDOUT_TOKENS=4096 TRAIN_TOKENS=40960 EVAL_EVERY=0 INMODEL_TOKENS=2048 \
-  RUN_DIR=target/ci-main ./scripts/main.sh
+  RUN_DIR=target/ci-main CHECK=1 ./scripts/main.sh

@@ -1,12 +1,12 @@
 //! `saelab`: train, evaluate and inspect sparse autoencoders from the command line.
 //!
-//! Every subcommand lives in its own module under `cmd/`. Errors are printed as one
+//! Every subcommand lives in its own module under `cmd/`: its flags, the library job it
+//! starts (`saelab_jobs`) and what it prints. Errors are printed as one
 //! line (`saelab: <file>: <problem>`) with a non-zero exit status; Ctrl-C stops long
 //! jobs at a safe point (training writes a checkpoint first) and exits with 130.
 
 mod cmd;
 mod progress;
-mod runfile;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +48,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Run a model over a corpus and write an activation cache (resumable).
     Extract(cmd::extract::Args),
+    /// Run the main job of a configuration file (extract, train, evaluate, summarise;
+    /// resumable), e.g. `saelab run configs/main.toml`.
+    Run(cmd::run::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .init();
     let _ = ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
@@ -82,13 +87,16 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Extract(a) => cmd::extract::run(a),
+        Command::Run(a) => cmd::run::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let interrupted = e
-                .chain()
-                .any(|c| matches!(c.downcast_ref(), Some(saelab_core::Error::Interrupted)));
+            let interrupted = e.chain().any(|c| {
+                matches!(c.downcast_ref(), Some(saelab_core::Error::Interrupted))
+                    || c.downcast_ref::<saelab_jobs::Error>()
+                        .is_some_and(|j| j.is_interrupted())
+            });
             if interrupted {
                 // The outermost context says where to resume; the cause adds nothing.
                 eprintln!("saelab: {e}");

@@ -1,13 +1,7 @@
-//! The training driver: reads shuffled batches from an [`ActivationStore`] and feeds
-//! one or more [`Trainer`]s, writing logs, checkpoints and the final SAE of each run
-//! into its own directory.
-//!
-//! A run directory holds
-//! - `run.json` — what the run was asked to do (data files, configs);
-//! - `metrics.jsonl` — one JSON object per logged step or evaluation;
-//! - `checkpoint/` — the latest resumable state (SAELens files + `trainer_state.*`),
-//!   replaced atomically;
-//! - `sae/` — the final SAE in SAELens v6 layout, written atomically at the end.
+//! The training driver: reads shuffled batches from a [`BatchSource`] and feeds one
+//! or more [`Trainer`]s, writing logs, checkpoints and the final SAE of each run into
+//! its own run directory ([`crate::rundir`]: `run.json`, `metrics.jsonl`,
+//! `checkpoint/`, `sae/`).
 //!
 //! Several runs with the same batch size and seed share one pass over the data (a
 //! sweep): every batch is read once and given to every trainer. A source may yield
@@ -15,8 +9,6 @@
 //! forward, [`BatchSource::next_batches`]); [`fit_streams`] then feeds each run the
 //! stream it was assigned, and validates it on that stream's validation set.
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -25,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::evaluate::evaluate_store;
 use crate::format::{save_sae, save_sae_with};
-use crate::io;
 use crate::metrics::ReconMetrics;
+use crate::rundir::{
+    record_value, CheckpointExtra, MetricsRecord, RunDir, RunRecord, StepRecord, ValRecord,
+};
 use crate::sae::Sae;
 use crate::store::{ActivationStore, BatchSampler, SamplerState, Split};
 use crate::tensor::Matrix;
@@ -85,54 +79,14 @@ pub enum Event<'a> {
 pub const MAX_VAL_ROWS: usize = 65_536;
 
 /// Creates a fresh run directory: fails if it already holds a run, checks it is
-/// writable, and records `run.json`.
-pub fn create_run_dir(dir: &Path, data: &DataSpec, trainer: &Trainer) -> Result<()> {
-    create_run_dir_with(
-        dir,
-        serde_json::to_value(data).expect("serialisable"),
-        trainer,
-    )
-}
-
-/// [`create_run_dir`] for any data description (`run.json["data"]`), e.g. a model
-/// stream.
-pub fn create_run_dir_with(dir: &Path, data: serde_json::Value, trainer: &Trainer) -> Result<()> {
-    if dir.join("run.json").exists() {
-        return Err(Error::bad_file(
-            dir,
-            "already holds a run; use --resume to continue it or choose another --out",
-        ));
-    }
-    io::check_writable(dir)?;
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let record = serde_json::json!({
-        "data": data,
-        "train": trainer.train_config(),
-        "sae": trainer.sae_config(),
-    });
-    io::write_file_atomic(
-        &dir.join("run.json"),
-        &serde_json::to_vec_pretty(&record).expect("serialisable"),
-    )
-}
-
-/// Reads the data spec recorded in a run directory.
-pub fn read_data_spec(dir: &Path) -> Result<DataSpec> {
-    let path = dir.join("run.json");
-    serde_json::from_value(read_run_data(dir)?)
-        .map_err(|e| Error::bad_file(&path, format!("no valid `data` entry: {e}")))
-}
-
-/// The raw `data` entry of a run directory's `run.json`.
-pub fn read_run_data(dir: &Path) -> Result<serde_json::Value> {
-    let path = dir.join("run.json");
-    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::bad_file(&path, format!("not valid JSON: {e}")))?;
-    match v.get("data") {
-        Some(d) => Ok(d.clone()),
-        None => Err(Error::bad_file(&path, "no `data` entry")),
-    }
+/// writable, and records `run.json` ([`RunRecord`]) with `data` describing what the run
+/// reads (a [`DataSpec`], or a model stream).
+pub fn create_run_dir<D: Serialize>(dir: &Path, data: &D, trainer: &Trainer) -> Result<()> {
+    RunDir::new(dir).create(&RunRecord {
+        data,
+        sae: trainer.sae_config().clone(),
+        train: trainer.train_config().clone(),
+    })
 }
 
 /// Where training batches come from: shuffled rows of stored activations
@@ -230,24 +184,31 @@ pub struct Validation<'a> {
 /// Restores a run from `dir/checkpoint`. Returns the run and the saved data position
 /// (see [`BatchSource::state`]). Metric lines logged after the checkpoint are dropped,
 /// so the log matches the restored state. A checkpoint left half-replaced by a crash is
-/// first put back ([`io::recover_dir`]).
+/// first put back ([`crate::io::recover_dir`]).
 pub fn resume_run(dir: &Path) -> Result<(Run, serde_json::Value)> {
-    let ck = dir.join("checkpoint");
-    io::recover_dir(&ck)?;
-    if !ck.join("trainer_state.json").exists() {
+    let rd = RunDir::new(dir);
+    crate::io::recover_dir(&rd.checkpoint_dir())?;
+    if !rd.has_checkpoint() {
         return Err(Error::bad_file(
             dir,
             "no checkpoint to resume from (checkpoint/trainer_state.json missing)",
         ));
     }
+    let ck = rd.checkpoint_dir();
     let (trainer, extra) = Trainer::read_state(&ck)?;
-    truncate_log(&dir.join("metrics.jsonl"), trainer.step_count())?;
+    let extra: CheckpointExtra = serde_json::from_value(extra).map_err(|e| {
+        Error::bad_file(
+            ck.join("trainer_state.json"),
+            format!("no data position: {e}"),
+        )
+    })?;
+    rd.truncate_log(trainer.step_count())?;
     Ok((
         Run {
             trainer,
             dir: dir.to_path_buf(),
         },
-        extra["data"].clone(),
+        extra.data,
     ))
 }
 
@@ -316,14 +277,7 @@ pub fn fit_streams(
     }
     let mut logs = runs
         .iter()
-        .map(|r| {
-            let p = r.dir.join("metrics.jsonl");
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&p)
-                .map_err(|e| Error::io(&p, e))
-        })
+        .map(|r| RunDir::new(&r.dir).open_log())
         .collect::<Result<Vec<_>>>()?;
     let total = cfg.total_steps();
     let mut batches = vec![Matrix::zeros(cfg.batch_size, source.d()); n_streams];
@@ -338,7 +292,7 @@ pub fn fit_streams(
         for (i, run) in runs.iter_mut().enumerate() {
             let report = run.trainer.step(&batches[stream_of[i]])?;
             if report.step % cfg.log_every.max(1) == 0 || report.step == total {
-                append_json(&mut logs[i], &run.dir, &step_record(&report))?;
+                logs[i].append(&MetricsRecord::Train(StepRecord::from(&report)))?;
             }
             on_event(Event::Step {
                 run: i,
@@ -358,7 +312,14 @@ pub fn fit_streams(
                     |_| {},
                 )?
                 .0;
-                append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
+                logs[i].append(&val_record(step, &metrics))?;
+                tracing::debug!(
+                    run = i,
+                    step,
+                    fvu = metrics.fvu,
+                    l0 = metrics.l0,
+                    "validated"
+                );
                 on_event(Event::Eval {
                     run: i,
                     step,
@@ -367,6 +328,7 @@ pub fn fit_streams(
             }
         }
         if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < total {
+            tracing::debug!(step, "checkpoint");
             checkpoint_all(runs, source)?;
             on_event(Event::Checkpoint { step });
         }
@@ -379,7 +341,7 @@ pub fn fit_streams(
             Some(v) => {
                 let (metrics, firing) =
                     evaluate_store(&sae, v.store, v.rows.clone(), false, |_| {})?;
-                append_json(&mut logs[i], &run.dir, &eval_record(step, &metrics))?;
+                logs[i].append(&val_record(step, &metrics))?;
                 on_event(Event::Eval {
                     run: i,
                     step,
@@ -390,7 +352,7 @@ pub fn fit_streams(
             None => None,
         };
         write_checkpoint(run, source)?;
-        save_sae(&sae, &run.dir.join("sae"), firing.as_deref())?;
+        save_sae(&sae, &RunDir::new(&run.dir).sae_dir(), firing.as_deref())?;
     }
     Ok(())
 }
@@ -408,60 +370,16 @@ fn checkpoint_all(runs: &[Run], source: &dyn BatchSource) -> Result<()> {
 /// Writes `dir/checkpoint` atomically: the SAE so far (SAELens files) and the state.
 fn write_checkpoint(run: &Run, source: &dyn BatchSource) -> Result<()> {
     let sae = export_sae(&run.trainer)?;
-    let extra = serde_json::json!({ "data": source.state() });
-    let ck = run.dir.join("checkpoint");
+    let extra = record_value(&CheckpointExtra {
+        data: source.state(),
+    });
+    let ck = RunDir::new(&run.dir).checkpoint_dir();
     save_sae_with(&sae, &ck, None, |tmp| run.trainer.write_state(tmp, extra))
 }
 
-fn step_record(r: &StepReport) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "kind": "train",
-        "step": r.step,
-        "tokens": r.tokens,
-        "lr": r.lr,
-        "sparsity_scale": r.sparsity_scale,
-        "loss": r.loss,
-        "l0": r.l0,
-        "fvu": r.fvu,
-        "dead_frac": r.dead_frac,
-    });
-    for (name, value) in &r.terms {
-        v[format!("loss_{name}")] = serde_json::json!(value);
-    }
-    if let Some(g) = r.grad_norm {
-        v["grad_norm"] = serde_json::json!(g);
-    }
-    v
-}
-
-fn eval_record(step: u64, m: &ReconMetrics) -> serde_json::Value {
-    let mut v = serde_json::to_value(m).expect("serialisable");
-    v["kind"] = serde_json::json!("val");
-    v["step"] = serde_json::json!(step);
-    v
-}
-
-fn append_json(f: &mut fs::File, dir: &Path, v: &serde_json::Value) -> Result<()> {
-    let mut line = serde_json::to_vec(v).expect("serialisable");
-    line.push(b'\n');
-    f.write_all(&line)
-        .map_err(|e| Error::io(dir.join("metrics.jsonl"), e))
-}
-
-/// Keeps only log lines whose `step` is at most `step`.
-fn truncate_log(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    io::write_file_atomic(path, kept.as_bytes())
+fn val_record(step: u64, m: &ReconMetrics) -> MetricsRecord {
+    MetricsRecord::Val(ValRecord {
+        step,
+        metrics: m.clone(),
+    })
 }

@@ -5,7 +5,8 @@
 //! - [`store`]: activation matrices from `.npy` / `.safetensors` files and caches,
 //!   memory-mapped, split into training and validation rows, served in shuffled batches;
 //! - [`fit`]: the driver — batches from a store (or a model stream) into one or more
-//!   trainers, run directories, checkpoints, resume, Ctrl-C;
+//!   trainers, checkpoints, resume, Ctrl-C; [`rundir`]: the run directories it writes,
+//!   as typed records that the report and resume read back;
 //! - [`train`]: one SAE's trainer (Adam in [`optim`], schedules in [`schedule`], input
 //!   normalisation, unit-norm decoder rows, dead latents, exact checkpoint state);
 //! - [`arch`]: one file per SAE architecture behind two traits (what an SAE *is*, how it
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod optim;
 pub mod refit;
 pub mod rng;
+pub mod rundir;
 pub mod sae;
 pub mod schedule;
 pub mod store;

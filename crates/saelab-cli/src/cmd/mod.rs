@@ -1,4 +1,5 @@
-//! One module per `saelab` subcommand.
+//! One module per `saelab` subcommand: its flags, the job it starts
+//! (`saelab_jobs`), and what it prints.
 
 pub mod bench;
 pub mod bench_model;
@@ -7,23 +8,7 @@ pub mod eval;
 pub mod extract;
 pub mod inspect;
 pub mod report;
+pub mod run;
 pub mod sweep;
 pub mod synth;
 pub mod train;
-
-use std::path::Path;
-
-/// The hook an SAE is spliced at: `--hook` if given, else the SAE's own
-/// `metadata.hook_name`; an error naming `sae_dir` when neither says.
-pub fn splice_hook(
-    flag: Option<&str>,
-    sae_hook: Option<&str>,
-    sae_dir: &Path,
-) -> anyhow::Result<String> {
-    flag.or(sae_hook).map(str::to_string).ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: the SAE's metadata names no hook point; give one with --hook",
-            sae_dir.display()
-        )
-    })
-}

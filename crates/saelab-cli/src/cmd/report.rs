@@ -6,20 +6,14 @@
 //! shared set of held-out contexts — the clean and ablated forwards run once, then one
 //! spliced forward per SAE — and saved as `RUN_DIR/eval.json`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
-use anyhow::{bail, Context, Result};
-use saelab_core::format::load_sae;
-use saelab_eval::contexts::corpus_contexts;
-use saelab_eval::report::{read_run, sae_dir, write_report, PlotFormat, EVAL_FILE};
-use saelab_eval::{InModelEvalSet, InModelOptions};
-use saelab_lm::text::Part;
-use saelab_lm::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+use saelab_core::rundir::EVAL_FILE;
+use saelab_eval::report::{read_run, write_report, PlotFormat};
+use saelab_jobs::eval::{self, RunsInModel, DEFAULT_CTX_LEN, DEFAULT_REPORT_TOKENS};
 
-use crate::cmd::eval::{load_model, DEFAULT_CTX_LEN};
-use crate::progress;
+use crate::progress::Reporter;
 use crate::STOP;
 
 /// Image format of the plots.
@@ -49,12 +43,12 @@ pub struct Args {
     #[arg(long, requires = "model")]
     corpus: Option<PathBuf>,
     /// Tokens of held-out text for the in-model metrics (whole contexts).
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = DEFAULT_REPORT_TOKENS)]
     tokens: usize,
     /// Tokens per context for the in-model metrics.
     #[arg(long, default_value_t = DEFAULT_CTX_LEN)]
     ctx_len: usize,
-    /// Hook to splice at (default: each SAE's metadata.hook_name).
+    /// Hook to splice at [default: each SAE's metadata.hook_name].
     #[arg(long)]
     hook: Option<String>,
     /// Recompute eval.json even where it exists.
@@ -69,58 +63,16 @@ pub fn run(a: Args) -> Result<()> {
         .map(|d| read_run(d).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
     if let (Some(model), Some(corpus)) = (&a.model, &a.corpus) {
-        // Runs needing an evaluation, grouped by hook.
-        let mut by_hook: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, s) in summaries.iter().enumerate() {
-            if s.in_model.is_some() && !a.recompute {
-                continue;
-            }
-            let hook = super::splice_hook(a.hook.as_deref(), s.hook.as_deref(), &s.dir)?;
-            by_hook.entry(hook).or_default().push(i);
-        }
-        if !by_hook.is_empty() {
-            let lm = load_model(model)?;
-            let tok = Tokenizer::from_path(lm.source())
-                .with_context(|| format!("tokenizer of {}", lm.source().display()))?;
-            let n_ctx = a.tokens.div_ceil(a.ctx_len.max(1)).max(1);
-            let contexts = corpus_contexts(&tok, corpus, Part::HeldOut, a.ctx_len, n_ctx)?;
-            let opts = InModelOptions {
-                batch_size: (1024 / a.ctx_len).max(1),
-                bos_id: tok.bos_id(),
-                ..Default::default()
-            };
-            let stop = |_| {
-                if STOP.load(Ordering::SeqCst) {
-                    Err(saelab_core::Error::Interrupted)
-                } else {
-                    Ok(())
-                }
-            };
-            for (hook, idx) in by_hook {
-                let pb = progress::spinner(&format!("baseline at {hook}"));
-                let set = InModelEvalSet::new_with(&lm, &hook, contexts.clone(), &opts, stop)?;
-                pb.finish_and_clear();
-                for i in idx {
-                    let s = &summaries[i];
-                    let pb = progress::spinner(&format!("in-model evaluation of {}", s.name));
-                    let sae = load_sae(&sae_dir(&s.dir))?;
-                    let m = set
-                        .evaluate_with(&lm, &sae, stop)
-                        .with_context(|| format!("{}", s.dir.display()))?;
-                    pb.finish_and_clear();
-                    let path = s.dir.join(EVAL_FILE);
-                    saelab_core::io::write_file_atomic(
-                        &path,
-                        (serde_json::to_string_pretty(&m)? + "\n").as_bytes(),
-                    )?;
-                    eprintln!(
-                        "{}: CE loss score {:.4}, KL {:.4}, ΔCE {:.4}",
-                        s.name, m.ce_loss_score, m.kl_sae, m.delta_ce
-                    );
-                    summaries[i] = read_run(&s.dir.clone())?;
-                }
-            }
-        }
+        let req = RunsInModel {
+            model: model.clone(),
+            corpus: corpus.clone(),
+            tokens: a.tokens,
+            ctx_len: a.ctx_len,
+            hook: a.hook.clone(),
+            recompute: a.recompute,
+        };
+        let mut rep = Reporter::new();
+        eval::evaluate_runs_in_model(&mut summaries, &req, &STOP, &mut |e| rep.handle(e))?;
     }
     if summaries.iter().all(|s| s.last.is_none()) {
         bail!(

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::Device;
-use saelab_core::{Error, Result};
 use saelab_core::tensorfile::safetensors::{self, SafetensorsFile, TensorOut};
+use saelab_core::{Error, Result};
 
 /// First line of a candle error message (candle appends a backtrace when
 /// `RUST_BACKTRACE` is set).

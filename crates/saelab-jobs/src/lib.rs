@@ -1,0 +1,33 @@
+//! `saelab-jobs`: saelab's jobs as a library, so that the `saelab` binary, a web server
+//! or a Python binding start the same jobs the same way.
+//!
+//! - [`extract`]: run a model over a corpus part into an activation cache;
+//! - [`train`]: train SAEs on stored activations or on activations streamed from a
+//!   model, one run directory each, and resume an interrupted set of runs;
+//! - [`sweep`]: expand a sweep file into a training job;
+//! - [`eval`]: evaluate an SAE on activation files, or spliced into the model (writing
+//!   `eval.json`);
+//! - [`pipeline`]: the main job (extract, train, evaluate, summarise) as one resumable
+//!   job;
+//! - [`config`]: run files (TOML) and their overrides;
+//! - [`inputs`]: the one place that loads models and packs corpus contexts.
+//!
+//! A job takes a request (a typed record), a stop flag (set it, e.g. on Ctrl-C, and the
+//! job stops at its next safe point with an error for which
+//! [`Error::is_interrupted`] holds; running it again continues) and a callback that
+//! receives [`Event`]s (progress, notes, results as they come). Jobs never print.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod event;
+pub mod extract;
+pub mod inputs;
+pub mod pipeline;
+pub mod sweep;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use event::{Event, OnEvent, Phase};
