@@ -44,7 +44,7 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Convert an SAE (SAELens, sparsify, Gemma Scope) to saelab's SAELens v6 layout.
     Convert(cmd::convert::Args),
-    /// Time training steps (BENCH.md workloads W1–W4) against a dense reference.
+    /// Time training steps (workloads W1–W4 of docs/bench.md) against a dense reference.
     Bench(cmd::bench::Args),
     /// Run a model over a corpus and write an activation cache (resumable).
     Extract(cmd::extract::Args),

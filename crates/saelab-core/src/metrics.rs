@@ -1,4 +1,4 @@
-//! Reconstruction and sparsity metrics, exactly as DESIGN.md defines them, accumulated
+//! Reconstruction and sparsity metrics, exactly as `docs/metrics.md` defines them, accumulated
 //! batch by batch so that any number of tokens can be evaluated in bounded memory.
 
 use rayon::prelude::*;

@@ -10,7 +10,7 @@
 //! | zero | `0` | `ce_zero` |
 //! | mean | `μ`, the mean clean activation over the spliced positions of the set | `ce_mean` |
 //!
-//! and reports, as DESIGN.md defines them,
+//! and reports, as `docs/metrics.md` defines them,
 //! `ce_loss_score = (ce_zero − ce_sae) / (ce_zero − ce_clean)`, `delta_ce = ce_sae −
 //! ce_clean` and `kl_sae` = mean over scored positions of `KL(p_clean ‖ p_sae)` (nats),
 //! plus every [`ReconMetrics`] field over the spliced activations.

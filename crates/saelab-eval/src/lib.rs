@@ -10,6 +10,8 @@
 //! - [`report`]: comparing trained SAEs (run directories) in one Markdown report with
 //!   PNG / SVG plots.
 
+#![warn(missing_docs)]
+
 pub mod contexts;
 pub mod inmodel;
 pub mod report;

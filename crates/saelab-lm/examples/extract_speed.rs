@@ -1,4 +1,4 @@
-//! Extraction throughput of the hooked forward (BENCH.md "Activation extraction"):
+//! Extraction throughput of the hooked forward (`docs/bench.md`, "Activation extraction"):
 //! SmolLM2-135M, f32 weights, batches of 8 × 128 tokens of real corpus text.
 //!
 //! Reports tokens/s (median over batches) for three workloads:

@@ -26,7 +26,7 @@
 //!
 //! and `__metadata__` strings (`format`, `hook`, `first_context`). BOS positions (a
 //! document's own BOS and the BOS prepended to every context) are left out unless
-//! `keep_bos` is set: their residual norms are huge and DESIGN.md excludes them from
+//! `keep_bos` is set: their residual norms are huge and `docs/metrics.md` excludes them from
 //! every metric. Rows keep the order of the contexts and of the tokens in them.
 //!
 //! `manifest.json` ([`CacheManifest`]) says what the cache holds and how it was made:

@@ -19,7 +19,7 @@
 //!
 //! [`run_contexts`] runs the model over some contexts, captures hooks and keeps the
 //! rows that are not BOS (unless asked to keep them): BOS positions carry huge
-//! residual norms and are excluded from every metric (DESIGN.md).
+//! residual norms and are excluded from every metric (`docs/metrics.md`).
 
 use std::borrow::Cow;
 use std::io::Read;

@@ -12,6 +12,8 @@
 //! - [`stream`]: activations streamed from the model as shuffled training batches;
 //! - [`error`]: the crate's error type.
 
+#![warn(missing_docs)]
+
 pub mod cache;
 pub mod contexts;
 pub mod error;

@@ -619,7 +619,7 @@ fn captures_match_between_early_stop_and_full_run_and_hooks_compose() {
         c("blocks.16.hook_resid_pre"),
         c("blocks.15.hook_resid_post")
     );
-    // Mid-depth residual norms are large (CORPUS.md: about 350).
+    // Mid-depth residual norms are large (docs/data.md: about 170 at block 15).
     let post = c("blocks.15.hook_resid_post");
     let norms: Vec<f32> = (0..3)
         .flat_map(|b| (1..64).map(move |t| (b, t)))

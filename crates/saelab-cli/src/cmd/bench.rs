@@ -1,4 +1,4 @@
-//! `saelab bench`: the training-step benchmark of BENCH.md (W1–W4) on synthetic data
+//! `saelab bench`: the training-step benchmark of `docs/bench.md` (W1–W4) on synthetic data
 //! held in memory; with `--model`, the language-model forward and splice benchmark
 //! instead (`bench_model`). Prints a table, or the full report as JSON with `--json`.
 

@@ -1,4 +1,4 @@
-//! `saelab bench --model`: forward throughput of the hooked language model (BENCH.md,
+//! `saelab bench --model`: forward throughput of the hooked language model (`docs/bench.md`,
 //! "Activation extraction") and, with `--sae`, what splicing an SAE into it costs.
 //!
 //! Workloads, on the same batches of real held-out corpus text, interleaved batch by

@@ -23,7 +23,7 @@
 //! `∂L/∂f_i` is taken for every token in the kernel band, including those where the
 //! latent is off. The chain rule through `θ = exp(log_threshold)` multiplies by θ.
 //!
-//! Decoder rows are kept at unit norm (Gemma Scope; DESIGN.md). The file form replaces
+//! Decoder rows are kept at unit norm (Gemma Scope). The file form replaces
 //! `log_threshold` by `threshold = exp(log_threshold)`.
 
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! The training-step benchmark of `BENCH.md` (workloads W1–W4).
+//! The training-step benchmark of `docs/bench.md` (workloads W1–W4).
 //!
 //! Each workload trains a `d × n` SAE through the real [`Trainer`] on synthetic
 //! activations held in memory (batches of `B` rows, cycled), on a rayon pool of
@@ -19,7 +19,7 @@
 //! step time`: the encoder forward is the only dense product a TopK-family step needs.
 //! The same ratio in process CPU seconds is reported too.
 //!
-//! Workloads (BENCH.md; the choices BENCH.md leaves open are fixed here):
+//! Workloads (`docs/bench.md`; the choices it leaves open are fixed here):
 //!
 //! | id | architecture | settings |
 //! |---|---|---|
@@ -62,7 +62,7 @@ pub const SETTLE_L0: f64 = 64.0;
 /// sparsity in tens rather than hundreds of steps; the timed steps use the default).
 pub const SETTLE_LR: f32 = 4e-3;
 
-/// One of BENCH.md's training-step workloads.
+/// One of `docs/bench.md`'s training-step workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum WorkloadId {
     /// TopK, k = 32, AuxK on.
@@ -177,7 +177,7 @@ pub struct BenchConfig {
 }
 
 impl Default for BenchConfig {
-    /// BENCH.md's settings: d = 576, n = 9216, B = 4096, 2 threads, 5 + 20 steps.
+    /// `docs/bench.md`'s settings: d = 576, n = 9216, B = 4096, 2 threads, 5 + 20 steps.
     fn default() -> Self {
         BenchConfig {
             workloads: WorkloadId::ALL.to_vec(),

@@ -117,7 +117,7 @@ fn roundtrip_whole_corpus() {
         "round trip exact over {} documents, {total} tokens",
         corpus.len()
     );
-    // CORPUS.md: about 4 M tokens for about 19 MB of English.
+    // docs/data.md: about 4 M tokens for about 19 MB of English.
     assert!((3_000_000..6_000_000).contains(&total), "{total} tokens");
 }
 
