@@ -164,6 +164,28 @@ fn one_line(e: &saelab_core::Error) -> String {
     s
 }
 
+/// Writes `tensors` (raw little-endian bytes of `dtype`) to `path` with the reference
+/// `safetensors` crate, independently of saelab's writer.
+fn write_safetensors_raw(path: &Path, dtype: Dtype, tensors: &[(String, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
+        .collect();
+    fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// `p` as an f32 `.safetensors` file at `path`, through the reference crate.
+fn write_f32_safetensors(path: &Path, p: &ParamSet) {
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = p
+        .iter()
+        .map(|(n, t)| {
+            let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (n.to_string(), t.shape.clone(), bytes)
+        })
+        .collect();
+    write_safetensors_raw(path, Dtype::F32, &tensors);
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for e in fs::read_dir(from).unwrap() {
@@ -634,15 +656,7 @@ fn half_precision_weights_are_read_as_f32() {
             }
             store.push((name.to_string(), t.shape.clone(), bytes));
         }
-        let views: Vec<(String, TensorView)> = store
-            .iter()
-            .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
-            .collect();
-        fs::write(
-            dir.join("sae_weights.safetensors"),
-            safetensors::serialize(views, None).unwrap(),
-        )
-        .unwrap();
+        write_safetensors_raw(&dir.join("sae_weights.safetensors"), dtype, &store);
         let back = format::load_sae(&dir).unwrap();
         assert_eq!(back.params, rounded.params, "{tag}");
         let d = format::describe(&dir).unwrap();
@@ -670,30 +684,7 @@ fn transposed_weights_are_oriented_by_shape() {
     let w = p.get("W_enc").clone();
     let wt = Matrix::from_vec(6, 15, w.data).unwrap().transpose();
     p.insert("W_enc", Tensor::new(&[15, 6], wt.data).unwrap());
-    let views: Vec<(String, Vec<usize>, Vec<u8>)> = p
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.to_string(),
-                t.shape.clone(),
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = views
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    fs::write(
-        dir.join("sae_weights.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
+    write_f32_safetensors(&dir.join("sae_weights.safetensors"), &p);
     let back = format::load_sae(&dir).unwrap();
     let x = random_x(5, 6, 2);
     assert_eq!(back.forward(&x).unwrap(), sae.forward(&x).unwrap());
@@ -786,30 +777,7 @@ fn corrupt_weights_are_a_clear_error() {
     let (sae, dir) = saved(&tmp.path().join("nan"));
     let mut p = sae.params.clone();
     p.get_mut("W_dec").data[5] = f32::NAN;
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = p
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.to_string(),
-                t.shape.clone(),
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    fs::write(
-        dir.join("sae_weights.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
+    write_f32_safetensors(&dir.join("sae_weights.safetensors"), &p);
     let msg = one_line(&format::load_sae(&dir).unwrap_err());
     assert!(
         msg.contains("sae_weights.safetensors")
@@ -822,30 +790,7 @@ fn corrupt_weights_are_a_clear_error() {
 fn rewrite_weights(dir: &Path, f: impl FnOnce(&mut ParamSet)) {
     let mut p = format::load_sae(dir).unwrap().params;
     f(&mut p);
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = p
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.to_string(),
-                t.shape.clone(),
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    fs::write(
-        dir.join("sae_weights.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
+    write_f32_safetensors(&dir.join("sae_weights.safetensors"), &p);
 }
 
 #[test]
