@@ -94,16 +94,11 @@ impl Architecture for GatedConfig {
     }
 
     fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {
-        Ok(Box::new(Gated { cfg: self.clone() }))
+        Ok(Box::new(self.clone()))
     }
 }
 
-/// The Gated training object (training and file form are the same).
-pub struct Gated {
-    cfg: GatedConfig,
-}
-
-impl Gated {
+impl GatedConfig {
     /// [`Train::train_step`] with the auxiliary reconstruction decoded through
     /// `frozen_w_dec [n, d_out]` and `frozen_b_dec [d_out]`, treated as constants.
     /// `train_step` passes the current `W_dec` and `b_dec`; tests pass fixed copies so
@@ -167,7 +162,7 @@ impl Gated {
             .collect();
 
         // Sparsity: c Σ ReLU(π_gate,i) ‖W_dec,i‖ with c = λ s / B.
-        let c = self.cfg.l1_coefficient * ctx.sparsity_scale / bsz as f32;
+        let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
         let mut g_gate = vec![0.0f32; gate_lat.nnz()];
         let penalty = NormL1::new(&gate_lat, w_dec, d_out, c, &mut g_gate);
         penalty.add_decoder_grad(w_dec, &mut g_w_dec.data);
@@ -210,7 +205,8 @@ impl Gated {
     }
 }
 
-impl Train for Gated {
+/// Training: the training form is the file form (SAELens names, no `b_enc`).
+impl Train for GatedConfig {
     /// Tied init with unit-norm decoder rows (`W_enc = W_decᵀ`), `b_gate = r_mag =
     /// b_mag = 0` (so both paths start equal), `b_dec = 0`.
     fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
@@ -243,7 +239,7 @@ impl Train for Gated {
     }
 
     fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
-        (params.clone(), self.cfg.clone().into())
+        (params.clone(), self.clone().into())
     }
 }
 
@@ -254,16 +250,14 @@ mod tests {
     use crate::arch::gradcheck;
     use crate::kernels::cpu::CpuEngine;
 
-    fn arch(l1: f32) -> Gated {
-        Gated {
-            cfg: GatedConfig { l1_coefficient: l1 },
-        }
+    fn arch(l1: f32) -> GatedConfig {
+        GatedConfig { l1_coefficient: l1 }
     }
 
     /// Gated with the auxiliary decoder frozen at fixed values, so that the loss it
     /// reports is a function whose exact gradient is what `train_step` computes.
     struct Frozen {
-        inner: Gated,
+        inner: GatedConfig,
         w_dec: Vec<f32>,
         b_dec: Vec<f32>,
     }
@@ -293,7 +287,7 @@ mod tests {
 
     /// Perturbed parameters with r_mag and b_mag moved off zero so that the two paths
     /// differ (some latents gate-open with a negative magnitude, and the reverse).
-    fn params(a: &Gated, dims: Dims, rng: &mut Rng) -> ParamSet {
+    fn params(a: &GatedConfig, dims: Dims, rng: &mut Rng) -> ParamSet {
         let mut p = gradcheck::perturbed_params(a, dims, rng, 0.1);
         for v in p.get_mut("r_mag").data.iter_mut() {
             *v = 0.3 * rng.normal() as f32;
@@ -525,9 +519,9 @@ mod tests {
         };
         let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
         let (file, cfg) = a.to_file(&p);
-        assert_eq!(cfg, ArchConfig::Gated(a.cfg.clone()));
+        assert_eq!(cfg, ArchConfig::Gated(a.clone()));
         assert!(!file.contains("b_enc"));
-        let enc = a.cfg.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
+        let enc = a.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
         assert!(out.latents.nnz() > 0);
         assert_eq!(enc, out.latents);
     }

@@ -99,25 +99,20 @@ impl Architecture for JumpReluConfig {
     }
 
     fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {
-        Ok(Box::new(JumpRelu { cfg: self.clone() }))
+        Ok(Box::new(self.clone()))
     }
 }
 
-/// The JumpReLU training object. Training form: `W_enc [d_in, n]`, `b_enc [n]`,
-/// `W_dec [n, d_out]`, `b_dec [d_out]`, `log_threshold [n]`; file form has
-/// `threshold [n]` in place of `log_threshold`.
-pub struct JumpRelu {
-    cfg: JumpReluConfig,
-}
-
-impl Train for JumpRelu {
+/// Training form: `W_enc [d_in, n]`, `b_enc [n]`, `W_dec [n, d_out]`, `b_dec [d_out]`,
+/// `log_threshold [n]`; the file form has `threshold [n]` in place of `log_threshold`.
+impl Train for JumpReluConfig {
     /// Tied init with unit-norm decoder rows, `b_enc = 0`, `b_dec = 0`,
     /// `log_threshold = ln(init_threshold)` for every latent.
     fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
         let mut p = init_tied(dims, 1.0, rng);
         p.insert(
             "log_threshold",
-            Tensor::new(&[dims.n], vec![self.cfg.init_threshold.ln(); dims.n]).unwrap(),
+            Tensor::new(&[dims.n], vec![self.init_threshold.ln(); dims.n]).unwrap(),
         );
         p
     }
@@ -144,7 +139,7 @@ impl Train for JumpRelu {
             .map(|v| v.exp())
             .collect();
         let n = theta.len();
-        let eps = self.cfg.bandwidth;
+        let eps = self.bandwidth;
         let half = 0.5 * eps;
         let bsz = x.rows.max(1) as f64;
         // A superset of the band and the active latents (a little below θ − ε/2), then
@@ -185,7 +180,7 @@ impl Train for JumpRelu {
         let mut rec = engine.reconstruct(x, w_dec, b_dec, &sel);
         let sq_err = rec.sq_err;
         let mse = sq_err / bsz;
-        let lam = (self.cfg.l0_coefficient * ctx.sparsity_scale) as f64;
+        let lam = (self.l0_coefficient * ctx.sparsity_scale) as f64;
         let l0_term = lam * l0_count as f64 / bsz;
         // θ pseudo-gradient over the band entries (from ∂L/∂f there, including off
         // entries), then chain rule to log θ.
@@ -240,7 +235,7 @@ impl Train for JumpRelu {
                 out.insert(name, t.clone());
             }
         }
-        (out, self.cfg.clone().into())
+        (out, self.clone().into())
     }
 }
 
@@ -251,19 +246,17 @@ mod tests {
     use crate::arch::gradcheck;
     use crate::kernels::cpu::CpuEngine;
 
-    fn arch(l0_coefficient: f32, bandwidth: f32) -> JumpRelu {
-        JumpRelu {
-            cfg: JumpReluConfig {
+    fn arch(l0_coefficient: f32, bandwidth: f32) -> JumpReluConfig {
+        JumpReluConfig {
                 l0_coefficient,
                 bandwidth,
                 init_threshold: 1e-3,
-            },
-        }
+            }
     }
 
     /// Parameters with thresholds spread around 0.1–0.5, so that a good share of the
     /// positive pre-activations are switched off by the jump.
-    fn params(a: &JumpRelu, dims: Dims, rng: &mut Rng) -> ParamSet {
+    fn params(a: &JumpReluConfig, dims: Dims, rng: &mut Rng) -> ParamSet {
         let mut p = gradcheck::perturbed_params(a, dims, rng, 0.1);
         for v in p.get_mut("log_threshold").data.iter_mut() {
             *v = (0.1 + 0.4 * rng.uniform() as f32).ln();
@@ -416,7 +409,7 @@ mod tests {
         let mut g = p.zeros_like();
         let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut g);
         let (file, cfg) = a.to_file(&p);
-        assert_eq!(cfg, ArchConfig::Jumprelu(a.cfg.clone()));
+        assert_eq!(cfg, ArchConfig::Jumprelu(a.clone()));
         assert!(!file.contains("log_threshold"));
         for (t, l) in file
             .get("threshold")
@@ -426,7 +419,7 @@ mod tests {
         {
             assert_eq!(*t, l.exp());
         }
-        let enc = a.cfg.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
+        let enc = a.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
         assert!(out.latents.nnz() > 0 && out.latents.nnz() < 33 * 40);
         assert_eq!(enc, out.latents);
     }

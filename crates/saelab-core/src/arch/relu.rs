@@ -74,17 +74,13 @@ impl Architecture for ReluConfig {
     }
 
     fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {
-        Ok(Box::new(Relu { cfg: self.clone() }))
+        Ok(Box::new(self.clone()))
     }
 }
 
-/// The ReLU training object: `W_enc [d_in, n]`, `b_enc [n]`, `W_dec [n, d_out]`,
-/// `b_dec [d_out]` (training and file form are the same).
-pub struct Relu {
-    cfg: ReluConfig,
-}
-
-impl Train for Relu {
+/// Training: `W_enc [d_in, n]`, `b_enc [n]`, `W_dec [n, d_out]`, `b_dec [d_out]`
+/// (training and file form are the same).
+impl Train for ReluConfig {
     /// Tied init with decoder rows of norm 0.1, biases zero.
     fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
         init_tied(dims, 0.1, rng)
@@ -108,7 +104,7 @@ impl Train for Relu {
         let (sq_err, mse) = (rec.sq_err, rec.sq_err / bsz);
         // Sparsity penalty c Σ f_i ‖W_dec,i‖ with c = λ s / B; ReLU' = 1 on every stored
         // (positive) latent, so ∂L/∂pre = ∂L/∂f there.
-        let c = self.cfg.l1_coefficient * ctx.sparsity_scale / bsz as f32;
+        let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
         let l1 = NormL1::new(&sel.latents, w_dec, d, c, &mut rec.g_f);
         engine.backward(x, enc, w_dec, &sel, rec, sae_grads(grads));
         // The backward wrote the decoder gradient; the penalty's part is added after.
@@ -127,7 +123,7 @@ impl Train for Relu {
     }
 
     fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
-        (params.clone(), self.cfg.clone().into())
+        (params.clone(), self.clone().into())
     }
 }
 
@@ -138,10 +134,8 @@ mod tests {
     use crate::arch::gradcheck;
     use crate::kernels::cpu::CpuEngine;
 
-    fn arch(l1: f32) -> Relu {
-        Relu {
-            cfg: ReluConfig { l1_coefficient: l1 },
-        }
+    fn arch(l1: f32) -> ReluConfig {
+        ReluConfig { l1_coefficient: l1 }
     }
 
     #[test]
@@ -247,7 +241,7 @@ mod tests {
             sparsity_scale: 1.0,
             dead: &dead,
         };
-        let run = |a: &mut Relu, dense_above| {
+        let run = |a: &mut ReluConfig, dense_above| {
             // NaN-filled: both routes must write every gradient entry.
             let mut g = super::super::tests::nan_like(&p);
             let mut engine = CpuEngine::with_dense_above(dense_above);
@@ -283,7 +277,7 @@ mod tests {
         };
         let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
         let (file, _) = a.to_file(&p);
-        let enc = a.cfg.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
+        let enc = a.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
         assert_eq!(enc, out.latents);
     }
 }

@@ -100,16 +100,12 @@ impl Architecture for TopKConfig {
 
     fn trainer(&self, dims: Dims) -> Result<Box<dyn Train>, String> {
         check_k(self.k, dims.n)?;
-        Ok(Box::new(TopK { cfg: self.clone() }))
+        Ok(Box::new(self.clone()))
     }
 }
 
-/// The TopK training object (training form = file form).
-pub struct TopK {
-    cfg: TopKConfig,
-}
-
-impl Train for TopK {
+/// Training: the training form is the file form (`W_enc`, `b_enc`, `W_dec`, `b_dec`).
+impl Train for TopKConfig {
     fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
         init_tied(dims, 1.0, rng)
     }
@@ -123,10 +119,10 @@ impl Train for TopK {
         grads: &mut ParamSet,
     ) -> StepOutput {
         let aux = AuxK {
-            k: self.cfg.aux_k,
-            coefficient: self.cfg.aux_coefficient,
+            k: self.aux_k,
+            coefficient: self.aux_coefficient,
         };
-        topk_family::step(engine, p, x, Select::TopK(self.cfg.k), aux, ctx, grads)
+        topk_family::step(engine, p, x, Select::TopK(self.k), aux, ctx, grads)
     }
 
     fn unit_norm_decoder(&self) -> bool {
@@ -134,7 +130,7 @@ impl Train for TopK {
     }
 
     fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
-        (params.clone(), self.cfg.clone().into())
+        (params.clone(), self.clone().into())
     }
 }
 
@@ -145,14 +141,12 @@ mod tests {
     use crate::kernels::cpu::CpuEngine;
     use crate::kernels::reference::ReferenceEngine;
 
-    fn arch(k: usize, aux_k: usize) -> TopK {
-        TopK {
-            cfg: TopKConfig {
+    fn arch(k: usize, aux_k: usize) -> TopKConfig {
+        TopKConfig {
                 k,
                 aux_k,
                 aux_coefficient: 0.5,
-            },
-        }
+            }
     }
 
     #[test]

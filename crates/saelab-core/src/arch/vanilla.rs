@@ -79,17 +79,12 @@ impl Architecture for VanillaConfig {
     }
 
     fn trainer(&self, _dims: Dims) -> Result<Box<dyn Train>, String> {
-        Ok(Box::new(Vanilla { cfg: self.clone() }))
+        Ok(Box::new(self.clone()))
     }
 }
 
-/// The vanilla training object (training form = file form: `W_enc`, `b_enc`, `W_dec`,
-/// `b_dec`).
-pub struct Vanilla {
-    cfg: VanillaConfig,
-}
-
-impl Train for Vanilla {
+/// Training: the training form is the file form (`W_enc`, `b_enc`, `W_dec`, `b_dec`).
+impl Train for VanillaConfig {
     /// Tied init with unit-norm decoder rows, biases zero.
     fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
         init_tied(dims, 1.0, rng)
@@ -112,7 +107,7 @@ impl Train for Vanilla {
         let (sq_err, mse) = (rec.sq_err, rec.sq_err / bsz);
         // Penalty c Σ f with c = λ s / B: ∂/∂f = c on every stored (positive) latent, and
         // ReLU' = 1 there, so ∂L/∂pre = ∂L/∂f + c.
-        let c = self.cfg.l1_coefficient * ctx.sparsity_scale / bsz as f32;
+        let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
         let l1 = c as f64 * sel.latents.val.iter().map(|&v| v as f64).sum::<f64>();
         rec.g_f.iter_mut().for_each(|g| *g += c);
         engine.backward(x, enc, w_dec, &sel, rec, sae_grads(grads));
@@ -130,7 +125,7 @@ impl Train for Vanilla {
 
     /// The parameters as they are, under the ReLU config ([`Architecture::saved_as`]).
     fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
-        (params.clone(), ArchConfig::from(self.cfg.clone()).file_form())
+        (params.clone(), ArchConfig::from(self.clone()).file_form())
     }
 }
 
@@ -143,10 +138,8 @@ mod tests {
     use crate::train::{TrainConfig, Trainer};
     use crate::SaeConfig;
 
-    fn arch(l1: f32) -> Vanilla {
-        Vanilla {
-            cfg: VanillaConfig { l1_coefficient: l1 },
-        }
+    fn arch(l1: f32) -> VanillaConfig {
+        VanillaConfig { l1_coefficient: l1 }
     }
 
     #[test]
@@ -244,7 +237,7 @@ mod tests {
         let mut xs = batch.clone();
         xs.data.iter_mut().for_each(|v| *v *= t.input_scale());
         let out = a.train_step(&mut CpuEngine::default(), t.params(), &xs, &ctx, &mut t.params().zeros_like());
-        let enc = a.cfg.encode(t.params(), &subtract_bias(&xs, &t.params().get("b_dec").data));
+        let enc = a.encode(t.params(), &subtract_bias(&xs, &t.params().get("b_dec").data));
         assert_eq!(enc, out.latents);
     }
 }
