@@ -381,6 +381,18 @@ impl fmt::Display for SaeDescription {
     }
 }
 
+/// The `cfg.json` at `path`: a JSON object, or an error naming the file (unreadable,
+/// invalid JSON, not an object).
+pub(crate) fn read_cfg_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let raw: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))?;
+    if !raw.is_object() {
+        return Err(Error::bad_file(path, "expected a JSON object"));
+    }
+    Ok(raw)
+}
+
 /// Re-wraps a validation error from [`Sae::new`] as a file error.
 pub(crate) fn in_file(path: &Path, e: Error) -> Error {
     match e {

@@ -28,7 +28,9 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use super::tensors::{param_pairs, read_safetensors, safetensors_bytes, RawFile};
-use super::{in_file, Loaded, SourceFormat, CFG_FILE, SAELENS_WEIGHTS_FILE, SPARSITY_FILE};
+use super::{
+    in_file, read_cfg_json, Loaded, SourceFormat, CFG_FILE, SAELENS_WEIGHTS_FILE, SPARSITY_FILE,
+};
 use crate::config::{ArchConfig, InputNorm, SaeConfig, SaeMetadata};
 use crate::error::{Error, Result};
 use crate::sae::{check_config, Sae};
@@ -303,12 +305,8 @@ fn arch_config(p: &Parsed) -> ArchConfig {
 pub(crate) fn read(dir: &Path) -> Result<Loaded> {
     let cfg_path = dir.join(CFG_FILE);
     let w_path = dir.join(SAELENS_WEIGHTS_FILE);
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let raw: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::bad_file(&cfg_path, format!("invalid JSON: {e}")))?;
-    let root = raw
-        .as_object()
-        .ok_or_else(|| Error::bad_file(&cfg_path, "expected a JSON object"))?;
+    let raw = read_cfg_json(&cfg_path)?;
+    let root = raw.as_object().expect("read_cfg_json returns an object");
     let mut p = parse_cfg(&cfg_path, root)?;
     let arch = arch_config(&p);
     let metadata: SaeMetadata = serde_json::from_value(Value::Object(p.metadata.clone()))

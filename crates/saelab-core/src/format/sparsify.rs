@@ -16,7 +16,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::tensors::read_safetensors;
-use super::{in_file, Loaded, SourceFormat, CFG_FILE, SPARSIFY_WEIGHTS_FILE};
+use super::{in_file, read_cfg_json, Loaded, SourceFormat, CFG_FILE, SPARSIFY_WEIGHTS_FILE};
 use crate::config::{ArchConfig, InputNorm, SaeConfig, SaeMetadata};
 use crate::error::{Error, Result};
 use crate::sae::{check_config, Sae};
@@ -26,12 +26,8 @@ use crate::tensor::ParamSet;
 pub(crate) fn read(dir: &Path) -> Result<Loaded> {
     let cfg_path = dir.join(CFG_FILE);
     let w_path = dir.join(SPARSIFY_WEIGHTS_FILE);
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let raw: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::bad_file(&cfg_path, format!("invalid JSON: {e}")))?;
-    let root = raw
-        .as_object()
-        .ok_or_else(|| Error::bad_file(&cfg_path, "expected a JSON object"))?;
+    let raw = read_cfg_json(&cfg_path)?;
+    let root = raw.as_object().expect("read_cfg_json returns an object");
     let bad = |m: String| Error::bad_file(&cfg_path, m);
     let uint = |key: &str| -> Result<Option<usize>> {
         match root.get(key) {
