@@ -28,7 +28,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{init_tied, sae_params, threshold_encode};
+use super::common::{sae_params, threshold_encode};
 use super::topk::{check_k, default_aux_coefficient, default_aux_k};
 use super::topk_family::{self, AuxK};
 use super::{
@@ -38,7 +38,6 @@ use crate::config::Dims;
 use crate::error::{Error, Result};
 use crate::kernels::engine::{Select, StepEngine};
 use crate::latents::Latents;
-use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet, Tensor};
 
 /// BatchTopK's hyperparameters.
@@ -146,11 +145,6 @@ impl BatchTopK {
 }
 
 impl Train for BatchTopK {
-    /// Tied init with unit-norm decoder rows, biases zero.
-    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
-        init_tied(dims, 1.0, rng)
-    }
-
     fn train_step(
         &mut self,
         engine: &mut dyn StepEngine,
@@ -217,6 +211,7 @@ impl Train for BatchTopK {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
     use crate::arch::common::{pre_activations, subtract_bias};
     use crate::arch::gradcheck;
     use crate::kernels::cpu::CpuEngine;

@@ -249,10 +249,13 @@ pub struct StepOutput {
 ///
 /// Shapes: `x` is `[B, d_in]`; latents are `[B, n]` (sparse); reconstructions `[B, d_out]`.
 pub trait Train: Send {
-    /// Fresh training-form parameters for `dims` (W_dec rows random unit directions or
-    /// as the method prescribes, W_enc = W_decᵀ, biases zero). The trainer sets `b_dec`
-    /// from data afterwards.
-    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet;
+    /// Fresh training-form parameters for `dims`. The default is the tied
+    /// initialisation ([`common::init_tied`]): `W_dec` rows random unit directions,
+    /// `W_enc = W_decᵀ`, biases zero; architectures that prescribe otherwise override
+    /// it. The trainer sets `b_dec` from data afterwards.
+    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
+        common::init_tied(dims, 1.0, rng)
+    }
 
     /// Forward pass, loss and gradient on `x` `[B, d_in]` (normalised input, `b_dec`
     /// *not* subtracted) with training-form parameters, on `engine`. Gradients are

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{init_tied, pre_activations, sae_params};
+use super::common::{pre_activations, sae_params};
 use super::topk_family::{self, AuxK};
 use super::{
     ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
@@ -17,7 +17,6 @@ use crate::config::Dims;
 use crate::kernels::engine::{Select, StepEngine};
 use crate::kernels::select::topk_rows;
 use crate::latents::Latents;
-use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
 
 /// TopK's hyperparameters.
@@ -106,10 +105,6 @@ impl Architecture for TopKConfig {
 
 /// Training: the training form is the file form (`W_enc`, `b_enc`, `W_dec`, `b_dec`).
 impl Train for TopKConfig {
-    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
-        init_tied(dims, 1.0, rng)
-    }
-
     fn train_step(
         &mut self,
         engine: &mut dyn StepEngine,
@@ -137,6 +132,7 @@ impl Train for TopKConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
     use crate::arch::gradcheck;
     use crate::kernels::cpu::CpuEngine;
     use crate::kernels::reference::ReferenceEngine;

@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{encoder, init_tied, sae_grads};
+use super::common::{encoder, sae_grads};
 use super::relu::{default_l1_coefficient, ReluConfig};
 use super::{
     ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
@@ -28,7 +28,6 @@ use super::{
 use crate::config::Dims;
 use crate::kernels::engine::{AuxSelect, Select, StepEngine};
 use crate::latents::Latents;
-use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
 
 /// The vanilla SAE's hyperparameters.
@@ -85,11 +84,6 @@ impl Architecture for VanillaConfig {
 
 /// Training: the training form is the file form (`W_enc`, `b_enc`, `W_dec`, `b_dec`).
 impl Train for VanillaConfig {
-    /// Tied init with unit-norm decoder rows, biases zero.
-    fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
-        init_tied(dims, 1.0, rng)
-    }
-
     fn train_step(
         &mut self,
         engine: &mut dyn StepEngine,
@@ -132,6 +126,7 @@ impl Train for VanillaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
     use crate::arch::common::subtract_bias;
     use crate::arch::gradcheck;
     use crate::kernels::cpu::CpuEngine;
