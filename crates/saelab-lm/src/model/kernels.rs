@@ -8,6 +8,7 @@
 //! which splits the output between the rayon threads.
 
 use rayon::prelude::*;
+use saelab_core::kernels::SharedMut;
 
 /// Rows per rayon task in the row-wise kernels.
 const ROWS_PER_TASK: usize = 32;
@@ -182,20 +183,6 @@ impl RopeTable {
     }
 }
 
-/// A raw pointer that may cross threads; every task writes a disjoint region.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to let rayon tasks write disjoint parts of one output buffer.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so that closures capture the whole `SendPtr`).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Shapes of one attention call.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
@@ -230,7 +217,7 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
     debug_assert_eq!(out.len(), batch * t * out_stride);
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SharedMut::new(out);
     (0..batch * n_heads).into_par_iter().for_each_init(
         || vec![0f32; QUERY_TILE.min(t) * t],
         |scores, task| {
@@ -284,7 +271,7 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
                         stride as isize,
                         1,
                         0.0,
-                        out_ptr.get().add((b * t + i0) * out_stride + h * hd),
+                        out_ptr.ptr_at((b * t + i0) * out_stride + h * hd),
                         out_stride as isize,
                         1,
                     );
