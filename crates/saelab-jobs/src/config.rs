@@ -7,7 +7,7 @@
 //! tensor = "activations"        # safetensors tensor name (optional)
 //!
 //! [sae]
-//! architecture = "topk"         # relu | topk | batchtopk | jumprelu | gated
+//! architecture = "topk"         # any trainable name of the registry (saelab train --help)
 //! k = 32
 //! expansion_factor = 16         # or d_sae = 9216
 //!

@@ -75,9 +75,9 @@ pub struct Args {
     /// Train on BOS positions too (with --model).
     #[arg(long, requires = "model")]
     keep_bos: bool,
-    #[arg(long, num_args = 1.., help = "Architecture(s): relu, topk, batchtopk, jumprelu, gated; several values train several SAEs [default: the run file's sae.architecture]")]
+    #[arg(long, num_args = 1.., help = arch_help())]
     arch: Vec<String>,
-    #[arg(long, num_args = 1.., help = "Latents kept per token (topk, batchtopk); several values train several SAEs [default: the run file's sae.k]")]
+    #[arg(long, num_args = 1.., help = k_help())]
     k: Vec<usize>,
     #[arg(long, num_args = 1.., conflicts_with = "expansion", help = "Number(s) of latents [default: the run file's sae.d_sae, else --expansion × d]")]
     d_sae: Vec<usize>,
@@ -238,4 +238,24 @@ pub(crate) fn print_outcome(o: &TrainOutcome) {
     if let Some(t) = o.model_tokens {
         println!("streamed {t} model tokens");
     }
+}
+
+/// `--arch`'s help: the trainable architectures of the registry.
+fn arch_help() -> String {
+    let (names, _) = saelab_core::ArchConfig::trainable_names();
+    format!(
+        "Architecture(s): {}; several values train several SAEs [default: the run file's \
+         sae.architecture]",
+        names.join(", ")
+    )
+}
+
+/// `--k`'s help: the architectures that have a `k`.
+fn k_help() -> String {
+    let (_, with_k) = saelab_core::ArchConfig::trainable_names();
+    format!(
+        "Latents kept per token ({}); several values train several SAEs [default: the run \
+         file's sae.k]",
+        with_k.join(", ")
+    )
 }

@@ -296,6 +296,34 @@ impl ArchConfig {
         self.spec().trainer(dims).map_err(Error::Config)
     }
 
+    /// The names of the architectures saelab can train, and of those with a `k`, in
+    /// registry order (for help texts): an architecture trains when its default config
+    /// yields a trainer.
+    pub fn trainable_names() -> (Vec<&'static str>, Vec<&'static str>) {
+        let dims = Dims {
+            d_in: 1,
+            n: 1,
+            d_out: 1,
+        };
+        let trainable: Vec<&'static str> = ArchConfig::NAMES
+            .iter()
+            .copied()
+            .filter(|name| {
+                let a = ArchConfig::default_for(name, 1).expect("registered name");
+                a.spec().trainer(dims).is_ok()
+            })
+            .collect();
+        let with_k = trainable
+            .iter()
+            .copied()
+            .filter(|name| {
+                let a = ArchConfig::default_for(name, 1).expect("registered name");
+                a.knob("k").is_some()
+            })
+            .collect();
+        (trainable, with_k)
+    }
+
     /// The hyperparameters shown in run names, labels and sweep axes.
     pub fn knobs(&self) -> Vec<Knob> {
         self.spec().knobs()
