@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: fetch the real model and corpus and the tokenizer oracle
-# (idempotent), check formatting and lints, run every test in release mode (the
+# (idempotent), check formatting, lints and the docs, run every test in release mode (the
 # real-model tests need the speed), saelab-core's tests once more on the portable
 # kernels (SAELAB_KERNELS=portable: what a CPU without AVX-512 runs), then saelab-core's
 # unit tests in the dev profile, where the debug_asserts in front of unsafe code and
@@ -16,6 +16,10 @@ export SAELAB_REQUIRE_DATA=1
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
+# The library crates' docs: every public item documented (#![warn(missing_docs)]) and
+# every intra-doc link resolving.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet \
+  -p saelab-core -p saelab-lm -p saelab-eval -p saelab-jobs -p saelab-testkit
 cargo test --workspace --release
 SAELAB_KERNELS=portable cargo test -p saelab-core --release
 cargo test -p saelab-core --lib

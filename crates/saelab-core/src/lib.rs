@@ -13,12 +13,12 @@
 //!   trains), listed in one registry; [`config`]: the SAE config (`cfg.json`);
 //! - [`kernels`]: the step engine the architectures are written against — the fast CPU
 //!   kernels and the dense reference — and the products and selections inside them;
-//! - [`sae`]: a loaded SAE for inference (`encode`, `decode`, `forward`); [`format`]:
+//! - [`sae`]: a loaded SAE for inference (`encode`, `decode`, `forward`); [`format`](mod@format):
 //!   SAELens, sparsify and Gemma Scope files;
 //! - [`metrics`], [`evaluate`], [`refit`]: the metric definitions of `docs/metrics.md`,
 //!   accumulated batch by batch; dictionary recovery on synthetic data; least-squares
 //!   refits of the latents;
-//! - [`synth`]: synthetic activations with a known dictionary; [`bench`]: the
+//! - [`synth`]: synthetic activations with a known dictionary; [`bench`](mod@bench): the
 //!   training-step benchmark of `docs/bench.md` (W1–W4);
 //! - [`tensor`], [`latents`]: dense matrices, named parameter sets, sparse latents;
 //!   [`tensorfile`]: the bytes of `.safetensors` and `.npy` (headers, dtypes, the one

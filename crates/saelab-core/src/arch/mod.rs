@@ -24,7 +24,7 @@
 //!
 //! Adding an architecture: write `arch/<name>.rs` with a config struct implementing
 //! [`Architecture`] and [`Registered`] (and a [`Train`] type if it trains), and add one
-//! line to the [`architectures!`] list below. Everything else — configs, `cfg.json`,
+//! line to the `architectures!` list below. Everything else — configs, `cfg.json`,
 //! SAELens files, run names, report labels, sweep axes, `--arch` — reads the registry.
 
 pub mod common;

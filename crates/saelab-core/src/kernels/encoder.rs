@@ -24,7 +24,7 @@ use crate::tensor::Matrix;
 const MR: usize = 12;
 /// Columns per register block (two 16-lane vectors).
 const NR: usize = 32;
-/// Rows per task (a multiple of [`MR`]): its pre-activations, `TASK_ROWS × n` floats,
+/// Rows per task (a multiple of the register block `MR`): its pre-activations, `TASK_ROWS × n` floats,
 /// are what stays in cache.
 pub const TASK_ROWS: usize = 96;
 

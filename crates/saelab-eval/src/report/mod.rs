@@ -5,7 +5,7 @@
 //! `run.json` (architecture and hyperparameters), `metrics.jsonl` (`kind: "train"`
 //! records and `kind: "val"` validation records; other kinds are skipped),
 //! `sae/` (the SAE and its `sparsity.safetensors`), and `eval.json` (an
-//! [`InModelMetrics`] written by `saelab eval --out` or `saelab report --model`).
+//! [`crate::InModelMetrics`] written by `saelab eval --out` or `saelab report --model`).
 //! A bare SAE directory works too (no curves then).
 //!
 //! [`write_report`] writes `report.md` (`markdown.rs`) plus four plots (`plots.rs`),

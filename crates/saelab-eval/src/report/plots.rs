@@ -43,7 +43,7 @@ const FONT_PATHS: &[&str] = &[
 ];
 
 /// Registers a TrueType font for the plots' text (once per process): `$SAELAB_FONT`,
-/// else the first of [`FONT_PATHS`] that exists. Returns the file used, or why none.
+/// else the first of the usual system font paths that exists. Returns the file used, or why none.
 pub fn ensure_font() -> std::result::Result<PathBuf, String> {
     static FONT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     FONT.get_or_init(|| {
