@@ -148,3 +148,23 @@ pub fn check_on_every_engine(
         check(arch, engine.as_mut(), params, x, ctx, skip, 40, None);
     }
 }
+
+/// The standard gradient check of an architecture: d = 6, n = 20, a batch of 9 inputs,
+/// no dead latents, the parameters of `arch.init` (seed 5) perturbed by `perturb`, every
+/// engine.
+pub fn check_standard_case(arch: &mut dyn Train, perturb: f32, sparsity_scale: f32) {
+    let dims = Dims {
+        d_in: 6,
+        n: 20,
+        d_out: 6,
+    };
+    let mut rng = Rng::new(5);
+    let p = perturbed_params(arch, dims, &mut rng, perturb);
+    let x = random_batch(&mut rng, 9, 6);
+    let dead = vec![false; 20];
+    let ctx = StepContext {
+        sparsity_scale,
+        dead: &dead,
+    };
+    check_on_every_engine(arch, &p, &x, &ctx, &[]);
+}

@@ -207,22 +207,7 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences() {
-        let dims = Dims {
-            d_in: 6,
-            n: 20,
-            d_out: 6,
-        };
-        let mut rng = Rng::new(5);
-        let mut a = arch(0.8);
-        let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.2);
-        let x = gradcheck::random_batch(&mut rng, 9, 6);
-        let dead = vec![false; 20];
-        // The CPU engine's sparse and dense routes, and the reference.
-        let ctx = StepContext {
-            sparsity_scale: 0.9,
-            dead: &dead,
-        };
-        gradcheck::check_on_every_engine(&mut a, &p, &x, &ctx, &[]);
+        gradcheck::check_standard_case(&mut arch(0.8), 0.2, 0.9);
     }
 
     #[test]
