@@ -316,17 +316,9 @@ impl Trainer {
     pub fn set_reference_kernels(&mut self, on: bool) {
         self.cfg.reference_kernels = on;
         let want = engine_kind(&self.cfg);
-        if self.engine_kind() != want {
+        if self.engine.kind() != want {
             let other = self.spare_engine.take().unwrap_or_else(|| want.build());
             self.spare_engine = Some(std::mem::replace(&mut self.engine, other));
-        }
-    }
-
-    fn engine_kind(&self) -> EngineKind {
-        if self.engine.name() == "reference" {
-            EngineKind::Reference
-        } else {
-            EngineKind::Cpu
         }
     }
 

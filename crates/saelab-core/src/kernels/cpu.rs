@@ -17,7 +17,8 @@
 use tracing::debug_span;
 
 use super::engine::{
-    AuxLatents, AuxSelect, EncoderWeights, Grads, Reconstruction, Select, Selected, StepEngine,
+    AuxLatents, AuxSelect, EncoderWeights, EngineKind, Grads, Reconstruction, Select, Selected,
+    StepEngine,
 };
 use super::select::{batch_topk, for_each_above, select_candidates, topk_rows, TopKSelector};
 use super::sparse::{AuxBackward, AuxInput, Workspace};
@@ -181,8 +182,8 @@ fn above(lower: &[f32]) -> impl Fn(&mut TopKSelector, &[f32], &mut Latents) + Sy
 }
 
 impl StepEngine for CpuEngine {
-    fn name(&self) -> &'static str {
-        "cpu"
+    fn kind(&self) -> EngineKind {
+        EngineKind::Cpu
     }
 
     fn encode(

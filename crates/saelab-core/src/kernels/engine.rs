@@ -174,8 +174,8 @@ pub struct Grads<'a> {
 /// The operations of an SAE training step (see the module docs). Every method is
 /// deterministic for a given thread count.
 pub trait StepEngine: Send {
-    /// A short name for reports (`cpu`, `reference`).
-    fn name(&self) -> &'static str;
+    /// Which engine this is.
+    fn kind(&self) -> EngineKind;
 
     /// Encoder pass on `x [B, d]` with `enc`, keeping the entries `select` names and,
     /// when `aux` is on, the AuxK latents.
@@ -261,6 +261,14 @@ pub enum EngineKind {
 }
 
 impl EngineKind {
+    /// A short name for reports (`cpu`, `reference`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Cpu => "cpu",
+            EngineKind::Reference => "reference",
+        }
+    }
+
     /// A fresh engine of this kind.
     pub fn build(self) -> Box<dyn StepEngine> {
         match self {

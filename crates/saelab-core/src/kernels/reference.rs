@@ -12,7 +12,8 @@
 use rayon::prelude::*;
 
 use super::engine::{
-    AuxLatents, AuxSelect, EncoderWeights, Grads, Reconstruction, Select, Selected, StepEngine,
+    AuxLatents, AuxSelect, EncoderWeights, EngineKind, Grads, Reconstruction, Select, Selected,
+    StepEngine,
 };
 use super::gemm::{gemm, Transpose};
 use super::{mse_and_grad, sub_assign, subtract_bias};
@@ -126,8 +127,8 @@ fn batch_topk_by_sort(pre: &Matrix, total: usize) -> Latents {
 }
 
 impl StepEngine for ReferenceEngine {
-    fn name(&self) -> &'static str {
-        "reference"
+    fn kind(&self) -> EngineKind {
+        EngineKind::Reference
     }
 
     fn encode(
