@@ -211,11 +211,11 @@ impl Train for BatchTopK {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
     use crate::arch::common::{pre_activations, subtract_bias};
     use crate::arch::gradcheck;
     use crate::kernels::cpu::CpuEngine;
     use crate::kernels::select::testing::{naive_select, triples};
+    use crate::rng::Rng;
 
     fn arch(k: usize, aux_k: usize, momentum: f32) -> BatchTopK {
         BatchTopK {
@@ -376,7 +376,9 @@ mod tests {
         let (mut l0_train, mut l0_file, mut common, mut union) = (0usize, 0usize, 0usize, 0usize);
         for _ in 0..20 {
             let x = gradcheck::random_batch(&mut rng, rows, d);
-            let train = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like()).latents;
+            let train = a
+                .train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like())
+                .latents;
             let enc = jump.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
             l0_train += train.nnz();
             l0_file += enc.nnz();

@@ -154,7 +154,8 @@ impl GatedConfig {
         let x_hat = engine.decode(&f_lat, w_dec, b_dec);
         let (sq_err, g_out) = mse_and_grad(&x_hat, x);
         let mse = sq_err / bsz;
-        let g_f = engine.decode_backward(&f_lat, &g_out, w_dec, &mut g_w_dec.data, &mut g_b_dec.data);
+        let g_f =
+            engine.decode_backward(&f_lat, &g_out, w_dec, &mut g_w_dec.data, &mut g_b_dec.data);
         let g_mag: Vec<f32> = g_f
             .iter()
             .zip(&f_lat.val)
@@ -429,7 +430,9 @@ mod tests {
             // At the frozen point, train_step and the frozen wrapper agree exactly, so
             // the finite-difference check below is a check of train_step's gradient.
             let (mut g1, mut g2) = (p.zeros_like(), p.zeros_like());
-            let o1 = frozen.inner.train_step(engine.as_mut(), &p, &x, &ctx, &mut g1);
+            let o1 = frozen
+                .inner
+                .train_step(engine.as_mut(), &p, &x, &ctx, &mut g1);
             let o2 = frozen.train_step(engine.as_mut(), &p, &x, &ctx, &mut g2);
             assert_eq!(o1.loss, o2.loss);
             assert_eq!(g1, g2);

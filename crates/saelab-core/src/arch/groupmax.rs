@@ -114,7 +114,10 @@ mod tests {
             d_out: 4,
         };
         let a = GroupMaxConfig { k: 3 };
-        let err = a.trainer(dims(6)).err().expect("groupmax cannot be trained");
+        let err = a
+            .trainer(dims(6))
+            .err()
+            .expect("groupmax cannot be trained");
         assert!(err.contains("not trained"), "{err}");
         assert!(a.check(dims(6)).is_ok());
         assert!(a.check(dims(7)).unwrap_err().contains("dividing d_sae"));

@@ -248,10 +248,10 @@ mod tests {
 
     fn arch(l0_coefficient: f32, bandwidth: f32) -> JumpReluConfig {
         JumpReluConfig {
-                l0_coefficient,
-                bandwidth,
-                init_threshold: 1e-3,
-            }
+            l0_coefficient,
+            bandwidth,
+            init_threshold: 1e-3,
+        }
     }
 
     /// Parameters with thresholds spread around 0.1–0.5, so that a good share of the

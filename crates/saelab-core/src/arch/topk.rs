@@ -132,17 +132,17 @@ impl Train for TopKConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
     use crate::arch::gradcheck;
     use crate::kernels::cpu::CpuEngine;
     use crate::kernels::reference::ReferenceEngine;
+    use crate::rng::Rng;
 
     fn arch(k: usize, aux_k: usize) -> TopKConfig {
         TopKConfig {
-                k,
-                aux_k,
-                aux_coefficient: 0.5,
-            }
+            k,
+            aux_k,
+            aux_coefficient: 0.5,
+        }
     }
 
     #[test]

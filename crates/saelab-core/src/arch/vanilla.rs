@@ -126,10 +126,10 @@ impl Train for VanillaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
     use crate::arch::common::subtract_bias;
     use crate::arch::gradcheck;
     use crate::kernels::cpu::CpuEngine;
+    use crate::rng::Rng;
     use crate::train::{TrainConfig, Trainer};
     use crate::SaeConfig;
 
@@ -183,7 +183,14 @@ mod tests {
             total_tokens: 512,
             ..TrainConfig::default()
         };
-        let sae_cfg = SaeConfig::new(VanillaConfig { l1_coefficient: 1.0 }.into(), d, 32);
+        let sae_cfg = SaeConfig::new(
+            VanillaConfig {
+                l1_coefficient: 1.0,
+            }
+            .into(),
+            d,
+            32,
+        );
         let mut t = Trainer::new(cfg, sae_cfg, &x).unwrap();
         let mut last = f64::INFINITY;
         for s in 0..8 {
@@ -217,8 +224,17 @@ mod tests {
         };
         let mut xs = batch.clone();
         xs.data.iter_mut().for_each(|v| *v *= t.input_scale());
-        let out = a.train_step(&mut CpuEngine::default(), t.params(), &xs, &ctx, &mut t.params().zeros_like());
-        let enc = a.encode(t.params(), &subtract_bias(&xs, &t.params().get("b_dec").data));
+        let out = a.train_step(
+            &mut CpuEngine::default(),
+            t.params(),
+            &xs,
+            &ctx,
+            &mut t.params().zeros_like(),
+        );
+        let enc = a.encode(
+            t.params(),
+            &subtract_bias(&xs, &t.params().get("b_dec").data),
+        );
         assert_eq!(enc, out.latents);
     }
 }
