@@ -113,3 +113,14 @@ pub struct Dims {
     /// Output width.
     pub d_out: usize,
 }
+
+impl Dims {
+    /// An SAE of `n` latents that reconstructs its `d`-wide input (`d_in = d_out = d`).
+    pub fn square(d: usize, n: usize) -> Dims {
+        Dims {
+            d_in: d,
+            n,
+            d_out: d,
+        }
+    }
+}

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::arch::{StepContext, Train};
+use crate::arch::{Step, StepContext, Train};
 use crate::config::SaeConfig;
 use crate::error::{Error, Result};
 use crate::io;
@@ -375,17 +375,9 @@ impl Trainer {
         let dead: Vec<bool> = (0..self.tokens_since_fired.len())
             .map(|j| self.is_dead(j))
             .collect();
-        let ctx = StepContext {
-            sparsity_scale,
-            dead: &dead,
-        };
-        let out = self.arch.train_step(
-            self.engine.as_mut(),
-            &self.params,
-            &x,
-            &ctx,
-            &mut self.grads,
-        );
+        let ctx = StepContext::new(sparsity_scale, &dead);
+        let step = Step::new(self.engine.as_mut(), &self.params, &x, ctx, &mut self.grads);
+        let out = self.arch.train_step(step);
         if !out.loss.is_finite() {
             return Err(Error::config(format!(
                 "loss became {} at step {}; lower the learning rate or check the inputs",

@@ -10,7 +10,7 @@
 //! multiple of the kernels' row blocks but spans several of them (three encoder tasks of
 //! 96 rows, eight 32-row tasks), k larger than some rows' positive count.
 
-use saelab_core::arch::{StepContext, Train};
+use saelab_core::arch::{Step, StepContext, Train};
 use saelab_core::config::Dims;
 use saelab_core::kernels::cpu::CpuEngine;
 use saelab_core::kernels::engine::{EngineKind, StepEngine};
@@ -190,11 +190,7 @@ fn fast_and_reference_paths_give_the_same_loss_curve() {
 #[test]
 fn fast_and_reference_gradients_agree_along_a_run() {
     let x = data();
-    let dims = Dims {
-        d_in: D,
-        n: N,
-        d_out: D,
-    };
+    let dims = Dims::square(D, N);
     // Every third latent dead: AuxK's sparse route (k_aux 9 of 25 dead is above the
     // dense crossover, so the dense-over-the-dead-set route as well at 9 of 75 dead).
     let dead_sets: [Vec<bool>; 2] = [
@@ -210,16 +206,13 @@ fn fast_and_reference_gradients_agree_along_a_run() {
                     tried += 1;
                     let batch =
                         x.slice_rows((i % STEPS as usize) * B, (i % STEPS as usize + 1) * B);
-                    let ctx = StepContext {
-                        sparsity_scale: 1.0,
-                        dead,
-                    };
+                    let ctx = StepContext::new(1.0, dead);
                     let step = |engine: &mut dyn StepEngine| {
                         let mut a: Box<dyn Train> = arch.trainer(dims).unwrap();
                         // BatchTopK: one step first, so that the threshold hint is set.
-                        a.train_step(engine, p, &batch, &ctx, &mut p.zeros_like());
+                        a.train_step(Step::new(engine, p, &batch, ctx, &mut p.zeros_like()));
                         let mut g = p.zeros_like();
-                        let out = a.train_step(engine, p, &batch, &ctx, &mut g);
+                        let out = a.train_step(Step::new(engine, p, &batch, ctx, &mut g));
                         (out, g)
                     };
                     let (of, gf) = step(&mut CpuEngine::with_dense_above(dense_above));

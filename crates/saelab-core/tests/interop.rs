@@ -901,11 +901,7 @@ fn groupmax_cannot_be_saved_in_saelens_format() {
     assert!(msg.contains("groupmax"), "{msg}");
     assert!(!tmp.path().join("g").exists());
     let groupmax = ArchConfig::Groupmax(saelab_core::arch::GroupMaxConfig { k: 4 });
-    let dims = saelab_core::Dims {
-        d_in: 6,
-        n: 16,
-        d_out: 6,
-    };
+    let dims = saelab_core::Dims::square(6, 16);
     let err = groupmax
         .trainer(dims)
         .err()

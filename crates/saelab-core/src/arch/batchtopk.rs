@@ -31,12 +31,10 @@ use serde::{Deserialize, Serialize};
 use super::common::{sae_params, threshold_encode};
 use super::topk::{check_k, default_aux_coefficient, default_aux_k};
 use super::topk_family::{self, AuxK};
-use super::{
-    ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
-};
+use super::{ArchConfig, Architecture, Knob, Registered, SaeLensForm, Step, StepOutput, Train};
 use crate::config::Dims;
 use crate::error::{Error, Result};
-use crate::kernels::engine::{Select, StepEngine};
+use crate::kernels::engine::Select;
 use crate::latents::Latents;
 use crate::tensor::{Matrix, ParamSet, Tensor};
 
@@ -145,29 +143,18 @@ impl BatchTopK {
 }
 
 impl Train for BatchTopK {
-    fn train_step(
-        &mut self,
-        engine: &mut dyn StepEngine,
-        p: &ParamSet,
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> StepOutput {
+    fn train_step(&mut self, step: Step<'_>) -> StepOutput {
         let select = Select::BatchTopK {
-            total: self.cfg.k * x.rows,
+            total: self.cfg.k * step.x.rows,
             hint: self.threshold.map(|t| 0.5 * t),
         };
         let aux = AuxK {
             k: self.cfg.aux_k,
             coefficient: self.cfg.aux_coefficient,
         };
-        let out = topk_family::step(engine, p, x, select, aux, ctx, grads);
+        let out = topk_family::step(step, select, aux);
         self.update_threshold(&out.latents);
         out
-    }
-
-    fn unit_norm_decoder(&self) -> bool {
-        true
     }
 
     /// The JumpReLU form: the parameters plus `threshold [n]` = θ for every latent,
@@ -213,7 +200,7 @@ mod tests {
     use super::*;
     use crate::arch::common::{pre_activations, subtract_bias};
     use crate::arch::gradcheck;
-    use crate::kernels::cpu::CpuEngine;
+    use crate::arch::StepContext;
     use crate::kernels::select::testing::{naive_select, triples};
     use crate::rng::Rng;
 
@@ -234,23 +221,11 @@ mod tests {
         let (d, n, rows, k) = (6, 24, 17, 3);
         let mut rng = Rng::new(2);
         let mut a = arch(k, 0, 0.1);
-        let p = gradcheck::perturbed_params(
-            &a,
-            Dims {
-                d_in: d,
-                n,
-                d_out: d,
-            },
-            &mut rng,
-            0.1,
-        );
+        let p = gradcheck::perturbed_params(&a, Dims::square(d, n), &mut rng, 0.1);
         let x = gradcheck::random_batch(&mut rng, rows, d);
         let dead = vec![false; n];
-        let ctx = StepContext {
-            sparsity_scale: 1.0,
-            dead: &dead,
-        };
-        let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
+        let ctx = StepContext::new(1.0, &dead);
+        let out = gradcheck::step_on_cpu(&mut a, &p, &x, ctx);
         // Independent pre-activations in f64, then the selection by full sort.
         let (w_enc, b_enc, b_dec) = (
             &p.get("W_enc").data,
@@ -295,21 +270,9 @@ mod tests {
         let (d, n, rows, k, m) = (5, 16, 10, 2, 0.2f32);
         let mut rng = Rng::new(13);
         let mut a = arch(k, 0, m);
-        let p = gradcheck::perturbed_params(
-            &a,
-            Dims {
-                d_in: d,
-                n,
-                d_out: d,
-            },
-            &mut rng,
-            0.1,
-        );
+        let p = gradcheck::perturbed_params(&a, Dims::square(d, n), &mut rng, 0.1);
         let dead = vec![false; n];
-        let ctx = StepContext {
-            sparsity_scale: 1.0,
-            dead: &dead,
-        };
+        let ctx = StepContext::new(1.0, &dead);
         assert_eq!(a.state(), serde_json::json!({ "threshold": null }));
         let mut want: Option<f64> = None;
         for _ in 0..6 {
@@ -323,7 +286,7 @@ mod tests {
                 None => min,
                 Some(t) => (1.0 - m as f64) * t + m as f64 * min,
             });
-            a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
+            gradcheck::step_on_cpu(&mut a, &p, &x, ctx);
             assert!((a.threshold() as f64 - want.unwrap()).abs() < 1e-5);
         }
         // state round trip, and refusal of a malformed state
@@ -348,24 +311,12 @@ mod tests {
         let (d, n, rows, k) = (16, 96, 256, 6);
         let mut rng = Rng::new(17);
         let mut a = arch(k, 0, 0.05);
-        let p = gradcheck::perturbed_params(
-            &a,
-            Dims {
-                d_in: d,
-                n,
-                d_out: d,
-            },
-            &mut rng,
-            0.05,
-        );
+        let p = gradcheck::perturbed_params(&a, Dims::square(d, n), &mut rng, 0.05);
         let dead = vec![false; n];
-        let ctx = StepContext {
-            sparsity_scale: 1.0,
-            dead: &dead,
-        };
+        let ctx = StepContext::new(1.0, &dead);
         for _ in 0..200 {
             let x = gradcheck::random_batch(&mut rng, rows, d);
-            a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
+            gradcheck::step_on_cpu(&mut a, &p, &x, ctx);
         }
         let (file, cfg) = a.to_file(&p);
         assert!(matches!(cfg, ArchConfig::Jumprelu(_)));
@@ -376,9 +327,7 @@ mod tests {
         let (mut l0_train, mut l0_file, mut common, mut union) = (0usize, 0usize, 0usize, 0usize);
         for _ in 0..20 {
             let x = gradcheck::random_batch(&mut rng, rows, d);
-            let train = a
-                .train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like())
-                .latents;
+            let train = gradcheck::step_on_cpu(&mut a, &p, &x, ctx).latents;
             let enc = jump.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
             l0_train += train.nnz();
             l0_file += enc.nnz();

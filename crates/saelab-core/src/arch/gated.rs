@@ -32,11 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{init_tied, sae_params, subtract_bias, NormL1};
 use super::relu::default_l1_coefficient;
-use super::{
-    ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
-};
+use super::{ArchConfig, Architecture, Knob, Registered, SaeLensForm, Step, StepOutput, Train};
 use crate::config::Dims;
-use crate::kernels::engine::StepEngine;
 use crate::kernels::{affine, mse_and_grad, sub_assign};
 use crate::latents::Latents;
 use crate::rng::Rng;
@@ -103,15 +100,8 @@ impl GatedConfig {
     /// `frozen_w_dec [n, d_out]` and `frozen_b_dec [d_out]`, treated as constants.
     /// `train_step` passes the current `W_dec` and `b_dec`; tests pass fixed copies so
     /// that finite differences see the same stop-gradient.
-    fn step_with_frozen(
-        &self,
-        engine: &mut dyn StepEngine,
-        p: &ParamSet,
-        frozen: (&[f32], &[f32]),
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> StepOutput {
+    fn step_with_frozen(&self, step: Step<'_>, frozen: (&[f32], &[f32])) -> StepOutput {
+        let (engine, p, x, grads) = (step.engine, step.params, step.x, step.grads);
         let (frozen_w_dec, frozen_b_dec) = frozen;
         // The operations below accumulate.
         grads.fill_zero();
@@ -163,7 +153,7 @@ impl GatedConfig {
             .collect();
 
         // Sparsity: c Σ ReLU(π_gate,i) ‖W_dec,i‖ with c = λ s / B.
-        let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
+        let c = self.l1_coefficient * step.ctx.sparsity_scale / bsz as f32;
         let mut g_gate = vec![0.0f32; gate_lat.nnz()];
         let penalty = NormL1::new(&gate_lat, w_dec, d_out, c, &mut g_gate);
         penalty.add_decoder_grad(w_dec, &mut g_w_dec.data);
@@ -222,21 +212,10 @@ impl Train for GatedConfig {
         p
     }
 
-    fn train_step(
-        &mut self,
-        engine: &mut dyn StepEngine,
-        p: &ParamSet,
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> StepOutput {
+    fn train_step(&mut self, step: Step<'_>) -> StepOutput {
+        let p = step.params;
         let frozen = (&p.get("W_dec").data[..], &p.get("b_dec").data[..]);
-        self.step_with_frozen(engine, p, frozen, x, ctx, grads)
-    }
-
-    /// True, as in the paper (see the module notes on the L1 weighting).
-    fn unit_norm_decoder(&self) -> bool {
-        true
+        self.step_with_frozen(step, frozen)
     }
 
     fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
@@ -249,6 +228,7 @@ mod tests {
     use super::*;
     use crate::arch::common::row_norms;
     use crate::arch::gradcheck;
+    use crate::arch::StepContext;
     use crate::kernels::cpu::CpuEngine;
 
     fn arch(l1: f32) -> GatedConfig {
@@ -267,19 +247,9 @@ mod tests {
         fn init(&self, dims: Dims, rng: &mut Rng) -> ParamSet {
             self.inner.init(dims, rng)
         }
-        fn train_step(
-            &mut self,
-            engine: &mut dyn StepEngine,
-            p: &ParamSet,
-            x: &Matrix,
-            ctx: &StepContext,
-            grads: &mut ParamSet,
-        ) -> StepOutput {
+        fn train_step(&mut self, step: Step<'_>) -> StepOutput {
             self.inner
-                .step_with_frozen(engine, p, (&self.w_dec, &self.b_dec), x, ctx, grads)
-        }
-        fn unit_norm_decoder(&self) -> bool {
-            true
+                .step_with_frozen(step, (&self.w_dec, &self.b_dec))
         }
         fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
             self.inner.to_file(params)
@@ -302,14 +272,7 @@ mod tests {
     #[test]
     fn init_has_saelens_names_and_tied_unit_rows() {
         let (d, n) = (5, 8);
-        let p = arch(1.0).init(
-            Dims {
-                d_in: d,
-                n,
-                d_out: d,
-            },
-            &mut Rng::new(1),
-        );
+        let p = arch(1.0).init(Dims::square(d, n), &mut Rng::new(1));
         let names: Vec<&str> = p.iter().map(|(n, _)| n).collect();
         assert_eq!(
             names,
@@ -335,15 +298,7 @@ mod tests {
         let (d, n, rows) = (5, 14, 9);
         let mut rng = Rng::new(12);
         let mut a = arch(0.6);
-        let p = params(
-            &a,
-            Dims {
-                d_in: d,
-                n,
-                d_out: d,
-            },
-            &mut rng,
-        );
+        let p = params(&a, Dims::square(d, n), &mut rng);
         let x = gradcheck::random_batch(&mut rng, rows, d);
         let g = |k: &str| {
             p.get(k)
@@ -389,12 +344,9 @@ mod tests {
         let bf = rows as f64;
         let want = [mse / bf, 0.6 * s * l1 / bf, aux / bf];
         let dead = vec![false; n];
-        let ctx = StepContext {
-            sparsity_scale: s as f32,
-            dead: &dead,
-        };
+        let ctx = StepContext::new(s as f32, &dead);
         for mut engine in gradcheck::engines() {
-            let out = a.train_step(engine.as_mut(), &p, &x, &ctx, &mut p.zeros_like());
+            let out = a.train_step(Step::new(engine.as_mut(), &p, &x, ctx, &mut p.zeros_like()));
             let names: Vec<&str> = out.terms.iter().map(|t| t.0).collect();
             assert_eq!(names, ["mse", "l1", "aux"]);
             for ((_, got), w) in out.terms.iter().zip(want) {
@@ -407,11 +359,7 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences_with_frozen_aux_decoder() {
-        let dims = Dims {
-            d_in: 6,
-            n: 20,
-            d_out: 6,
-        };
+        let dims = Dims::square(6, 20);
         let mut rng = Rng::new(5);
         let inner = arch(0.8);
         let p = params(&inner, dims, &mut rng);
@@ -422,18 +370,15 @@ mod tests {
             w_dec: p.get("W_dec").data.clone(),
             b_dec: p.get("b_dec").data.clone(),
         };
-        let ctx = StepContext {
-            sparsity_scale: 0.9,
-            dead: &dead,
-        };
+        let ctx = StepContext::new(0.9, &dead);
         for mut engine in gradcheck::engines() {
             // At the frozen point, train_step and the frozen wrapper agree exactly, so
             // the finite-difference check below is a check of train_step's gradient.
             let (mut g1, mut g2) = (p.zeros_like(), p.zeros_like());
             let o1 = frozen
                 .inner
-                .train_step(engine.as_mut(), &p, &x, &ctx, &mut g1);
-            let o2 = frozen.train_step(engine.as_mut(), &p, &x, &ctx, &mut g2);
+                .train_step(Step::new(engine.as_mut(), &p, &x, ctx, &mut g1));
+            let o2 = frozen.train_step(Step::new(engine.as_mut(), &p, &x, ctx, &mut g2));
             assert_eq!(o1.loss, o2.loss);
             assert_eq!(g1, g2);
             gradcheck::check(&mut frozen, engine.as_mut(), &p, &x, &ctx, &[], 40, None);
@@ -448,24 +393,13 @@ mod tests {
         let (d, n, rows) = (4, 10, 8);
         let mut rng = Rng::new(31);
         let mut a = arch(0.5);
-        let p = params(
-            &a,
-            Dims {
-                d_in: d,
-                n,
-                d_out: d,
-            },
-            &mut rng,
-        );
+        let p = params(&a, Dims::square(d, n), &mut rng);
         let x = gradcheck::random_batch(&mut rng, rows, d);
         let dead = vec![false; n];
-        let ctx = StepContext {
-            sparsity_scale: 1.0,
-            dead: &dead,
-        };
+        let ctx = StepContext::new(1.0, &dead);
         let mut engine = CpuEngine::default();
         let mut g = p.zeros_like();
-        a.train_step(&mut engine, &p, &x, &ctx, &mut g);
+        a.train_step(Step::new(&mut engine, &p, &x, ctx, &mut g));
         let x_enc = subtract_bias(&x, &p.get("b_dec").data);
         let pre = affine(&x_enc, &p.get("W_enc").data, &p.get("b_gate").data);
         let gate = Latents::from_dense(&Matrix {
@@ -489,7 +423,7 @@ mod tests {
                 let mut loss_at = |delta: f32| {
                     let mut q = p.clone();
                     q.get_mut("W_dec").data[k] += delta;
-                    a.train_step(&mut engine, &q, &x, &ctx, &mut q.zeros_like())
+                    a.train_step(Step::new(&mut engine, &q, &x, ctx, &mut q.zeros_like()))
                         .loss
                 };
                 let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
@@ -502,30 +436,5 @@ mod tests {
             }
         }
         assert!(checked > 5, "aux gradient too small to tell: {checked}");
-    }
-
-    #[test]
-    fn training_latents_equal_inference_encode() {
-        let dims = Dims {
-            d_in: 8,
-            n: 30,
-            d_out: 8,
-        };
-        let mut rng = Rng::new(9);
-        let mut a = arch(1.0);
-        let p = params(&a, dims, &mut rng);
-        let x = gradcheck::random_batch(&mut rng, 13, 8);
-        let dead = vec![false; 30];
-        let ctx = StepContext {
-            sparsity_scale: 1.0,
-            dead: &dead,
-        };
-        let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
-        let (file, cfg) = a.to_file(&p);
-        assert_eq!(cfg, ArchConfig::Gated(a.clone()));
-        assert!(!file.contains("b_enc"));
-        let enc = a.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
-        assert!(out.latents.nnz() > 0);
-        assert_eq!(enc, out.latents);
     }
 }

@@ -1,6 +1,6 @@
 //! Finite-difference gradient checks shared by the architecture tests.
 
-use super::{StepContext, Train};
+use super::{Step, StepContext, StepOutput, Train};
 use crate::config::Dims;
 use crate::kernels::cpu::CpuEngine;
 use crate::kernels::engine::{EngineKind, StepEngine};
@@ -27,6 +27,23 @@ pub fn engines() -> Vec<Box<dyn StepEngine>> {
         Box::new(CpuEngine::with_dense_above(0.0)),
         EngineKind::Reference.build(),
     ]
+}
+
+/// One step of `arch` on the default CPU engine, the gradient discarded.
+pub fn step_on_cpu(
+    arch: &mut dyn Train,
+    params: &ParamSet,
+    x: &Matrix,
+    ctx: StepContext,
+) -> StepOutput {
+    let mut grads = params.zeros_like();
+    arch.train_step(Step::new(
+        &mut CpuEngine::default(),
+        params,
+        x,
+        ctx,
+        &mut grads,
+    ))
 }
 
 /// A `[rows, d]` batch of standard-normal inputs.
@@ -89,7 +106,7 @@ pub fn check(
     only: Option<CoordFilter>,
 ) {
     let mut grads = params.zeros_like();
-    arch.train_step(engine, params, x, ctx, &mut grads);
+    arch.train_step(Step::new(engine, params, x, *ctx, &mut grads));
     let mut rng = Rng::new(99);
     let h = 1e-3f32;
     for (name, t) in params.iter() {
@@ -110,7 +127,7 @@ pub fn check(
                 let mut q = params.clone();
                 q.get_mut(name).data[i] += delta;
                 let mut g = params.zeros_like();
-                arch.train_step(engine, &q, x, ctx, &mut g).loss
+                arch.train_step(Step::new(engine, &q, x, *ctx, &mut g)).loss
             };
             let l0 = loss_at(0.0);
             let lp = loss_at(h);
@@ -153,18 +170,11 @@ pub fn check_on_every_engine(
 /// no dead latents, the parameters of `arch.init` (seed 5) perturbed by `perturb`, every
 /// engine.
 pub fn check_standard_case(arch: &mut dyn Train, perturb: f32, sparsity_scale: f32) {
-    let dims = Dims {
-        d_in: 6,
-        n: 20,
-        d_out: 6,
-    };
+    let dims = Dims::square(6, 20);
     let mut rng = Rng::new(5);
     let p = perturbed_params(arch, dims, &mut rng, perturb);
     let x = random_batch(&mut rng, 9, 6);
     let dead = vec![false; 20];
-    let ctx = StepContext {
-        sparsity_scale,
-        dead: &dead,
-    };
+    let ctx = StepContext::new(sparsity_scale, &dead);
     check_on_every_engine(arch, &p, &x, &ctx, &[]);
 }

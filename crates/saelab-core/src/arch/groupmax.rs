@@ -108,11 +108,7 @@ mod tests {
 
     #[test]
     fn is_inference_only_and_checks_its_groups() {
-        let dims = |n| Dims {
-            d_in: 4,
-            n,
-            d_out: 4,
-        };
+        let dims = |n| Dims::square(4, n);
         let a = GroupMaxConfig { k: 3 };
         let err = a
             .trainer(dims(6))

@@ -230,6 +230,50 @@ pub struct StepContext<'a> {
     pub dead: &'a [bool],
 }
 
+impl<'a> StepContext<'a> {
+    /// A context with sparsity scale `sparsity_scale` and dead set `dead`.
+    pub fn new(sparsity_scale: f32, dead: &'a [bool]) -> Self {
+        StepContext {
+            sparsity_scale,
+            dead,
+        }
+    }
+}
+
+/// One training step's inputs, as the trainer hands them to [`Train::train_step`].
+pub struct Step<'a> {
+    /// The engine that computes the step's products.
+    pub engine: &'a mut dyn StepEngine,
+    /// Training-form parameters.
+    pub params: &'a ParamSet,
+    /// The batch `[B, d_in]`: normalised input, `b_dec` *not* subtracted.
+    pub x: &'a Matrix,
+    /// The warm-up scale and the dead latents.
+    pub ctx: StepContext<'a>,
+    /// Where the gradients go: same names and shapes as `params`, every entry
+    /// overwritten, whatever it held before, so that the trainer never clears them.
+    pub grads: &'a mut ParamSet,
+}
+
+impl<'a> Step<'a> {
+    /// The step on `x` with `params` on `engine`, writing into `grads`.
+    pub fn new(
+        engine: &'a mut dyn StepEngine,
+        params: &'a ParamSet,
+        x: &'a Matrix,
+        ctx: StepContext<'a>,
+        grads: &'a mut ParamSet,
+    ) -> Self {
+        Step {
+            engine,
+            params,
+            x,
+            ctx,
+            grads,
+        }
+    }
+}
+
 /// The result of one forward/backward pass on a batch.
 #[derive(Clone, Debug, Default)]
 pub struct StepOutput {
@@ -257,22 +301,16 @@ pub trait Train: Send {
         common::init_tied(dims, 1.0, rng)
     }
 
-    /// Forward pass, loss and gradient on `x` `[B, d_in]` (normalised input, `b_dec`
-    /// *not* subtracted) with training-form parameters, on `engine`. Gradients are
-    /// *written* into `grads` (same names and shapes as `params`): every entry is
-    /// overwritten, whatever it held before, so the trainer never clears them.
-    fn train_step(
-        &mut self,
-        engine: &mut dyn StepEngine,
-        params: &ParamSet,
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> StepOutput;
+    /// Forward pass, loss and gradient of one batch (see [`Step`]): the gradient is
+    /// *written* into `step.grads`, every entry of it.
+    fn train_step(&mut self, step: Step<'_>) -> StepOutput;
 
     /// Whether decoder rows are kept at unit norm (renormalised after each step, with the
-    /// gradient component parallel to each row removed before it).
-    fn unit_norm_decoder(&self) -> bool;
+    /// gradient component parallel to each row removed before it). True by default, as
+    /// every architecture but the norm-weighted L1 ReLU SAE keeps them so.
+    fn unit_norm_decoder(&self) -> bool {
+        true
+    }
 
     /// File-form parameters and the architecture config to save them under.
     fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig);
@@ -300,11 +338,7 @@ impl ArchConfig {
     /// registry order (for help texts): an architecture trains when its default config
     /// yields a trainer.
     pub fn trainable_names() -> (Vec<&'static str>, Vec<&'static str>) {
-        let dims = Dims {
-            d_in: 1,
-            n: 1,
-            d_out: 1,
-        };
+        let dims = Dims::square(1, 1);
         let trainable: Vec<&'static str> = ArchConfig::NAMES
             .iter()
             .copied()
@@ -415,11 +449,7 @@ mod tests {
 
     #[test]
     fn train_step_overwrites_every_gradient_entry() {
-        let dims = Dims {
-            d_in: 13,
-            n: 67,
-            d_out: 13,
-        };
+        let dims = Dims::square(13, 67);
         let some_dead: Vec<bool> = (0..67).map(|j| j % 5 == 2).collect();
         let all_dead = vec![true; 67];
         let topk = |aux_k| {
@@ -477,18 +507,15 @@ mod tests {
                 let (mut a1, mut a2) = (cfg.trainer(dims).unwrap(), cfg.trainer(dims).unwrap());
                 let (mut e1, mut e2) = (engine(), engine());
                 let p = gradcheck::perturbed_params(a1.as_ref(), dims, &mut rng, 0.1);
-                let ctx = StepContext {
-                    sparsity_scale: 1.0,
-                    dead,
-                };
+                let ctx = StepContext::new(1.0, dead);
                 // Two steps each, so that state-dependent routes (BatchTopK's threshold)
                 // are taken alike.
                 for step in 0..2 {
                     let x = gradcheck::random_batch(&mut rng, 41, 13);
                     let mut g1 = p.zeros_like();
                     let mut g2 = nan_like(&p);
-                    let o1 = a1.train_step(e1.as_mut(), &p, &x, &ctx, &mut g1);
-                    let o2 = a2.train_step(e2.as_mut(), &p, &x, &ctx, &mut g2);
+                    let o1 = a1.train_step(Step::new(e1.as_mut(), &p, &x, ctx, &mut g1));
+                    let o2 = a2.train_step(Step::new(e2.as_mut(), &p, &x, ctx, &mut g2));
                     assert_eq!(o1.loss.to_bits(), o2.loss.to_bits());
                     for ((name, t1), (_, t2)) in g1.iter().zip(g2.iter()) {
                         for (i, (u, v)) in t1.data.iter().zip(&t2.data).enumerate() {
@@ -502,6 +529,39 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// For every trainable architecture, the file form holds exactly the tensors
+    /// `file_params` names, under the config `file_form` gives, and its inference
+    /// `encode` reproduces the training step's latents bit for bit. (BatchTopK's file
+    /// form cuts at the threshold EMA, not at the batch's own k·B-th value: its file
+    /// has its own test.)
+    #[test]
+    fn file_form_encodes_exactly_the_training_latents() {
+        let dims = Dims::square(8, 40);
+        let dead = vec![false; 40];
+        let (trainable, _) = ArchConfig::trainable_names();
+        for name in trainable.into_iter().filter(|&n| n != "batchtopk") {
+            let cfg = ArchConfig::default_for(name, 5).unwrap();
+            let mut a = cfg.trainer(dims).unwrap();
+            let mut rng = Rng::new(3);
+            let p = gradcheck::perturbed_params(a.as_ref(), dims, &mut rng, 0.1);
+            let x = gradcheck::random_batch(&mut rng, 33, 8);
+            let ctx = StepContext::new(1.0, &dead);
+            let out = gradcheck::step_on_cpu(a.as_mut(), &p, &x, ctx);
+            let (file, saved) = a.to_file(&p);
+            assert_eq!(saved, cfg.file_form(), "{name}");
+            let mut names: Vec<&str> = file.iter().map(|(n, _)| n).collect();
+            let mut want: Vec<&str> = saved.spec().file_params(dims).iter().map(|t| t.0).collect();
+            names.sort();
+            want.sort();
+            assert_eq!(names, want, "{name}");
+            let x_enc = common::subtract_bias(&x, &p.get("b_dec").data);
+            let enc = saved.spec().encode(&file, &x_enc);
+            let nnz = out.latents.nnz();
+            assert!(nnz > 0 && nnz < 33 * 40, "{name}: {nnz} latents fired");
+            assert_eq!(enc, out.latents, "{name}");
         }
     }
 

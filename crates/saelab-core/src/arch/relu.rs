@@ -22,11 +22,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::{encoder, init_tied, pre_activations, sae_grads, sae_params, NormL1};
-use super::{
-    ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
-};
+use super::{ArchConfig, Architecture, Knob, Registered, SaeLensForm, Step, StepOutput, Train};
 use crate::config::Dims;
-use crate::kernels::engine::{AuxSelect, Select, StepEngine};
+use crate::kernels::engine::{AuxSelect, Select};
 use crate::latents::Latents;
 use crate::rng::Rng;
 use crate::tensor::{Matrix, ParamSet};
@@ -86,14 +84,8 @@ impl Train for ReluConfig {
         init_tied(dims, 0.1, rng)
     }
 
-    fn train_step(
-        &mut self,
-        engine: &mut dyn StepEngine,
-        p: &ParamSet,
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> StepOutput {
+    fn train_step(&mut self, step: Step<'_>) -> StepOutput {
+        let (engine, p, x, grads) = (step.engine, step.params, step.x, step.grads);
         let enc = encoder(p);
         let w_dec = &p.get("W_dec").data;
         let (d, n) = (x.cols, enc.b_enc.len());
@@ -104,7 +96,7 @@ impl Train for ReluConfig {
         let (sq_err, mse) = (rec.sq_err, rec.sq_err / bsz);
         // Sparsity penalty c Σ f_i ‖W_dec,i‖ with c = λ s / B; ReLU' = 1 on every stored
         // (positive) latent, so ∂L/∂pre = ∂L/∂f there.
-        let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
+        let c = self.l1_coefficient * step.ctx.sparsity_scale / bsz as f32;
         let l1 = NormL1::new(&sel.latents, w_dec, d, c, &mut rec.g_f);
         engine.backward(x, enc, w_dec, &sel, rec, sae_grads(grads));
         // The backward wrote the decoder gradient; the penalty's part is added after.
@@ -130,8 +122,9 @@ impl Train for ReluConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::common::{row_norms, subtract_bias};
+    use crate::arch::common::row_norms;
     use crate::arch::gradcheck;
+    use crate::arch::StepContext;
     use crate::kernels::cpu::CpuEngine;
 
     fn arch(l1: f32) -> ReluConfig {
@@ -142,14 +135,7 @@ mod tests {
     fn init_is_tied_with_decoder_rows_of_norm_one_tenth() {
         let a = arch(1.0);
         let (d, n) = (6, 9);
-        let p = a.init(
-            Dims {
-                d_in: d,
-                n,
-                d_out: d,
-            },
-            &mut Rng::new(2),
-        );
+        let p = a.init(Dims::square(d, n), &mut Rng::new(2));
         for nrm in row_norms(&p.get("W_dec").data, d) {
             assert!((nrm - 0.1).abs() < 1e-6);
         }
@@ -167,16 +153,7 @@ mod tests {
         let (d, n, rows) = (5, 12, 7);
         let mut rng = Rng::new(4);
         let mut a = arch(0.7);
-        let p = gradcheck::perturbed_params(
-            &a,
-            Dims {
-                d_in: d,
-                n,
-                d_out: d,
-            },
-            &mut rng,
-            0.2,
-        );
+        let p = gradcheck::perturbed_params(&a, Dims::square(d, n), &mut rng, 0.2);
         let x = gradcheck::random_batch(&mut rng, rows, d);
         let w_dec = &p.get("W_dec").data;
         let (f, mse) = gradcheck::naive_relu(&p, &x);
@@ -193,11 +170,8 @@ mod tests {
         let s = 0.5;
         let (mse, l1) = (mse / rows as f64, 0.7 * s * l1 / rows as f64);
         let dead = vec![false; n];
-        let ctx = StepContext {
-            sparsity_scale: s as f32,
-            dead: &dead,
-        };
-        let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
+        let ctx = StepContext::new(s as f32, &dead);
+        let out = gradcheck::step_on_cpu(&mut a, &p, &x, ctx);
         assert_eq!(out.terms[0].0, "mse");
         assert!((out.terms[0].1 - mse).abs() < 1e-5 * mse);
         assert_eq!(out.terms[1].0, "l1");
@@ -212,25 +186,18 @@ mod tests {
 
     #[test]
     fn sparse_and_dense_paths_agree() {
-        let dims = Dims {
-            d_in: 11,
-            n: 70,
-            d_out: 11,
-        };
+        let dims = Dims::square(11, 70);
         let mut rng = Rng::new(8);
         let mut a = arch(2.0);
         let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.1);
         let x = gradcheck::random_batch(&mut rng, 67, 11);
         let dead = vec![false; 70];
-        let ctx = StepContext {
-            sparsity_scale: 1.0,
-            dead: &dead,
-        };
+        let ctx = StepContext::new(1.0, &dead);
         let run = |a: &mut ReluConfig, dense_above| {
             // NaN-filled: both routes must write every gradient entry.
             let mut g = super::super::tests::nan_like(&p);
             let mut engine = CpuEngine::with_dense_above(dense_above);
-            let o = a.train_step(&mut engine, &p, &x, &ctx, &mut g);
+            let o = a.train_step(Step::new(&mut engine, &p, &x, ctx, &mut g));
             (o, g)
         };
         let (o1, g1) = run(&mut a, 1.0); // always sparse
@@ -242,27 +209,5 @@ mod tests {
                 assert!((u - v).abs() < 1e-4 * (1.0 + u.abs()));
             }
         }
-    }
-
-    #[test]
-    fn training_latents_equal_inference_encode() {
-        let dims = Dims {
-            d_in: 8,
-            n: 30,
-            d_out: 8,
-        };
-        let mut rng = Rng::new(9);
-        let mut a = arch(1.0);
-        let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.1);
-        let x = gradcheck::random_batch(&mut rng, 13, 8);
-        let dead = vec![false; 30];
-        let ctx = StepContext {
-            sparsity_scale: 1.0,
-            dead: &dead,
-        };
-        let out = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut p.zeros_like());
-        let (file, _) = a.to_file(&p);
-        let enc = a.encode(&file, &subtract_bias(&x, &p.get("b_dec").data));
-        assert_eq!(enc, out.latents);
     }
 }

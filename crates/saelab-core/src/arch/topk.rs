@@ -10,11 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{pre_activations, sae_params};
 use super::topk_family::{self, AuxK};
-use super::{
-    ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
-};
+use super::{ArchConfig, Architecture, Knob, Registered, SaeLensForm, Step, StepOutput, Train};
 use crate::config::Dims;
-use crate::kernels::engine::{Select, StepEngine};
+use crate::kernels::engine::Select;
 use crate::kernels::select::topk_rows;
 use crate::latents::Latents;
 use crate::tensor::{Matrix, ParamSet};
@@ -105,23 +103,12 @@ impl Architecture for TopKConfig {
 
 /// Training: the training form is the file form (`W_enc`, `b_enc`, `W_dec`, `b_dec`).
 impl Train for TopKConfig {
-    fn train_step(
-        &mut self,
-        engine: &mut dyn StepEngine,
-        p: &ParamSet,
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> StepOutput {
+    fn train_step(&mut self, step: Step<'_>) -> StepOutput {
         let aux = AuxK {
             k: self.aux_k,
             coefficient: self.aux_coefficient,
         };
-        topk_family::step(engine, p, x, Select::TopK(self.k), aux, ctx, grads)
-    }
-
-    fn unit_norm_decoder(&self) -> bool {
-        true
+        topk_family::step(step, Select::TopK(self.k), aux)
     }
 
     fn to_file(&self, params: &ParamSet) -> (ParamSet, ArchConfig) {
@@ -133,6 +120,7 @@ impl Train for TopKConfig {
 mod tests {
     use super::*;
     use crate::arch::gradcheck;
+    use crate::arch::StepContext;
     use crate::kernels::cpu::CpuEngine;
     use crate::kernels::reference::ReferenceEngine;
     use crate::rng::Rng;
@@ -154,23 +142,22 @@ mod tests {
     fn fast_and_reference_agree_with_a_small_dead_set() {
         // Few dead latents and a large k_aux: the AuxK pairs fill most of [B, |dead|], so
         // the fast step takes the dense-over-the-dead-set route.
-        let dims = Dims {
-            d_in: 13,
-            n: 67,
-            d_out: 13,
-        };
+        let dims = Dims::square(13, 67);
         let mut rng = Rng::new(12);
         let mut a = arch(5, 6);
         let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.1);
         let x = gradcheck::random_batch(&mut rng, 41, 13);
         let dead: Vec<bool> = (0..67).map(|j| j % 5 == 2).collect();
-        let ctx = StepContext {
-            sparsity_scale: 1.0,
-            dead: &dead,
-        };
+        let ctx = StepContext::new(1.0, &dead);
         let (mut g1, mut g2) = (p.zeros_like(), p.zeros_like());
-        let o1 = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut g1);
-        let o2 = a.train_step(&mut ReferenceEngine::default(), &p, &x, &ctx, &mut g2);
+        let o1 = a.train_step(Step::new(&mut CpuEngine::default(), &p, &x, ctx, &mut g1));
+        let o2 = a.train_step(Step::new(
+            &mut ReferenceEngine::default(),
+            &p,
+            &x,
+            ctx,
+            &mut g2,
+        ));
         let aux = |o: &StepOutput| o.terms.iter().find(|t| t.0 == "aux").unwrap().1;
         assert!(aux(&o2) > 0.0);
         assert!((aux(&o1) - aux(&o2)).abs() < 1e-4 * aux(&o2));
@@ -190,11 +177,7 @@ mod tests {
 
     #[test]
     fn fast_and_reference_kernels_agree() {
-        let dims = Dims {
-            d_in: 13,
-            n: 67,
-            d_out: 13,
-        };
+        let dims = Dims::square(13, 67);
         let mut rng = Rng::new(8);
         let mut a = arch(70, 5); // k larger than the number of positive pre-activations
         let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.1);
@@ -202,12 +185,15 @@ mod tests {
         let dead = vec![true; 67];
         let mut g1 = p.zeros_like();
         let mut g2 = p.zeros_like();
-        let ctx = StepContext {
-            sparsity_scale: 1.0,
-            dead: &dead,
-        };
-        let o1 = a.train_step(&mut CpuEngine::default(), &p, &x, &ctx, &mut g1);
-        let o2 = a.train_step(&mut ReferenceEngine::default(), &p, &x, &ctx, &mut g2);
+        let ctx = StepContext::new(1.0, &dead);
+        let o1 = a.train_step(Step::new(&mut CpuEngine::default(), &p, &x, ctx, &mut g1));
+        let o2 = a.train_step(Step::new(
+            &mut ReferenceEngine::default(),
+            &p,
+            &x,
+            ctx,
+            &mut g2,
+        ));
         assert!((o1.loss - o2.loss).abs() < 1e-4 * o1.loss.abs().max(1.0));
         for ((_, t1), (_, t2)) in g1.iter().zip(g2.iter()) {
             for (u, v) in t1.data.iter().zip(&t2.data) {

@@ -13,9 +13,8 @@
 //! the selection, which is piecewise constant).
 
 use super::common::{encoder, sae_grads};
-use super::{StepContext, StepOutput};
-use crate::kernels::engine::{AuxSelect, Select, StepEngine};
-use crate::tensor::{Matrix, ParamSet};
+use super::{Step, StepOutput};
+use crate::kernels::engine::{AuxSelect, Select};
 
 /// The AuxK settings of a TopK-family SAE.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -41,19 +40,12 @@ impl AuxK {
 
 /// One TopK-family step: the latents `select` names (with AuxK over the dead latents),
 /// the reconstruction, the loss `mse (+ aux)` and every gradient, written into `grads`.
-pub fn step(
-    engine: &mut dyn StepEngine,
-    p: &ParamSet,
-    x: &Matrix,
-    select: Select,
-    aux: AuxK,
-    ctx: &StepContext,
-    grads: &mut ParamSet,
-) -> StepOutput {
+pub fn step(step: Step<'_>, select: Select, aux: AuxK) -> StepOutput {
+    let (engine, p, x, grads) = (step.engine, step.params, step.x, step.grads);
     let enc = encoder(p);
     let (w_dec, b_dec) = (&p.get("W_dec").data, &p.get("b_dec").data);
     let bsz = x.rows.max(1) as f64;
-    let dead = aux.dead_latents(ctx.dead);
+    let dead = aux.dead_latents(step.ctx.dead);
     let aux_select = AuxSelect {
         dead: &dead,
         k: aux.k,
@@ -83,9 +75,9 @@ pub fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::StepContext;
     use crate::arch::{gradcheck, ArchConfig, BatchTopKConfig, TopKConfig};
     use crate::config::Dims;
-    use crate::kernels::cpu::CpuEngine;
     use crate::rng::Rng;
 
     #[test]
@@ -94,11 +86,7 @@ mod tests {
         // analytic gradient only for parameters x̂ does not depend on: those of latents
         // that are dead *and* unselected by the main path on this batch.
         let (d, n, rows) = (6, 24, 7);
-        let dims = Dims {
-            d_in: d,
-            n,
-            d_out: d,
-        };
+        let dims = Dims::square(d, n);
         let archs = [
             ArchConfig::Topk(TopKConfig {
                 k: 3,
@@ -118,19 +106,8 @@ mod tests {
             let p = gradcheck::perturbed_params(a.as_ref(), dims, &mut rng, 0.1);
             let x = gradcheck::random_batch(&mut rng, rows, d);
             let alive = vec![false; n];
-            let no_dead = StepContext {
-                sparsity_scale: 1.0,
-                dead: &alive,
-            };
-            let used = a
-                .train_step(
-                    &mut CpuEngine::default(),
-                    &p,
-                    &x,
-                    &no_dead,
-                    &mut p.zeros_like(),
-                )
-                .latents;
+            let no_dead = StepContext::new(1.0, &alive);
+            let used = gradcheck::step_on_cpu(a.as_mut(), &p, &x, no_dead).latents;
             let dead: Vec<bool> = (0..n).map(|j| !used.idx.contains(&(j as u32))).collect();
             assert!(dead.iter().filter(|&&v| v).count() >= 4);
             let only = |name: &str, i: usize| match name {
@@ -139,12 +116,10 @@ mod tests {
                 "W_dec" => dead[i / d],
                 _ => false,
             };
-            let ctx = StepContext {
-                sparsity_scale: 1.0,
-                dead: &dead,
-            };
+            let ctx = StepContext::new(1.0, &dead);
             for mut engine in gradcheck::engines() {
-                let out = a.train_step(engine.as_mut(), &p, &x, &ctx, &mut p.zeros_like());
+                let out =
+                    a.train_step(Step::new(engine.as_mut(), &p, &x, ctx, &mut p.zeros_like()));
                 assert!(
                     out.terms.iter().any(|(t, v)| *t == "aux" && *v > 0.0),
                     "{}: no AuxK term",

@@ -22,11 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{encoder, sae_grads};
 use super::relu::{default_l1_coefficient, ReluConfig};
-use super::{
-    ArchConfig, Architecture, Knob, Registered, SaeLensForm, StepContext, StepOutput, Train,
-};
+use super::{ArchConfig, Architecture, Knob, Registered, SaeLensForm, Step, StepOutput, Train};
 use crate::config::Dims;
-use crate::kernels::engine::{AuxSelect, Select, StepEngine};
+use crate::kernels::engine::{AuxSelect, Select};
 use crate::latents::Latents;
 use crate::tensor::{Matrix, ParamSet};
 
@@ -84,14 +82,8 @@ impl Architecture for VanillaConfig {
 
 /// Training: the training form is the file form (`W_enc`, `b_enc`, `W_dec`, `b_dec`).
 impl Train for VanillaConfig {
-    fn train_step(
-        &mut self,
-        engine: &mut dyn StepEngine,
-        p: &ParamSet,
-        x: &Matrix,
-        ctx: &StepContext,
-        grads: &mut ParamSet,
-    ) -> StepOutput {
+    fn train_step(&mut self, step: Step<'_>) -> StepOutput {
+        let (engine, p, x, grads) = (step.engine, step.params, step.x, step.grads);
         let enc = encoder(p);
         let w_dec = &p.get("W_dec").data;
         let bsz = x.rows.max(1) as f64;
@@ -101,7 +93,7 @@ impl Train for VanillaConfig {
         let (sq_err, mse) = (rec.sq_err, rec.sq_err / bsz);
         // Penalty c Σ f with c = λ s / B: ∂/∂f = c on every stored (positive) latent, and
         // ReLU' = 1 there, so ∂L/∂pre = ∂L/∂f + c.
-        let c = self.l1_coefficient * ctx.sparsity_scale / bsz as f32;
+        let c = self.l1_coefficient * step.ctx.sparsity_scale / bsz as f32;
         let l1 = c as f64 * sel.latents.val.iter().map(|&v| v as f64).sum::<f64>();
         rec.g_f.iter_mut().for_each(|g| *g += c);
         engine.backward(x, enc, w_dec, &sel, rec, sae_grads(grads));
@@ -111,10 +103,6 @@ impl Train for VanillaConfig {
             latents: sel.latents,
             sq_err,
         }
-    }
-
-    fn unit_norm_decoder(&self) -> bool {
-        true
     }
 
     /// The parameters as they are, under the ReLU config ([`Architecture::saved_as`]).
@@ -128,7 +116,7 @@ mod tests {
     use super::*;
     use crate::arch::common::subtract_bias;
     use crate::arch::gradcheck;
-    use crate::kernels::cpu::CpuEngine;
+    use crate::arch::StepContext;
     use crate::rng::Rng;
     use crate::train::{TrainConfig, Trainer};
     use crate::SaeConfig;
@@ -142,11 +130,7 @@ mod tests {
         let (d, n, rows) = (5, 12, 7);
         let mut rng = Rng::new(4);
         let mut a = arch(0.7);
-        let dims = Dims {
-            d_in: d,
-            n,
-            d_out: d,
-        };
+        let dims = Dims::square(d, n);
         let p = gradcheck::perturbed_params(&a, dims, &mut rng, 0.2);
         let x = gradcheck::random_batch(&mut rng, rows, d);
         let (f, mse) = gradcheck::naive_relu(&p, &x);
@@ -154,12 +138,9 @@ mod tests {
         let s = 0.5;
         let (mse, l1) = (mse / rows as f64, 0.7 * s * l1 / rows as f64);
         let dead = vec![false; n];
-        let ctx = StepContext {
-            sparsity_scale: s as f32,
-            dead: &dead,
-        };
+        let ctx = StepContext::new(s as f32, &dead);
         for mut engine in gradcheck::engines() {
-            let out = a.train_step(engine.as_mut(), &p, &x, &ctx, &mut p.zeros_like());
+            let out = a.train_step(Step::new(engine.as_mut(), &p, &x, ctx, &mut p.zeros_like()));
             assert_eq!(out.terms[1].0, "l1");
             assert!((out.terms[0].1 - mse).abs() < 1e-5 * mse);
             assert!((out.terms[1].1 - l1).abs() < 1e-5 * l1);
@@ -218,19 +199,10 @@ mod tests {
         // scaled input.
         let mut a = arch(1.0);
         let dead = vec![false; 32];
-        let ctx = StepContext {
-            sparsity_scale: 1.0,
-            dead: &dead,
-        };
+        let ctx = StepContext::new(1.0, &dead);
         let mut xs = batch.clone();
         xs.data.iter_mut().for_each(|v| *v *= t.input_scale());
-        let out = a.train_step(
-            &mut CpuEngine::default(),
-            t.params(),
-            &xs,
-            &ctx,
-            &mut t.params().zeros_like(),
-        );
+        let out = gradcheck::step_on_cpu(&mut a, t.params(), &xs, ctx);
         let enc = a.encode(
             t.params(),
             &subtract_bias(&xs, &t.params().get("b_dec").data),
