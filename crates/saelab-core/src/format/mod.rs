@@ -393,6 +393,24 @@ pub(crate) fn read_cfg_json(path: &Path) -> Result<serde_json::Value> {
     Ok(raw)
 }
 
+/// The non-negative integer `key` of the `cfg.json` object `root` read from `path`:
+/// `None` when absent or null, an error naming the file when it is anything else.
+pub(crate) fn uint_field(
+    root: &serde_json::Map<String, serde_json::Value>,
+    path: &Path,
+    key: &str,
+) -> Result<Option<usize>> {
+    match root.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+            Error::bad_file(
+                path,
+                format!("{key} must be a non-negative integer, found {v}"),
+            )
+        }),
+    }
+}
+
 /// Re-wraps a validation error from [`Sae::new`] as a file error.
 pub(crate) fn in_file(path: &Path, e: Error) -> Error {
     match e {

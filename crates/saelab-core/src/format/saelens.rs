@@ -29,7 +29,8 @@ use serde_json::{json, Map, Value};
 
 use super::tensors::{param_pairs, read_safetensors, safetensors_bytes, RawFile};
 use super::{
-    in_file, read_cfg_json, Loaded, SourceFormat, CFG_FILE, SAELENS_WEIGHTS_FILE, SPARSITY_FILE,
+    in_file, read_cfg_json, uint_field, Loaded, SourceFormat, CFG_FILE, SAELENS_WEIGHTS_FILE,
+    SPARSITY_FILE,
 };
 use crate::config::{ArchConfig, InputNorm, SaeConfig, SaeMetadata};
 use crate::error::{Error, Result};
@@ -98,15 +99,7 @@ fn parse_cfg(path: &Path, root: &Map<String, Value>) -> Result<Parsed> {
     let legacy = version.and_then(major_version).is_none_or(|v| v < 6);
     let mut notes = Vec::new();
 
-    let usize_field = |key: &str| -> Result<Option<usize>> {
-        match root.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| bad(format!("{key} must be a non-negative integer, found {v}"))),
-        }
-    };
+    let usize_field = |key: &str| uint_field(root, path, key);
     let d_in = usize_field("d_in")?.ok_or_else(|| bad("missing field d_in".into()))?;
     let d_sae = usize_field("d_sae")?.ok_or_else(|| bad("missing field d_sae".into()))?;
     let bool_field = |key: &str, default: bool| -> Result<bool> {

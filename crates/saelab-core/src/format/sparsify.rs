@@ -16,7 +16,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::tensors::read_safetensors;
-use super::{in_file, read_cfg_json, Loaded, SourceFormat, CFG_FILE, SPARSIFY_WEIGHTS_FILE};
+use super::{
+    in_file, read_cfg_json, uint_field, Loaded, SourceFormat, CFG_FILE, SPARSIFY_WEIGHTS_FILE,
+};
 use crate::config::{ArchConfig, InputNorm, SaeConfig, SaeMetadata};
 use crate::error::{Error, Result};
 use crate::sae::{check_config, Sae};
@@ -29,15 +31,7 @@ pub(crate) fn read(dir: &Path) -> Result<Loaded> {
     let raw = read_cfg_json(&cfg_path)?;
     let root = raw.as_object().expect("read_cfg_json returns an object");
     let bad = |m: String| Error::bad_file(&cfg_path, m);
-    let uint = |key: &str| -> Result<Option<usize>> {
-        match root.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| bad(format!("{key} must be a non-negative integer, found {v}"))),
-        }
-    };
+    let uint = |key: &str| uint_field(root, &cfg_path, key);
     let flag = |key: &str| root.get(key).and_then(Value::as_bool).unwrap_or(false);
 
     let d_in = uint("d_in")?.ok_or_else(|| bad("missing field d_in".into()))?;

@@ -320,16 +320,8 @@ mod avx512 {
                     _mm512_loadu_ps(bias.add(c0 + 16)),
                 )
             } else {
-                let m0: u16 = if w >= 16 {
-                    0xffff
-                } else {
-                    ((1u32 << w) - 1) as u16
-                };
-                let m1: u16 = if w > 16 {
-                    ((1u32 << (w - 16)) - 1) as u16
-                } else {
-                    0
-                };
+                let m0 = crate::kernels::simd::tail_mask(w);
+                let m1 = crate::kernels::simd::tail_mask(w.saturating_sub(16));
                 (
                     _mm512_maskz_loadu_ps(m0, bias.add(c0)),
                     _mm512_maskz_loadu_ps(m1, bias.add(c0 + 16)),

@@ -109,11 +109,7 @@ impl TopKSelector {
         let mut tv = _mm512_set1_ps(t);
         let mut i = 0;
         while i < n {
-            let m: u16 = if n - i >= 16 {
-                0xffff
-            } else {
-                ((1u32 << (n - i)) - 1) as u16
-            };
+            let m = super::simd::tail_mask(n - i);
             let v = _mm512_maskz_loadu_ps(m, p.add(i));
             let mut hit = _mm512_mask_cmp_ps_mask(m, v, tv, _CMP_GT_OQ);
             if hit != 0 {
@@ -218,11 +214,7 @@ unsafe fn above_avx512(row: &[f32], thr: &[f32], f: &mut impl FnMut(usize, f32))
     let (p, q) = (row.as_ptr(), thr.as_ptr());
     let mut i = 0;
     while i < n {
-        let m: u16 = if n - i >= 16 {
-            0xffff
-        } else {
-            ((1u32 << (n - i)) - 1) as u16
-        };
+        let m = super::simd::tail_mask(n - i);
         let v = _mm512_maskz_loadu_ps(m, p.add(i));
         let t = _mm512_maskz_loadu_ps(m, q.add(i));
         let mut hit = _mm512_mask_cmp_ps_mask(m, v, t, _CMP_GT_OQ);

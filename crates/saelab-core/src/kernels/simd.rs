@@ -150,8 +150,19 @@ pub fn dual_scatter(
     }
 }
 
+/// The AVX-512 lane mask of the first `min(left, 16)` lanes (for the tail of a row).
+#[inline]
+pub(crate) fn tail_mask(left: usize) -> u16 {
+    if left >= 16 {
+        0xffff
+    } else {
+        ((1u32 << left) - 1) as u16
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::tail_mask;
     use std::arch::x86_64::*;
 
     /// Vectors per column block of the register-accumulating kernels.
@@ -246,15 +257,6 @@ mod avx512 {
             _mm512_mask_storeu_ps(a.add(col), m, av);
             _mm512_mask_storeu_ps(b.add(col), m, bv);
             col += 16;
-        }
-    }
-
-    #[inline]
-    fn tail_mask(left: usize) -> u16 {
-        if left >= 16 {
-            0xffff
-        } else {
-            ((1u32 << left) - 1) as u16
         }
     }
 
