@@ -391,29 +391,35 @@ struct Llama {
 /// "rotate half" order to the interleaved order: within each head, new row `2i + j` is
 /// old row `j·hd/2 + i` (`j ∈ {0, 1}`).
 fn hf_rows_to_interleaved(w: &[f32], n_heads: usize, head_dim: usize, d: usize) -> Vec<f32> {
-    let half = head_dim / 2;
-    let mut out = vec![0f32; w.len()];
-    for h in 0..n_heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let dst = h * head_dim + 2 * i + j;
-                let src = h * head_dim + j * half + i;
-                out[dst * d..(dst + 1) * d].copy_from_slice(&w[src * d..(src + 1) * d]);
-            }
-        }
-    }
-    out
+    permute_head_rows(w, n_heads, head_dim, d, true)
 }
 
 /// Inverse of [`hf_rows_to_interleaved`].
 fn interleaved_rows_to_hf(w: &[f32], n_heads: usize, head_dim: usize, d: usize) -> Vec<f32> {
+    permute_head_rows(w, n_heads, head_dim, d, false)
+}
+
+/// Moves, within each head, row `j·hd/2 + i` (Hugging Face order) to row `2i + j`
+/// (interleaved order) when `to_interleaved`, and back otherwise.
+fn permute_head_rows(
+    w: &[f32],
+    n_heads: usize,
+    head_dim: usize,
+    d: usize,
+    to_interleaved: bool,
+) -> Vec<f32> {
     let half = head_dim / 2;
     let mut out = vec![0f32; w.len()];
     for h in 0..n_heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = h * head_dim + 2 * i + j;
-                let dst = h * head_dim + j * half + i;
+                let interleaved = h * head_dim + 2 * i + j;
+                let hf = h * head_dim + j * half + i;
+                let (dst, src) = if to_interleaved {
+                    (interleaved, hf)
+                } else {
+                    (hf, interleaved)
+                };
                 out[dst * d..(dst + 1) * d].copy_from_slice(&w[src * d..(src + 1) * d]);
             }
         }
