@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{saelab, zero_sae};
-use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout};
+use common::{saelab_fails, saelab_ok, zero_sae};
+use saelab_testkit::cli::{p, stdout};
 use saelab_testkit::real_data;
 use serde_json::Value;
 
@@ -38,14 +38,12 @@ fn check_steps(t: &Value, steps: u64, batch: f64, n: f64) {
 #[test]
 fn bench_reports_every_workload_with_finite_figures() {
     let (d, n, batch) = (16, 64, 64);
-    let o = saelab(&[
-        "bench",
-        "--d",
-        "16",
-        "--n",
-        "64",
-        "--batch",
-        "64",
+    // Tiny sizes for every run here.
+    let bench = |args: &[&str]| {
+        let tiny = ["bench", "--d", "16", "--n", "64", "--batch", "64"];
+        saelab_ok(&[&tiny[..], args].concat())
+    };
+    let o = bench(&[
         "--warmup",
         "1",
         "--steps",
@@ -58,7 +56,6 @@ fn bench_reports_every_workload_with_finite_figures() {
         "20",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
     let r: Value = serde_json::from_slice(&o.stdout).expect("bench --json prints JSON");
     assert_eq!(r["config"]["d"], d);
     assert_eq!(r["config"]["n"], n);
@@ -86,16 +83,9 @@ fn bench_reports_every_workload_with_finite_figures() {
     }
 
     // The table, one workload, no reference.
-    let o = saelab(&[
-        "bench",
+    let o = bench(&[
         "--workloads",
         "w2",
-        "--d",
-        "16",
-        "--n",
-        "64",
-        "--batch",
-        "64",
         "--warmup",
         "0",
         "--steps",
@@ -103,24 +93,27 @@ fn bench_reports_every_workload_with_finite_figures() {
         "--reference-steps",
         "0",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
     let table = stdout(&o);
     assert!(table.contains("| W2 | relu |"), "{table}");
     assert!(!table.contains("| W1 "), "{table}");
 
     // Bad settings: one line each, before any work (no model is read).
-    let o = saelab(&["bench", "--workloads", "w9"]);
-    assert_one_line_error(&o, &["unknown workload \"w9\"", "w1, w2, w3 or w4"]);
-    let o = saelab(&[
-        "bench",
-        "--model",
-        "nope.gguf",
-        "--corpus",
-        "nowhere",
-        "--contexts",
-        "0",
-    ]);
-    assert_one_line_error(&o, &["--contexts must be positive"]);
+    saelab_fails(
+        &["bench", "--workloads", "w9"],
+        &["unknown workload \"w9\"", "w1, w2, w3 or w4"],
+    );
+    saelab_fails(
+        &[
+            "bench",
+            "--model",
+            "nope.gguf",
+            "--corpus",
+            "nowhere",
+            "--contexts",
+            "0",
+        ],
+        &["--contexts must be positive"],
+    );
 }
 
 #[test]
@@ -130,7 +123,7 @@ fn bench_model_times_the_real_forward_and_the_splice() {
     let tmp = tempfile::tempdir().unwrap();
     let sae = zero_sae(tmp.path(), "blocks.2.hook_resid_post");
     let (contexts, ctx_len) = (2.0, 16.0);
-    let o = saelab(&[
+    let o = saelab_ok(&[
         "bench",
         "--model",
         p(&data.model),
@@ -146,7 +139,6 @@ fn bench_model_times_the_real_forward_and_the_splice() {
         "16",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
     let r: Value = serde_json::from_slice(&o.stdout).expect("bench --model --json prints JSON");
     assert_eq!(r["batch"], 2);
     assert_eq!(r["ctx_len"], 16);

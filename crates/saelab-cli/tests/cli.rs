@@ -8,84 +8,23 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{saelab, SAELAB};
+use common::{saelab, saelab_fails, saelab_ok, set_arg, synth, train_args, weights, SAELAB};
 use saelab_core::format::load_sae;
 use saelab_core::store::ActivationStore;
-use saelab_testkit::cli::{assert_one_line_error, p, stderr, stdout};
+use saelab_testkit::cli::{p, stderr, stdout};
 
-/// A small synthetic dataset: d = 16, 64 features.
-fn synth(dir: &Path) -> PathBuf {
+/// A small synthetic dataset in `dir/synth`: d = 16, 64 features.
+fn synth_16(dir: &Path) -> PathBuf {
     let out = dir.join("synth");
-    let o = saelab(&[
-        "synth",
-        "--out",
-        p(&out),
-        "--rows",
-        "6000",
-        "--heldout-rows",
-        "2000",
-        "--d",
-        "16",
-        "--features",
-        "64",
-        "--avg-active",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    synth(&out, 6000, 2000, 16, 64);
     out
 }
 
 /// `dir/name/train.npy`: 2000 synthetic rows of width `d`.
 fn synth_d(dir: &Path, name: &str, d: usize) -> PathBuf {
     let out = dir.join(name);
-    let d = d.to_string();
-    let o = saelab(&[
-        "synth",
-        "--out",
-        p(&out),
-        "--rows",
-        "2000",
-        "--heldout-rows",
-        "100",
-        "--d",
-        &d,
-        "--features",
-        "32",
-        "--avg-active",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    synth(&out, 2000, 100, d, 32);
     out.join("train.npy")
-}
-
-fn train_args<'a>(acts: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--acts",
-        acts,
-        "--arch",
-        "topk",
-        "--k",
-        "4",
-        "--d-sae",
-        "64",
-        "--tokens",
-        "12800",
-        "--batch-size",
-        "256",
-        "--lr",
-        "3e-3",
-        "--out",
-        out,
-        "--set",
-        "train.checkpoint_every=5",
-        "--set",
-        "train.dead_after_tokens=1000",
-    ]
-}
-
-fn weights(run: &Path) -> Vec<u8> {
-    std::fs::read(run.join("sae/sae_weights.safetensors")).unwrap()
 }
 
 /// `(kind, step)` of every record of a run's `metrics.jsonl`.
@@ -126,39 +65,49 @@ fn assert_same_log(resumed: &Path, full: &Path) {
     );
 }
 
-#[test]
-fn interrupted_training_resumes_to_identical_weights() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = synth(tmp.path());
-    let acts = data.join("train.npy");
-    let full = tmp.path().join("full");
-    let o = saelab(&train_args(p(&acts), p(&full)));
-    assert!(o.status.success(), "{}", stderr(&o));
+/// `saelab train --resume run` completes the interrupted `run` with exactly the weights
+/// and the log of the uninterrupted run `full`.
+fn assert_resumes_like(run: &Path, full: &Path) {
+    saelab_ok(&["train", "--resume", p(run)]);
+    assert!(
+        weights(full) == weights(run),
+        "{}: the resumed run ended with other weights than {}",
+        run.display(),
+        full.display()
+    );
+    assert_same_log(run, full);
+}
 
-    let part = tmp.path().join("part");
+/// The synthetic data `dir/synth`, the run of [`train_args`] on it to the end
+/// (`dir/full`), and the same run stopped as by Ctrl-C after 23 steps (`dir/part`): exit
+/// 130, a message pointing to `--resume`, and no SAE yet. Returns the three folders.
+fn full_and_stopped_runs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let data = synth_16(dir);
+    let acts = data.join("train.npy");
+    let full = dir.join("full");
+    saelab_ok(&train_args(p(&acts), p(&full)));
+    let part = dir.join("part");
     let mut args = train_args(p(&acts), p(&part));
     args.extend(["--stop-after", "23"]);
     let o = saelab(&args);
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
     assert!(!part.join("sae").exists());
-    let o = saelab(&["train", "--resume", p(&part)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    (data, full, part)
+}
 
-    assert!(
-        weights(&full) == weights(&part),
-        "resumed run ended with different weights"
-    );
-    assert_same_log(&part, &full);
+#[test]
+fn interrupted_training_resumes_to_identical_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, full, part) = full_and_stopped_runs(tmp.path());
+    assert_resumes_like(&part, &full);
 
     // The trained SAE evaluates, and on synthetic data reports dictionary recovery.
     let heldout = data.join("heldout.npy");
     let eval_json = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec!["eval", "--sae", p(&full), "--acts", p(&heldout), "--json"];
         args.extend_from_slice(extra);
-        let o = saelab(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
+        serde_json::from_slice(&saelab_ok(&args).stdout).unwrap()
     };
     let v = eval_json(&["--dictionary", p(&data.join("dictionary.npy"))]);
     assert!(v["fvu"].as_f64().unwrap() < 1.0);
@@ -186,14 +135,12 @@ fn interrupted_training_resumes_to_identical_weights() {
         .unwrap();
     let sparsify = saelab_testkit::fixtures_dir().join("sparsify/topk");
     for (name, src) in [("trained", full.join("sae")), ("sparsify", sparsify)] {
-        let o = saelab(&["inspect", p(&src)]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        let o = saelab_ok(&["inspect", p(&src)]);
         assert!(stdout(&o).contains("topk"), "{name}: {}", stdout(&o));
         let conv = tmp.path().join(format!("converted-{name}"));
-        let o = saelab(&["convert", p(&src), "--out", p(&conv)]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let o = saelab(&["convert", p(&src), "--out", p(&conv)]);
-        assert_one_line_error(&o, &["already exists"]);
+        let convert = ["convert", p(&src), "--out", p(&conv)];
+        saelab_ok(&convert);
+        saelab_fails(&convert, &["already exists"]);
         let (a, b) = (load_sae(&src).unwrap(), load_sae(&conv).unwrap());
         assert_eq!(
             (&a.cfg.arch, a.cfg.d_in, a.cfg.d_sae),
@@ -212,64 +159,69 @@ fn interrupted_training_resumes_to_identical_weights() {
     }
 }
 
+/// `data` with the f32 at `index` (counted from the first value after the `.npy` header
+/// of a file of `values` values) replaced by a NaN, written to `path`.
+fn with_nan(data: &[u8], values: usize, index: usize, path: &Path) {
+    let mut bytes = data.to_vec();
+    let at = bytes.len() - values * 4 + 4 * index;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(path, &bytes).unwrap();
+}
+
 #[test]
 fn bad_input_gives_one_line_errors_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = synth(tmp.path());
+    let data = synth_16(tmp.path());
     let acts = data.join("train.npy");
     let out = tmp.path().join("run");
+    // `saelab train` on `acts` refused in one line holding `needles`, before any run
+    // folder exists.
+    let refused = |args: &[&str], needles: &[&str]| {
+        saelab_fails(args, needles);
+        assert!(!out.exists());
+    };
 
     // truncated npy
     let bytes = std::fs::read(&acts).unwrap();
     let trunc = tmp.path().join("trunc.npy");
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
-    let o = saelab(&train_args(p(&trunc), p(&out)));
-    assert_one_line_error(&o, &["trunc.npy", "truncated"]);
-    assert!(!out.exists());
+    refused(&train_args(p(&trunc), p(&out)), &["trunc.npy", "truncated"]);
 
     // corrupt safetensors
     let bad = tmp.path().join("bad.safetensors");
     std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
-    let o = saelab(&train_args(p(&bad), p(&out)));
-    assert_one_line_error(&o, &["bad.safetensors"]);
-    assert!(!out.exists());
+    refused(&train_args(p(&bad), p(&out)), &["bad.safetensors"]);
 
     // A NaN (value 100 is row 6, column 4), caught while sampling the initialisation
     // rows: the store reports the file and row, before any run folder exists.
-    let mut nan = bytes.clone();
-    let header_len = bytes.len() - 6000 * 16 * 4;
-    nan[header_len + 4 * 100..header_len + 4 * 101].copy_from_slice(&f32::NAN.to_le_bytes());
     let nan_path = tmp.path().join("nan.npy");
-    std::fs::write(&nan_path, &nan).unwrap();
-    let o = saelab(&train_args(p(&nan_path), p(&out)));
-    assert_one_line_error(&o, &["nan.npy", "row 6 ", "NaN", "column 4"]);
-    assert!(!out.exists());
+    with_nan(&bytes, 6000 * 16, 100, &nan_path);
+    refused(
+        &train_args(p(&nan_path), p(&out)),
+        &["nan.npy", "row 6 ", "NaN", "column 4"],
+    );
 
     // unknown architecture
     let mut args = train_args(p(&acts), p(&out));
-    let i = args.iter().position(|a| *a == "topk").unwrap();
-    args[i] = "sparsemax";
-    let o = saelab(&args);
-    assert_one_line_error(&o, &["sparsemax"]);
-    assert!(!out.exists());
+    set_arg(&mut args, "--arch", "sparsemax");
+    refused(&args, &["sparsemax"]);
 
     // --refit on a LayerNorm-input SAE (the vendored SAELens fixture, d_in = 16 as here)
     let ln = saelab_testkit::fixtures_dir().join("saelens/layer_norm_topk");
     let held = data.join("heldout.npy");
-    let o = saelab(&["eval", "--sae", p(&ln), "--acts", p(&held), "--refit"]);
-    assert_one_line_error(&o, &["layer_norm_topk"]);
+    saelab_fails(
+        &["eval", "--sae", p(&ln), "--acts", p(&held), "--refit"],
+        &["layer_norm_topk"],
+    );
 
     // eval with a width mismatch: a real SAE, trained on activations of d = 8.
     let narrow = synth_d(tmp.path(), "narrow", 8);
     let sae8 = tmp.path().join("sae8");
     let mut args = train_args(p(&narrow), p(&sae8));
-    let i = args.iter().position(|a| *a == "--tokens").unwrap();
-    args[i + 1] = "512";
-    let o = saelab(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = saelab(&["eval", "--sae", p(&sae8), "--acts", p(&acts)]);
-    assert_one_line_error(
-        &o,
+    set_arg(&mut args, "--tokens", "512");
+    saelab_ok(&args);
+    saelab_fails(
+        &["eval", "--sae", p(&sae8), "--acts", p(&acts)],
         &[
             "train.npy",
             "activations have d = 16",
@@ -278,26 +230,26 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
         ],
     );
     // and one whose decoder does not match the true dictionary's width
-    let o = saelab(&[
-        "eval",
-        "--sae",
-        p(&sae8),
-        "--acts",
-        p(&narrow),
-        "--dictionary",
-        p(&data.join("dictionary.npy")),
-    ]);
-    assert_one_line_error(&o, &["dictionary.npy", "width 16", "decoder 8"]);
+    saelab_fails(
+        &[
+            "eval",
+            "--sae",
+            p(&sae8),
+            "--acts",
+            p(&narrow),
+            "--dictionary",
+            p(&data.join("dictionary.npy")),
+        ],
+        &["dictionary.npy", "width 16", "decoder 8"],
+    );
 }
 
 /// `saelab train` of `arch` for 4000 steps of 256 rows, logging every step and writing a
 /// checkpoint every 100: long enough to be killed at a random moment.
 fn long_train_args<'a>(acts: &'a str, out: &'a str, arch: &'a str) -> Vec<&'a str> {
     let mut args = train_args(acts, out);
-    let i = args.iter().position(|a| *a == "topk").unwrap();
-    args[i] = arch;
-    let i = args.iter().position(|a| *a == "--tokens").unwrap();
-    args[i + 1] = "1024000";
+    set_arg(&mut args, "--arch", arch);
+    set_arg(&mut args, "--tokens", "1024000");
     let i = args
         .iter()
         .position(|a| *a == "train.checkpoint_every=5")
@@ -372,7 +324,7 @@ fn kill_past_a_checkpoint(child: &mut Child, run: &Path, delay: Duration) -> (u6
 #[test]
 fn killed_training_resumes_exactly_from_its_last_periodic_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = synth(tmp.path());
+    let data = synth_16(tmp.path());
     let acts = data.join("train.npy");
     // A random moment, printed so that a failure can be reproduced.
     let nanos = std::time::SystemTime::now()
@@ -382,8 +334,7 @@ fn killed_training_resumes_exactly_from_its_last_periodic_checkpoint() {
     // TopK, and BatchTopK, whose threshold estimate is part of the state.
     for (i, arch) in ["topk", "batchtopk"].into_iter().enumerate() {
         let full = tmp.path().join(format!("{arch}-full"));
-        let o = saelab(&long_train_args(p(&acts), p(&full), arch));
-        assert!(o.status.success(), "{}", stderr(&o));
+        saelab_ok(&long_train_args(p(&acts), p(&full), arch));
 
         let part = tmp.path().join(format!("{arch}-killed"));
         let delay = Duration::from_micros(u64::from(nanos.rotate_left(7 * i as u32) % 300_000));
@@ -398,15 +349,8 @@ fn killed_training_resumes_exactly_from_its_last_periodic_checkpoint() {
             "{arch}: killed {delay:?} after the first checkpoint, at step {last} (checkpoint {ck})"
         );
         assert!(!part.join("sae").exists(), "a killed run has no SAE");
-
-        let o = saelab(&["train", "--resume", p(&part)]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        assert!(
-            weights(&full) == weights(&part),
-            "{arch}: the killed and resumed run ended with different weights"
-        );
-        // The lines logged after the checkpoint were dropped and logged again once.
-        assert_same_log(&part, &full);
+        // The lines logged after the checkpoint are dropped and logged again once.
+        assert_resumes_like(&part, &full);
     }
 }
 
@@ -416,43 +360,22 @@ fn a_nan_row_missed_by_the_initialisation_sample_stops_training_cleanly() {
     // rows) takes the even rows, so a NaN in row 20001 is met only during training.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("big");
-    let o = saelab(&[
-        "synth",
-        "--out",
-        p(&dir),
-        "--rows",
-        "32768",
-        "--heldout-rows",
-        "100",
-        "--d",
-        "16",
-        "--features",
-        "64",
-        "--avg-active",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    synth(&dir, 32768, 100, 16, 64);
     let clean = std::fs::read(dir.join("train.npy")).unwrap();
-    let mut bytes = clean.clone();
-    let header_len = bytes.len() - 32768 * 16 * 4;
-    let at = header_len + 4 * (20001 * 16 + 3);
-    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     let nan = tmp.path().join("late-nan.npy");
-    std::fs::write(&nan, &bytes).unwrap();
+    with_nan(&clean, 32768 * 16, 20001 * 16 + 3, &nan);
     let run = tmp.path().join("run");
     // One epoch (128 steps of 256 rows) reads every row once.
     let mut args = train_args(p(&nan), p(&run));
-    let i = args.iter().position(|a| *a == "--tokens").unwrap();
-    args[i + 1] = "32768";
+    set_arg(&mut args, "--tokens", "32768");
     args.extend([
         "--set",
         "train.val_fraction=0",
         "--set",
         "train.log_every=1",
     ]);
-    let o = saelab(&args);
-    assert_one_line_error(
-        &o,
+    saelab_fails(
+        &args,
         &[
             "late-nan.npy",
             "row 20001 ",
@@ -477,31 +400,17 @@ fn a_nan_row_missed_by_the_initialisation_sample_stops_training_cleanly() {
     // The same data without the NaN trains to the end.
     std::fs::write(&nan, &clean).unwrap();
     let run2 = tmp.path().join("run2");
-    let mut args2 = args.clone();
-    let i = args2.iter().position(|a| *a == p(&run)).unwrap();
-    args2[i] = p(&run2);
-    let o = saelab(&args2);
-    assert!(o.status.success(), "{}", stderr(&o));
+    set_arg(&mut args, "--out", p(&run2));
+    saelab_ok(&args);
 }
 
 #[test]
 fn a_crash_while_a_checkpoint_is_replaced_still_resumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = synth(tmp.path());
-    let acts = data.join("train.npy");
-    let full = tmp.path().join("full");
-    let o = saelab(&train_args(p(&acts), p(&full)));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let part = tmp.path().join("part");
-    let mut args = train_args(p(&acts), p(&part));
-    args.extend(["--stop-after", "23"]);
-    assert_eq!(saelab(&args).status.code(), Some(130));
+    let (_, full, part) = full_and_stopped_runs(tmp.path());
     // What a kill between the two renames that replace `checkpoint/` leaves: the
     // previous checkpoint moved aside, the new one complete under its temporary name.
     std::fs::rename(part.join("checkpoint"), part.join("checkpoint.old")).unwrap();
     std::fs::create_dir(part.join(".checkpoint.tmp-4242")).unwrap();
-    let o = saelab(&["train", "--resume", p(&part)]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(weights(&full) == weights(&part), "resumed run differs");
-    assert_same_log(&part, &full);
+    assert_resumes_like(&part, &full);
 }

@@ -9,8 +9,8 @@ use std::process::Output;
 
 mod common;
 
-use common::{saelab, zero_sae};
-use saelab_testkit::cli::{assert_one_line_error, p, stderr};
+use common::{saelab, saelab_fails, saelab_ok, synth, train_args, zero_sae};
+use saelab_testkit::cli::{assert_one_line_error, p};
 use saelab_testkit::{real_data, unwritable_dir};
 
 /// A path below the unwritable folder (`/sys/saelab-test/<name>`).
@@ -29,41 +29,9 @@ fn assert_refused(o: &Output, out: &Path) {
 /// Synthetic activations (d = 16) and a short TopK run on them.
 fn synth_and_run(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("synth");
-    let o = saelab(&[
-        "synth",
-        "--out",
-        p(&data),
-        "--rows",
-        "2000",
-        "--heldout-rows",
-        "200",
-        "--d",
-        "16",
-        "--features",
-        "32",
-        "--avg-active",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    synth(&data, 2000, 200, 16, 32);
     let run = dir.join("run");
-    let o = saelab(&[
-        "train",
-        "--acts",
-        p(&data.join("train.npy")),
-        "--arch",
-        "topk",
-        "--k",
-        "4",
-        "--d-sae",
-        "32",
-        "--tokens",
-        "2560",
-        "--batch-size",
-        "256",
-        "--out",
-        p(&run),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    saelab_ok(&train_args(p(&data.join("train.npy")), p(&run)));
     (data, run)
 }
 
@@ -72,30 +40,14 @@ fn commands_refuse_an_unwritable_output_folder_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, run) = synth_and_run(tmp.path());
     let before = std::fs::read_dir(tmp.path()).unwrap().count();
+    let acts = data.join("train.npy");
 
     let out = target("synth");
     let o = saelab(&["synth", "--out", p(&out), "--rows", "100", "--d", "4"]);
     assert_refused(&o, &out);
 
     let out = target("run");
-    let o = saelab(&[
-        "train",
-        "--acts",
-        p(&data.join("train.npy")),
-        "--arch",
-        "topk",
-        "--k",
-        "4",
-        "--d-sae",
-        "32",
-        "--tokens",
-        "2560",
-        "--batch-size",
-        "256",
-        "--out",
-        p(&out),
-    ]);
-    assert_refused(&o, &out);
+    assert_refused(&saelab(&train_args(p(&acts), p(&out))), &out);
 
     let out = target("report");
     let o = saelab(&["report", "--out", p(&out), p(&run)]);
@@ -109,16 +61,18 @@ fn commands_refuse_an_unwritable_output_folder_in_one_line() {
     // be ignored without a word).
     let out = tmp.path().join("eval.json");
     let held = data.join("heldout.npy");
-    let o = saelab(&[
-        "eval",
-        "--sae",
-        p(&run),
-        "--acts",
-        p(&held),
-        "--out",
-        p(&out),
-    ]);
-    assert_one_line_error(&o, &["--out", "--model"]);
+    saelab_fails(
+        &[
+            "eval",
+            "--sae",
+            p(&run),
+            "--acts",
+            p(&held),
+            "--out",
+            p(&out),
+        ],
+        &["--out", "--model"],
+    );
     assert!(!out.exists());
 
     // Nothing appeared anywhere else either.
@@ -132,40 +86,26 @@ fn model_commands_refuse_an_unwritable_output_folder_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, sotu) = (data.model.clone(), data.collection("sotu"));
 
-    let out = target("cache");
-    let o = saelab(&[
-        "extract",
-        "--model",
-        p(&model),
-        "--hook",
-        "blocks.1.hook_resid_post",
-        "--corpus",
-        p(&sotu),
-        "--tokens",
-        "64",
-        "--ctx-len",
-        "16",
-        "--out",
-        p(&out),
-    ]);
-    assert_refused(&o, &out);
-
     let sae = zero_sae(tmp.path(), "blocks.3.hook_resid_post");
-    let out = target("eval.json");
-    let o = saelab(&[
-        "eval",
-        "--sae",
-        p(&sae),
-        "--model",
-        p(&model),
-        "--corpus",
-        p(&sotu),
-        "--tokens",
-        "32",
-        "--ctx-len",
-        "16",
-        "--out",
-        p(&out),
-    ]);
-    assert_refused(&o, &out);
+    for (out, command) in [
+        (
+            target("cache"),
+            ["extract", "--hook", "blocks.1.hook_resid_post"],
+        ),
+        (target("eval.json"), ["eval", "--sae", p(&sae)]),
+    ] {
+        let on_text = [
+            "--model",
+            p(&model),
+            "--corpus",
+            p(&sotu),
+            "--tokens",
+            "32",
+            "--ctx-len",
+            "16",
+            "--out",
+            p(&out),
+        ];
+        assert_refused(&saelab(&[&command[..], &on_text].concat()), &out);
+    }
 }

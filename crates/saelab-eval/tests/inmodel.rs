@@ -12,7 +12,7 @@ use saelab_eval::{evaluate_in_model, InModelEvalSet, InModelMetrics, InModelOpti
 use saelab_lm::model::{Activation, ActivationMut, ForwardOptions, HookedModel, Logits};
 use saelab_lm::text::{pack_all, Corpus, HeldOut, LoadOptions, PackConfig, Part};
 use saelab_lm::tokenizer::Tokenizer;
-use saelab_testkit::{real_data, serial};
+use saelab_testkit::{lcg_uniform, real_data, serial};
 
 const HOOK: &str = "blocks.15.hook_resid_post";
 const CTX: usize = 24;
@@ -56,59 +56,41 @@ fn bos(model: &HookedModel) -> u32 {
     model.bos_token_id().expect("SmolLM2 names a BOS")
 }
 
-fn param(shape: &[usize], data: Vec<f32>) -> saelab_core::Tensor {
-    saelab_core::Tensor::new(shape, data).unwrap()
+/// The SAE of `cfg` with the given `W_enc`, `b_enc`, `W_dec` and `b_dec`.
+fn sae(cfg: SaeConfig, [we, be, wd, bd]: [Vec<f32>; 4]) -> Sae {
+    let (d, n) = (cfg.d_in, cfg.d_sae);
+    let mut p = ParamSet::new();
+    for (name, shape, data) in [
+        ("W_enc", vec![d, n], we),
+        ("b_enc", vec![n], be),
+        ("W_dec", vec![n, d], wd),
+        ("b_dec", vec![d], bd),
+    ] {
+        p.insert(name, saelab_core::Tensor::new(&shape, data).unwrap());
+    }
+    Sae::new(cfg, p).unwrap()
+}
+
+/// The configuration of a ReLU SAE from `d` to `n` latents.
+fn relu(d: usize, n: usize) -> SaeConfig {
+    SaeConfig::new(ArchConfig::default_for("relu", 0).unwrap(), d, n)
 }
 
 /// A ReLU SAE with `W_enc = [I, −I]`, `W_dec = [I; −I]`, zero biases: relu(x) − relu(−x)
 /// reconstructs every x exactly.
 fn identity_sae(d: usize) -> Sae {
-    let n = 2 * d;
-    let mut we = vec![0f32; d * n];
-    let mut wd = vec![0f32; n * d];
-    for i in 0..d {
-        we[i * n + i] = 1.0;
-        we[i * n + d + i] = -1.0;
-        wd[i * d + i] = 1.0;
-        wd[(d + i) * d + i] = -1.0;
-    }
-    let cfg = SaeConfig::new(ArchConfig::default_for("relu", 0).unwrap(), d, n);
-    let mut p = ParamSet::new();
-    p.insert("W_enc", param(&[d, n], we));
-    p.insert("b_enc", param(&[n], vec![0.0; n]));
-    p.insert("W_dec", param(&[n, d], wd));
-    p.insert("b_dec", param(&[d], vec![0.0; d]));
-    Sae::new(cfg, p).unwrap()
+    let (we, wd) = saelab_testkit::identity_relu_weights(d);
+    sae(relu(d, 2 * d), [we, vec![0.0; 2 * d], wd, vec![0.0; d]])
 }
 
 fn zero_sae(d: usize, n: usize) -> Sae {
-    let cfg = SaeConfig::new(ArchConfig::default_for("relu", 0).unwrap(), d, n);
-    let mut p = ParamSet::new();
-    p.insert("W_enc", param(&[d, n], vec![0.0; d * n]));
-    p.insert("b_enc", param(&[n], vec![0.0; n]));
-    p.insert("W_dec", param(&[n, d], vec![0.0; n * d]));
-    p.insert("b_dec", param(&[d], vec![0.0; d]));
-    Sae::new(cfg, p).unwrap()
-}
-
-/// Deterministic pseudo-random values in [−scale, scale).
-fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
+    let zeros = |len| vec![0.0; len];
+    sae(relu(d, n), [zeros(d * n), zeros(n), zeros(n * d), zeros(d)])
 }
 
 /// A TopK SAE that reconstructs partially: decoder rows are the encoder's columns.
 fn topk_sae(d: usize, n: usize, k: usize, acts: &[f32]) -> Sae {
-    let we = lcg(d * n, 7, 0.2);
+    let we = lcg_uniform(d * n, 7, 0.2);
     let mut wd = vec![0f32; n * d];
     for j in 0..n {
         let norm: f32 = (0..d).map(|i| we[i * n + j].powi(2)).sum::<f32>().sqrt();
@@ -123,12 +105,7 @@ fn topk_sae(d: usize, n: usize, k: usize, acts: &[f32]) -> Sae {
         .collect();
     let mut cfg = SaeConfig::new(ArchConfig::default_for("topk", k).unwrap(), d, n);
     cfg.apply_b_dec_to_input = true;
-    let mut p = ParamSet::new();
-    p.insert("W_enc", param(&[d, n], we));
-    p.insert("b_enc", param(&[n], lcg(n, 11, 0.05)));
-    p.insert("W_dec", param(&[n, d], wd));
-    p.insert("b_dec", param(&[d], b_dec));
-    Sae::new(cfg, p).unwrap()
+    sae(cfg, [we, lcg_uniform(n, 11, 0.05), wd, b_dec])
 }
 
 fn flat(t: &Activation) -> Vec<f32> {
@@ -245,13 +222,7 @@ fn metrics_match_an_independent_computation() {
     let sae = topk_sae(d, n, k, &non_bos_acts);
 
     // The SAE by hand: pre = (x − b_dec)·W_enc + b_enc, keep the k largest, ReLU.
-    let p = &sae.params;
-    let (we, be, wd, bd) = (
-        &p.get("W_enc").data,
-        &p.get("b_enc").data,
-        &p.get("W_dec").data,
-        &p.get("b_dec").data,
-    );
+    let [we, be, wd, bd] = ["W_enc", "b_enc", "W_dec", "b_dec"].map(|w| &sae.params.get(w).data);
     let sae_by_hand = |x: &[f32]| -> (Vec<f32>, usize) {
         let mut pre: Vec<(f64, usize)> = (0..n)
             .map(|j| {

@@ -49,83 +49,37 @@ pub fn tiny_tokenizer() -> Tokenizer {
     Tokenizer::from_gguf_metadata(&md, "tiny.gguf").unwrap()
 }
 
-/// Deterministic pseudo-random values in [−scale, scale].
-fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
+/// The random HF-layout LLaMA writer, shared with the integration tests.
+#[path = "../tests/common/tiny_llama.rs"]
+mod tiny_llama;
 
 /// Writes a random 3-layer LLaMA (d 32, 4 heads, 2 KV heads, vocabulary 262) in the
 /// Hugging Face layout into `dir` and loads it.
 pub fn tiny_model(dir: &Path) -> HookedModel {
-    let (v, d, hq, hkv, hd, f, layers) = (262usize, 32usize, 4usize, 2usize, 8usize, 48usize, 3);
-    let mut specs: Vec<(String, Vec<usize>, f32)> = vec![
-        ("model.embed_tokens.weight".into(), vec![v, d], 1.0),
-        ("model.norm.weight".into(), vec![d], 0.0),
-    ];
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        for (n, shape, s) in [
-            ("self_attn.q_proj", vec![hq * hd, d], 0.3),
-            ("self_attn.k_proj", vec![hkv * hd, d], 0.3),
-            ("self_attn.v_proj", vec![hkv * hd, d], 0.2),
-            ("self_attn.o_proj", vec![d, hq * hd], 0.2),
-            ("mlp.gate_proj", vec![f, d], 0.2),
-            ("mlp.up_proj", vec![f, d], 0.2),
-            ("mlp.down_proj", vec![d, f], 0.2),
-            ("input_layernorm", vec![d], 0.0),
-            ("post_attention_layernorm", vec![d], 0.0),
-        ] {
-            specs.push((format!("{p}.{n}.weight"), shape, s));
-        }
+    tiny_llama::TinyLlama {
+        vocab: 262,
+        d: 32,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        ffn: 48,
+        layers: 3,
+        tie: true,
+        dtype: safetensors::Dtype::F32,
+        max_positions: 256,
+        bos: 0,
+        eos: 0.into(),
     }
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = specs
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, shape, scale))| {
-            let n: usize = shape.iter().product();
-            let vals: Vec<f32> = if scale == 0.0 {
-                lcg(n, i as u64 + 7, 0.3)
-                    .into_iter()
-                    .map(|x| 1.0 + x)
-                    .collect()
-            } else {
-                lcg(n, i as u64 + 7, scale)
-            };
-            (
-                name,
-                shape,
-                vals.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    let cfg = serde_json::json!({
-        "model_type": "llama",
-        "hidden_size": d, "intermediate_size": f, "vocab_size": v,
-        "num_hidden_layers": layers, "num_attention_heads": hq, "num_key_value_heads": hkv,
-        "rms_norm_eps": 1e-5, "rope_theta": 500.0, "max_position_embeddings": 256,
-        "tie_word_embeddings": true, "bos_token_id": 0, "eos_token_id": 0,
-    });
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    .write(dir);
     HookedModel::load(dir).unwrap()
+}
+
+/// [`tiny_model`] in a fresh temporary folder (which must live as long as the model is
+/// used), with [`tiny_tokenizer`] and [`tiny_corpus`].
+pub fn tiny_setup() -> (tempfile::TempDir, HookedModel, Tokenizer, Corpus) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    (dir, model, tiny_tokenizer(), tiny_corpus())
 }
 
 /// 40 short English-like documents (ids 0..40; with the default rule, 19 and 39 are

@@ -15,7 +15,7 @@ mod common;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{MutexGuard, OnceLock};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -27,17 +27,20 @@ use saelab_lm::model::{Activation, ForwardOptions, HookedModel, Logits};
 use saelab_testkit::{real_data, serial};
 
 use common::gguf_bpe;
+use common::tiny_llama::TinyLlama;
 
 /// The real model file, or `None` (with a message; a panic under CI) without the data.
 fn model_path() -> Option<PathBuf> {
     Some(real_data()?.model)
 }
 
-/// The SmolLM2 model, loaded once per test binary.
-fn smollm() -> Option<&'static HookedModel> {
+/// The SmolLM2 model (loaded once per test binary) and the lock that runs the
+/// real-model tests one at a time, or `None` without the data.
+fn smollm() -> Option<(&'static HookedModel, MutexGuard<'static, ()>)> {
     static M: OnceLock<HookedModel> = OnceLock::new();
     let p = model_path()?;
-    Some(M.get_or_init(|| HookedModel::from_gguf(&p).expect("load SmolLM2 GGUF")))
+    let model = M.get_or_init(|| HookedModel::from_gguf(&p).expect("load SmolLM2 GGUF"));
+    Some((model, serial()))
 }
 
 fn tokenizer() -> &'static tokenizers::Tokenizer {
@@ -45,9 +48,10 @@ fn tokenizer() -> &'static tokenizers::Tokenizer {
     T.get_or_init(|| gguf_bpe::gguf_tokenizer(&model_path().expect("the real model")))
 }
 
-/// `n` contexts of BOS + `len − 1` tokens of real text: consecutive windows of the
-/// given corpus files.
-fn contexts(files: &[&str], n: usize, len: usize, bos: u32) -> Vec<Vec<u32>> {
+/// `n` contexts of the model's BOS + `len − 1` tokens of real text: consecutive windows
+/// of the given corpus files.
+fn contexts(model: &HookedModel, files: &[&str], n: usize, len: usize) -> Vec<Vec<u32>> {
+    let bos = model.bos_token_id().expect("SmolLM2 names a BOS");
     let mut out = Vec::new();
     for f in files {
         let corpus = real_data().expect("the real corpus").corpus;
@@ -185,8 +189,7 @@ fn candle_all_position_logits(r: &mut quantized_llama::ModelWeights, prompt: &[u
 
 #[test]
 fn gguf_logits_match_candle_quantized_llama_at_every_position_in_f32() {
-    let Some(model) = smollm() else { return };
-    let _g = serial();
+    let Some((model, _g)) = smollm() else { return };
     let mut reference = GgufF32::open(&model_path().unwrap()).quantized_llama();
     let v = model.vocab_size();
     let bos = model.bos_token_id().unwrap();
@@ -195,12 +198,12 @@ fn gguf_logits_match_candle_quantized_llama_at_every_position_in_f32() {
         p.extend(gguf_bpe::encode(tokenizer(), "The capital of France is"));
         p
     }];
-    prompts.extend(contexts(&["moby/chapter_1.txt"], 1, 57, bos));
+    prompts.extend(contexts(model, &["moby/chapter_1.txt"], 1, 57));
     prompts.extend(contexts(
+        model,
         &["sotu/1901_theodore_roosevelt_r.txt"],
         1,
         128,
-        bos,
     ));
     let (mut worst_last, mut worst_all) = (0f32, 0f32);
     for p in &prompts {
@@ -356,11 +359,9 @@ impl CandleBlock<'_> {
 /// normalised MLP input in f64, and the residual sums exactly.
 #[test]
 fn every_hook_matches_an_independent_block_at_every_position() {
-    let Some(model) = smollm() else { return };
-    let _g = serial();
+    let Some((model, _g)) = smollm() else { return };
     let weights = GgufF32::open(&model_path().unwrap());
-    let bos = model.bos_token_id().unwrap();
-    let batch = contexts(&["moby/chapter_3.txt"], 2, 64, bos);
+    let batch = contexts(model, &["moby/chapter_3.txt"], 2, 64);
     for layer in [0usize, 15] {
         let name = |k: &str| format!("blocks.{layer}.{k}");
         let kinds = [
@@ -432,10 +433,9 @@ fn every_hook_matches_an_independent_block_at_every_position() {
 /// independently, from all-position logits.
 #[test]
 fn cross_entropy_on_real_text_is_sane_and_ablation_raises_it() {
-    let Some(model) = smollm() else { return };
-    let _g = serial();
-    let bos = model.bos_token_id().unwrap();
+    let Some((model, _g)) = smollm() else { return };
     let batch = contexts(
+        model,
         &[
             "sotu/2009_barack_obama_d.txt",
             "moby/chapter_42.txt",
@@ -443,7 +443,6 @@ fn cross_entropy_on_real_text_is_sane_and_ablation_raises_it() {
         ],
         4,
         128,
-        bos,
     );
     let out = model
         .forward(
@@ -501,10 +500,8 @@ fn cross_entropy_on_real_text_is_sane_and_ablation_raises_it() {
 
 #[test]
 fn identity_patch_leaves_logits_unchanged_and_patches_see_the_captured_value() {
-    let Some(model) = smollm() else { return };
-    let _g = serial();
-    let bos = model.bos_token_id().unwrap();
-    let batch = contexts(&["brown/ca01.txt"], 2, 40, bos);
+    let Some((model, _g)) = smollm() else { return };
+    let batch = contexts(model, &["brown/ca01.txt"], 2, 40);
     let hook = "blocks.7.hook_mlp_out";
     let clean = model
         .forward(
@@ -566,10 +563,8 @@ fn identity_patch_leaves_logits_unchanged_and_patches_see_the_captured_value() {
 
 #[test]
 fn captures_match_between_early_stop_and_full_run_and_hooks_compose() {
-    let Some(model) = smollm() else { return };
-    let _g = serial();
-    let bos = model.bos_token_id().unwrap();
-    let batch = contexts(&["sotu/1950_harry_s_truman_d.txt"], 3, 64, bos);
+    let Some((model, _g)) = smollm() else { return };
+    let batch = contexts(model, &["sotu/1950_harry_s_truman_d.txt"], 3, 64);
     let hooks = [
         "blocks.0.hook_resid_pre",
         "blocks.15.hook_attn_out",
@@ -632,10 +627,8 @@ fn captures_match_between_early_stop_and_full_run_and_hooks_compose() {
 
 #[test]
 fn a_batch_of_two_equals_the_two_single_runs() {
-    let Some(model) = smollm() else { return };
-    let _g = serial();
-    let bos = model.bos_token_id().unwrap();
-    let batch = contexts(&["moby/chapter_10.txt", "brown/cn01.txt"], 2, 96, bos);
+    let Some((model, _g)) = smollm() else { return };
+    let batch = contexts(model, &["moby/chapter_10.txt", "brown/cn01.txt"], 2, 96);
     let opts = || {
         ForwardOptions::new()
             .capture("blocks.15.hook_resid_post")
@@ -665,12 +658,10 @@ fn a_batch_of_two_equals_the_two_single_runs() {
 /// back exactly.
 #[test]
 fn hf_export_of_smollm2_matches_candle_hf_llama_and_reloads_exactly() {
-    let Some(model) = smollm() else { return };
-    let _g = serial();
+    let Some((model, _g)) = smollm() else { return };
     let dir = tempfile::tempdir().unwrap();
     model.save_hf_dir(dir.path()).unwrap();
-    let bos = model.bos_token_id().unwrap();
-    let batch = contexts(&["sotu/1862_abraham_lincoln_r.txt"], 2, 48, bos);
+    let batch = contexts(model, &["sotu/1862_abraham_lincoln_r.txt"], 2, 48);
     let opts = || ForwardOptions::new().logits(Logits::All);
     let ours = model.forward(&batch, &opts()).unwrap().logits.unwrap();
 
@@ -745,101 +736,32 @@ impl CandleHfLlama {
 // ---------------------------------------------------------------------------------
 // Tiny random model in Hugging Face layout (no data needed).
 
-/// Deterministic pseudo-random values in [−scale, scale].
-fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
+/// Writes a random LLaMA checkpoint (d 48, 6 heads, 2 KV heads, 3 layers, vocabulary
+/// 97) in HF layout.
+fn write_tiny_hf(dir: &Path, tie: bool, dtype: safetensors::Dtype) {
+    TinyLlama {
+        vocab: 97,
+        d: 48,
+        heads: 6,
+        kv_heads: 2,
+        head_dim: 8,
+        ffn: 80,
+        layers: 3,
+        tie,
+        dtype,
+        max_positions: 64,
+        bos: 1,
+        eos: serde_json::json!([2, 3]),
+    }
+    .write(dir);
 }
 
-/// Write a random LLaMA checkpoint (6 heads, 2 KV heads, 3 layers) in HF layout.
-fn write_tiny_hf(dir: &Path, tie: bool, dtype: safetensors::Dtype) {
-    let (v, d, hq, hkv, hd, f, layers) =
-        (97usize, 48usize, 6usize, 2usize, 8usize, 80usize, 3usize);
-    let mut specs: Vec<(String, Vec<usize>, f32)> = vec![
-        ("model.embed_tokens.weight".into(), vec![v, d], 1.0),
-        ("model.norm.weight".into(), vec![d], 0.0),
-    ];
-    if !tie {
-        specs.push(("lm_head.weight".into(), vec![v, d], 0.2));
-    }
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        specs.push((
-            format!("{p}.self_attn.q_proj.weight"),
-            vec![hq * hd, d],
-            0.3,
-        ));
-        specs.push((
-            format!("{p}.self_attn.k_proj.weight"),
-            vec![hkv * hd, d],
-            0.3,
-        ));
-        specs.push((
-            format!("{p}.self_attn.v_proj.weight"),
-            vec![hkv * hd, d],
-            0.2,
-        ));
-        specs.push((
-            format!("{p}.self_attn.o_proj.weight"),
-            vec![d, hq * hd],
-            0.2,
-        ));
-        specs.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d], 0.2));
-        specs.push((format!("{p}.mlp.up_proj.weight"), vec![f, d], 0.2));
-        specs.push((format!("{p}.mlp.down_proj.weight"), vec![d, f], 0.2));
-        specs.push((format!("{p}.input_layernorm.weight"), vec![d], 0.0));
-        specs.push((format!("{p}.post_attention_layernorm.weight"), vec![d], 0.0));
-    }
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = specs
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, shape, scale))| {
-            let n: usize = shape.iter().product();
-            // norms: 1 ± 0.3; others: uniform in [−scale, scale]
-            let vals: Vec<f32> = if scale == 0.0 {
-                lcg(n, i as u64 + 7, 0.3)
-                    .into_iter()
-                    .map(|x| 1.0 + x)
-                    .collect()
-            } else {
-                lcg(n, i as u64 + 7, scale)
-            };
-            let bytes = match dtype {
-                safetensors::Dtype::F32 => vals.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                safetensors::Dtype::BF16 => vals
-                    .iter()
-                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                    .collect(),
-                _ => unreachable!(),
-            };
-            (name, shape, bytes)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    let cfg = serde_json::json!({
-        "model_type": "llama",
-        "hidden_size": d, "intermediate_size": f, "vocab_size": v,
-        "num_hidden_layers": layers, "num_attention_heads": hq, "num_key_value_heads": hkv,
-        "rms_norm_eps": 1e-5, "rope_theta": 500.0, "max_position_embeddings": 64,
-        "tie_word_embeddings": tie, "bos_token_id": 1, "eos_token_id": [2, 3],
-    });
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+/// [`write_tiny_hf`] into a fresh temporary folder (kept alive with the model), loaded.
+fn tiny_hf_model(tie: bool, dtype: safetensors::Dtype) -> (tempfile::TempDir, HookedModel) {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_hf(dir.path(), tie, dtype);
+    let model = HookedModel::from_hf_dir(dir.path()).unwrap();
+    (dir, model)
 }
 
 fn tiny_batch() -> Vec<Vec<u32>> {
@@ -855,9 +777,7 @@ fn tiny_batch() -> Vec<Vec<u32>> {
 #[test]
 fn tiny_hf_model_matches_candle_hf_llama() {
     for tie in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        write_tiny_hf(dir.path(), tie, safetensors::Dtype::F32);
-        let model = HookedModel::from_hf_dir(dir.path()).unwrap();
+        let (dir, model) = tiny_hf_model(tie, safetensors::Dtype::F32);
         assert_eq!(model.hf_config()["num_key_value_heads"], 2);
         assert_eq!(model.hf_config()["tie_word_embeddings"], tie);
         assert_eq!(model.eos_token_id(), Some(2));
@@ -900,19 +820,16 @@ fn tiny_hf_model_matches_candle_hf_llama() {
 
 #[test]
 fn tiny_hf_model_in_bf16_loads_close_to_f32() {
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write_tiny_hf(a.path(), false, safetensors::Dtype::F32);
-    write_tiny_hf(b.path(), false, safetensors::Dtype::BF16);
     let batch = tiny_batch();
-    let run = |p: &Path| {
-        HookedModel::from_hf_dir(p)
-            .unwrap()
+    let run = |dtype| {
+        tiny_hf_model(false, dtype)
+            .1
             .forward(&batch, &ForwardOptions::new().logits(Logits::Last))
             .unwrap()
             .logits
             .unwrap()
     };
-    let (x, y) = (run(a.path()), run(b.path()));
+    let (x, y) = (run(safetensors::Dtype::F32), run(safetensors::Dtype::BF16));
     let diff = max_abs_diff(x.as_slice(), y.as_slice());
     assert!(
         diff > 0.0 && diff < 0.1,
@@ -923,9 +840,7 @@ fn tiny_hf_model_in_bf16_loads_close_to_f32() {
 /// Attention is causal: changing a later token leaves earlier positions unchanged.
 #[test]
 fn tiny_model_is_causal() {
-    let dir = tempfile::tempdir().unwrap();
-    write_tiny_hf(dir.path(), false, safetensors::Dtype::F32);
-    let model = HookedModel::from_hf_dir(dir.path()).unwrap();
+    let (_dir, model) = tiny_hf_model(false, safetensors::Dtype::F32);
     let mut batch = tiny_batch();
     let opts = || ForwardOptions::new().logits(Logits::All);
     let a = model.forward(&batch, &opts()).unwrap().logits.unwrap();
@@ -958,9 +873,7 @@ fn read_f32(path: &Path, name: &str) -> Vec<f32> {
 /// there changes nothing, and editing it moves `mlp_out` but not `resid_mid`.
 #[test]
 fn ln2_normalized_is_the_mlp_input_before_the_gain() {
-    let dir = tempfile::tempdir().unwrap();
-    write_tiny_hf(dir.path(), false, safetensors::Dtype::F32);
-    let model = HookedModel::from_hf_dir(dir.path()).unwrap();
+    let (dir, model) = tiny_hf_model(false, safetensors::Dtype::F32);
     let batch = tiny_batch();
     let hooks = [
         "blocks.1.hook_resid_mid",
@@ -1058,9 +971,7 @@ fn err_text<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
 
 #[test]
 fn bad_hooks_and_tokens_give_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    write_tiny_hf(dir.path(), false, safetensors::Dtype::F32);
-    let model = HookedModel::from_hf_dir(dir.path()).unwrap();
+    let (_dir, model) = tiny_hf_model(false, safetensors::Dtype::F32);
     let batch = tiny_batch();
     let run = |o: ForwardOptions| model.forward(&batch, &o).map(|_| ());
 

@@ -56,14 +56,13 @@ pub fn p(path: &Path) -> &str {
 
 /// Asserts a failed run that explains itself in one line: a non-zero exit, exactly one
 /// non-blank line on stderr, containing every needle, and no panic.
+#[track_caller]
 pub fn assert_one_line_error(o: &Output, needles: &[&str]) {
     assert!(!o.status.success(), "succeeded: {}{}", stdout(o), stderr(o));
     let e = stderr(o);
     let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {e}");
-    for n in needles {
-        assert!(e.contains(n), "{n:?} not in: {e}");
-    }
+    crate::assert_mentions(&e, needles);
     assert!(
         !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
         "{e}"

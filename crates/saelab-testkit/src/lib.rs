@@ -7,7 +7,10 @@
 //! - [`cli`]: running the `saelab` binary and checking its one-line errors;
 //! - [`serial`]: the heavy real-model tests of one test binary run one at a time on two
 //!   rayon threads (the machines have two cores);
-//! - [`unwritable_dir`]: a folder where nobody, root included, can create anything.
+//! - [`unwritable_dir`]: a folder where nobody, root included, can create anything;
+//! - [`assert_mentions`]: an error message holds every expected fragment;
+//! - [`lcg_uniform`] and [`identity_relu_weights`]: the deterministic weights the test
+//!   models and SAEs are built from.
 //!
 //! It is a dev-dependency of every crate and depends on no saelab crate, so that the
 //! unit tests inside `saelab-core` and `saelab-lm` can use it too.
@@ -50,4 +53,44 @@ pub fn unwritable_dir() -> PathBuf {
         let _ = std::fs::remove_dir(&probe);
     }
     panic!("no folder refuses writes here (tried /sys and /proc)");
+}
+
+/// Asserts that `text` (an error message, a report) contains every one of `needles`,
+/// naming the first one missing.
+#[track_caller]
+pub fn assert_mentions(text: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(text.contains(n), "{n:?} not in: {text}");
+    }
+}
+
+/// `n` deterministic pseudo-random values, uniform in [−scale, scale) (a 64-bit LCG
+/// seeded with `seed`, its top 24 bits per value): the random weights of the test
+/// models and SAEs, the same on every machine.
+pub fn lcg_uniform(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// The weights of a ReLU SAE of width `2d` that reconstructs every `x` of width `d`
+/// exactly: `W_enc = [I, −I]` (`[d, 2d]`, row-major) and `W_dec = [I; −I]` (`[2d, d]`),
+/// so that `relu(x) − relu(−x) = x` (with zero biases).
+pub fn identity_relu_weights(d: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = 2 * d;
+    let mut w_enc = vec![0f32; d * n];
+    let mut w_dec = vec![0f32; n * d];
+    for i in 0..d {
+        w_enc[i * n + i] = 1.0;
+        w_enc[i * n + d + i] = -1.0;
+        w_dec[i * d + i] = 1.0;
+        w_dec[(d + i) * d + i] = -1.0;
+    }
+    (w_enc, w_dec)
 }

@@ -1,20 +1,23 @@
 //! Cache tests on a tiny random model and a tiny corpus (no data needed); the real
 //! model is exercised by the CLI tests in `crates/saelab-cli/tests/extract.rs`.
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use saelab_core::store::ActivationStore;
+use saelab_testkit::assert_mentions;
 
 use super::*;
 use crate::contexts::{documents_fingerprint, ContextPlan};
 use crate::model::ForwardOptions;
-use crate::test_support::{tiny_corpus, tiny_model, tiny_tokenizer};
+use crate::test_support::{tiny_setup, tiny_tokenizer};
 use crate::text::{Document, PackConfig};
 
 const HOOKS: [&str; 2] = ["blocks.0.hook_resid_post", "blocks.2.hook_mlp_out"];
 
 struct Fixture {
-    _model_dir: tempfile::TempDir,
+    /// Holds the model's files, and the caches each test writes.
+    dir: tempfile::TempDir,
     model: HookedModel,
     plan: ContextPlan,
     docs: Vec<Document>,
@@ -22,10 +25,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let model_dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(model_dir.path());
-    let tok = tiny_tokenizer();
-    let corpus = tiny_corpus();
+    let (dir, model, tok, corpus) = tiny_setup();
     let docs: Vec<&Document> = corpus.part(Part::Train, HeldOut::default());
     let plan = ContextPlan::new(
         &tok,
@@ -36,11 +36,18 @@ fn fixture() -> Fixture {
     .unwrap();
     let fingerprint = documents_fingerprint(&docs);
     Fixture {
-        _model_dir: model_dir,
+        dir,
         model,
         plan,
         docs: docs.into_iter().cloned().collect(),
         fingerprint,
+    }
+}
+
+impl Fixture {
+    /// A path in the fixture's folder.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 }
 
@@ -76,6 +83,39 @@ fn job<'a>(fx: &'a Fixture, out: &Path, dtype: CacheDType, target: u64) -> Extra
     }
 }
 
+/// Runs `job(fx, out, dtype, target)` to the end: never stopped, no progress callback.
+fn extract_to(
+    fx: &Fixture,
+    out: &Path,
+    dtype: CacheDType,
+    target: u64,
+) -> crate::error::Result<ExtractSummary> {
+    run_to_end(&job(fx, out, dtype, target))
+}
+
+/// Runs `job` to the end: never stopped, no progress callback.
+fn run_to_end(job: &ExtractJob<'_>) -> crate::error::Result<ExtractSummary> {
+    extract(job, &AtomicBool::new(false), |_| {})
+}
+
+/// Runs the job of 300 rows (f32) into `out`, stopped by the stop flag after `batches`
+/// batches.
+fn stopped_after(fx: &Fixture, out: &Path, batches: usize) -> crate::error::Result<ExtractSummary> {
+    let stop = AtomicBool::new(false);
+    let mut seen = 0;
+    extract(&job(fx, out, CacheDType::F32, 300), &stop, |_| {
+        seen += 1;
+        if seen == batches {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+}
+
+/// The message of the error that `job` ends with.
+fn refusal(job: &ExtractJob<'_>) -> String {
+    run_to_end(job).unwrap_err().to_string()
+}
+
 /// Everything a cache directory holds, concatenated over shards.
 #[derive(Debug, PartialEq)]
 struct Contents {
@@ -104,11 +144,9 @@ fn contents(dir: &Path) -> Contents {
 #[test]
 fn extracted_rows_match_an_independent_forward_and_the_tokenizer() {
     let fx = fixture();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("cache");
-    let stop = AtomicBool::new(false);
+    let out = fx.path("cache");
     let target = 150;
-    let sum = extract(&job(&fx, &out, CacheDType::F32, target), &stop, |_| {}).unwrap();
+    let sum = extract_to(&fx, &out, CacheDType::F32, target).unwrap();
     assert!(sum.complete && !sum.exhausted && !sum.already_complete);
     let tok = tiny_tokenizer();
     for hook in HOOKS {
@@ -174,11 +212,11 @@ fn extracted_rows_match_an_independent_forward_and_the_tokenizer() {
     assert_ne!(a.acts, b.acts);
 
     // Running again: already complete. Asking for more extends it exactly.
-    let again = extract(&job(&fx, &out, CacheDType::F32, target), &stop, |_| {}).unwrap();
+    let again = extract_to(&fx, &out, CacheDType::F32, target).unwrap();
     assert!(again.already_complete);
-    let more = tmp.path().join("more");
-    extract(&job(&fx, &more, CacheDType::F32, 400), &stop, |_| {}).unwrap();
-    let sum = extract(&job(&fx, &out, CacheDType::F32, 400), &stop, |_| {}).unwrap();
+    let more = fx.path("more");
+    extract_to(&fx, &more, CacheDType::F32, 400).unwrap();
+    let sum = extract_to(&fx, &out, CacheDType::F32, 400).unwrap();
     assert!(!sum.already_complete && sum.progress.resumed_rows >= target);
     assert_eq!(
         contents(&out.join(HOOKS[0])),
@@ -186,8 +224,8 @@ fn extracted_rows_match_an_independent_forward_and_the_tokenizer() {
     );
 
     // bf16: the f32 values rounded to nearest even.
-    let bf = tmp.path().join("bf16");
-    extract(&job(&fx, &bf, CacheDType::Bf16, target), &stop, |_| {}).unwrap();
+    let bf = fx.path("bf16");
+    extract_to(&fx, &bf, CacheDType::Bf16, target).unwrap();
     let f32c = contents(&out.join(HOOKS[1]));
     let bfc = contents(&bf.join(HOOKS[1]));
     assert_eq!(
@@ -199,8 +237,8 @@ fn extracted_rows_match_an_independent_forward_and_the_tokenizer() {
     }
 
     // Asking for more than the part holds: complete, exhausted, everything stored.
-    let all = tmp.path().join("all");
-    let sum = extract(&job(&fx, &all, CacheDType::F32, 1 << 40), &stop, |_| {}).unwrap();
+    let all = fx.path("all");
+    let sum = extract_to(&fx, &all, CacheDType::F32, 1 << 40).unwrap();
     assert!(sum.complete && sum.exhausted);
     assert_eq!(sum.progress.rows, fx.plan.non_bos_tokens());
     assert!(read_manifest(&all.join(HOOKS[0])).unwrap().exhausted);
@@ -209,23 +247,13 @@ fn extracted_rows_match_an_independent_forward_and_the_tokenizer() {
 #[test]
 fn interrupted_killed_and_failed_extractions_resume_to_the_same_cache() {
     let fx = fixture();
-    let tmp = tempfile::tempdir().unwrap();
-    let never = AtomicBool::new(false);
-    let full = tmp.path().join("full");
-    extract(&job(&fx, &full, CacheDType::F32, 300), &never, |_| {}).unwrap();
+    let full = fx.path("full");
+    extract_to(&fx, &full, CacheDType::F32, 300).unwrap();
     let want = contents(&full.join(HOOKS[0]));
 
     // Interrupted (the stop flag) after a few batches: a consistent, smaller cache.
-    let part = tmp.path().join("part");
-    let stop = AtomicBool::new(false);
-    let mut batches = 0;
-    let e = extract(&job(&fx, &part, CacheDType::F32, 300), &stop, |_| {
-        batches += 1;
-        if batches == 4 {
-            stop.store(true, Ordering::SeqCst);
-        }
-    })
-    .unwrap_err();
+    let part = fx.path("part");
+    let e = stopped_after(&fx, &part, 4).unwrap_err();
     assert!(
         matches!(e, Error::Core(saelab_core::Error::Interrupted)),
         "{e}"
@@ -240,14 +268,7 @@ fn interrupted_killed_and_failed_extractions_resume_to_the_same_cache() {
     let dir1 = part.join(HOOKS[1]);
     fs::write(dir0.join(".shard-00009.safetensors.tmp-123"), b"partial").unwrap();
     fs::write(dir1.join("shard-00042.safetensors"), b"orphan").unwrap();
-    let stop = AtomicBool::new(false);
-    let mut batches = 0;
-    let _ = extract(&job(&fx, &part, CacheDType::F32, 300), &stop, |_| {
-        batches += 1;
-        if batches == 2 {
-            stop.store(true, Ordering::SeqCst);
-        }
-    });
+    let _ = stopped_after(&fx, &part, 2);
     let mut m1 = read_manifest(&dir1).unwrap();
     let dropped = m1.shards.pop().unwrap();
     m1.rows -= dropped.rows;
@@ -258,15 +279,13 @@ fn interrupted_killed_and_failed_extractions_resume_to_the_same_cache() {
     // A write failure: the next shard's name is taken by a directory.
     let n0 = read_manifest(&dir0).unwrap().shards.len();
     let blocker = dir0.join(shard_name(n0));
+    let never = AtomicBool::new(false);
     let e = extract(&job(&fx, &part, CacheDType::F32, 300), &never, |_| {
         let _ = fs::create_dir(&blocker);
     })
     .unwrap_err()
     .to_string();
-    assert!(
-        e.contains(&shard_name(n0)) && e.contains("write failed") && e.contains("consistent"),
-        "{e}"
-    );
+    assert_mentions(&e, &[&shard_name(n0), "write failed", "consistent"]);
     // Nothing half-written: the manifests list complete shards only, no temp files.
     for dir in [&dir0, &dir1] {
         let m = read_manifest(dir).unwrap();
@@ -281,7 +300,7 @@ fn interrupted_killed_and_failed_extractions_resume_to_the_same_cache() {
     fs::remove_dir(&blocker).unwrap();
 
     // Resuming gives exactly the uninterrupted cache.
-    let sum = extract(&job(&fx, &part, CacheDType::F32, 300), &never, |_| {}).unwrap();
+    let sum = extract_to(&fx, &part, CacheDType::F32, 300).unwrap();
     assert!(sum.complete && sum.progress.resumed_rows > 0);
     assert_eq!(contents(&dir0), want);
     assert_eq!(contents(&dir1), contents(&full.join(HOOKS[1])));
@@ -293,44 +312,34 @@ fn interrupted_killed_and_failed_extractions_resume_to_the_same_cache() {
 #[test]
 fn other_settings_and_foreign_directories_are_refused() {
     let fx = fixture();
-    let tmp = tempfile::tempdir().unwrap();
-    let never = AtomicBool::new(false);
-    let out = tmp.path().join("c");
-    extract(&job(&fx, &out, CacheDType::F32, 50), &never, |_| {}).unwrap();
-    let e = extract(&job(&fx, &out, CacheDType::Bf16, 50), &never, |_| {})
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("other settings") && e.contains("dtype"), "{e}");
+    let out = fx.path("c");
+    extract_to(&fx, &out, CacheDType::F32, 50).unwrap();
+    let e = refusal(&job(&fx, &out, CacheDType::Bf16, 50));
+    assert_mentions(&e, &["other settings", "dtype"]);
     let mut j = job(&fx, &out, CacheDType::F32, 50);
     j.specs
         .iter_mut()
         .for_each(|s| s.model_fingerprint = "2:01".into());
-    let e = extract(&j, &never, |_| {}).unwrap_err().to_string();
-    assert!(e.contains("model differs"), "{e}");
+    assert_mentions(&refusal(&j), &["model differs"]);
     // A directory with other files in it is not overwritten.
-    let foreign = tmp.path().join("f");
+    let foreign = fx.path("f");
     fs::create_dir_all(foreign.join(HOOKS[0])).unwrap();
     fs::write(foreign.join(HOOKS[0]).join("notes.txt"), b"mine").unwrap();
-    let e = extract(&job(&fx, &foreign, CacheDType::F32, 50), &never, |_| {})
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("not an activation cache"), "{e}");
+    let e = refusal(&job(&fx, &foreign, CacheDType::F32, 50));
+    assert_mentions(&e, &["not an activation cache"]);
     assert!(!foreign.join(HOOKS[1]).exists());
     // A hook added on a rerun is refused instead of cutting the others back.
     let mut j = job(&fx, &out, CacheDType::F32, 50);
     j.specs
         .push(spec(&fx, "blocks.1.hook_resid_pre", CacheDType::F32));
     j.dirs.push(out.join("blocks.1.hook_resid_pre"));
-    let e = extract(&j, &never, |_| {}).unwrap_err().to_string();
-    assert!(e.contains("extracted together"), "{e}");
+    assert_mentions(&refusal(&j), &["extracted together"]);
     assert!(!read_manifest(&out.join(HOOKS[0]))
         .unwrap()
         .shards
         .is_empty());
     // A corrupt manifest is named.
     fs::write(out.join(HOOKS[0]).join(MANIFEST), b"{\"format\": ").unwrap();
-    let e = extract(&job(&fx, &out, CacheDType::F32, 50), &never, |_| {})
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("manifest.json") && e.contains("corrupt"), "{e}");
+    let e = refusal(&job(&fx, &out, CacheDType::F32, 50));
+    assert_mentions(&e, &["manifest.json", "corrupt"]);
 }

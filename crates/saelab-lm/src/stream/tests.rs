@@ -9,7 +9,7 @@ use saelab_core::{ArchConfig, SaeConfig};
 
 use super::*;
 use crate::contexts::{ContextOrder, ContextPlan};
-use crate::test_support::{tiny_corpus, tiny_model, tiny_tokenizer};
+use crate::test_support::tiny_setup;
 use crate::text::{Document, HeldOut, PackConfig, Part};
 
 const H1: &str = "blocks.0.hook_resid_post";
@@ -23,10 +23,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
-    let tok = tiny_tokenizer();
-    let corpus = tiny_corpus();
+    let (dir, model, tok, corpus) = tiny_setup();
     let plan = |part, max_docs: usize| {
         let mut docs: Vec<&Document> = corpus.part(part, HeldOut::new(5, 4).unwrap());
         docs.truncate(max_docs);

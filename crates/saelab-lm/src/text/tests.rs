@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use saelab_testkit::assert_mentions;
+
 use super::*;
 use crate::error::Error;
 use crate::test_support::tiny_tokenizer;
@@ -244,39 +246,42 @@ fn folder_is_recursive_sorted_and_txt_only() {
     assert_eq!(one.documents()[0].text, "bx");
 }
 
+/// The message of the error that loading `path` gives.
+fn load_error(path: &Path, opts: &LoadOptions) -> String {
+    Corpus::load(path, opts).unwrap_err().to_string()
+}
+
 #[test]
 fn source_errors_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let opts = LoadOptions::default();
 
-    let empty = root.join("empty");
-    std::fs::create_dir(&empty).unwrap();
-    write(&empty.join("readme.md"), b"not text");
-    let err = Corpus::load(&empty, &opts).unwrap_err().to_string();
-    assert!(
-        err.contains("empty") && err.contains("no *.txt documents found"),
-        "{err}"
-    );
-
-    let blank = root.join("blank");
-    write(&blank.join("one.txt"), b"  \n");
-    let err = Corpus::load(&blank, &opts).unwrap_err().to_string();
-    assert!(err.contains("blank") && err.contains("empty"), "{err}");
-
-    let err = Corpus::load(root.join("missing.txt"), &opts).unwrap_err();
+    let missing = root.join("missing.txt");
+    let err = Corpus::load(&missing, &opts).unwrap_err();
     assert!(matches!(err, Error::Core(saelab_core::Error::Io { .. })));
     assert!(err.to_string().contains("missing.txt"), "{err}");
 
-    let latin1 = root.join("latin1/old.txt");
-    write(&latin1, b"caf\xe9");
-    let err = Corpus::load(latin1.parent().unwrap(), &opts)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("old.txt") && err.contains("UTF-8") && err.contains("offset 3"),
-        "{err}"
-    );
+    // A folder without documents, one holding an empty document, a file that is not
+    // UTF-8: (file, bytes, the folder to load, what the error says).
+    for (file, text, folder, needles) in [
+        (
+            "empty/readme.md",
+            &b"not text"[..],
+            "empty",
+            &["empty", "no *.txt documents found"][..],
+        ),
+        ("blank/one.txt", b"  \n", "blank", &["blank", "empty"]),
+        (
+            "latin1/old.txt",
+            b"caf\xe9",
+            "latin1",
+            &["old.txt", "UTF-8", "offset 3"],
+        ),
+    ] {
+        write(&root.join(file), text);
+        assert_mentions(&load_error(&root.join(folder), &opts), needles);
+    }
 }
 
 #[test]
@@ -300,51 +305,38 @@ fn jsonl_records_and_errors() {
     };
     assert_eq!(Corpus::load(&body, &opts).unwrap().documents()[0].text, "x");
 
-    let missing = dir.path().join("missing_field.jsonl");
-    write(
-        &missing,
-        b"{\"text\": \"ok\"}\n{\"content\": \"no\", \"meta\": 2}\n",
-    );
-    let err = Corpus::load(&missing, &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("missing_field.jsonl")
-            && err.contains("line 2")
-            && err.contains("no field `text`")
-            && err.contains("content"),
-        "{err}"
-    );
-
-    let not_str = dir.path().join("num.jsonl");
-    write(&not_str, b"{\"text\": 5}\n");
-    let err = Corpus::load(&not_str, &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("line 1") && err.contains("not a string"),
-        "{err}"
-    );
-
-    let broken = dir.path().join("broken.jsonl");
-    write(&broken, b"{\"text\": \"a\"}\n{\"text\": \n");
-    let err = Corpus::load(&broken, &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("broken.jsonl") && err.contains("line 2: invalid JSON"),
-        "{err}"
-    );
-
-    let empty = dir.path().join("empty.jsonl");
-    write(&empty, b"\n\n");
-    let err = Corpus::load(&empty, &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("empty.jsonl") && err.contains("no non-empty records"),
-        "{err}"
-    );
+    // Each bad file is named, with the line and what is wrong with it.
+    for (file, text, needles) in [
+        (
+            "missing_field.jsonl",
+            &b"{\"text\": \"ok\"}\n{\"content\": \"no\", \"meta\": 2}\n"[..],
+            &[
+                "missing_field.jsonl",
+                "line 2",
+                "no field `text`",
+                "content",
+            ][..],
+        ),
+        (
+            "num.jsonl",
+            b"{\"text\": 5}\n",
+            &["num.jsonl", "line 1", "not a string"],
+        ),
+        (
+            "broken.jsonl",
+            b"{\"text\": \"a\"}\n{\"text\": \n",
+            &["broken.jsonl", "line 2: invalid JSON"],
+        ),
+        (
+            "empty.jsonl",
+            b"\n\n",
+            &["empty.jsonl", "no non-empty records"],
+        ),
+    ] {
+        let path = dir.path().join(file);
+        write(&path, text);
+        assert_mentions(&load_error(&path, &LoadOptions::default()), needles);
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use rayon::prelude::*;
+use saelab_testkit::assert_mentions;
 
 use super::*;
 use crate::test_support::{real_corpus, smollm2, smollm2_gguf};
@@ -239,58 +240,55 @@ fn tokenizer_json_matches_gguf() {
 fn bad_files_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.gguf");
-    let err = Tokenizer::from_gguf(&missing).unwrap_err();
-    assert!(
-        matches!(err, Error::Core(saelab_core::Error::Io { .. })),
-        "{err}"
-    );
-    assert!(err.to_string().contains("nope.gguf"), "{err}");
-
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"this is not a gguf file at all").unwrap();
-    let err = Tokenizer::from_path(&junk).unwrap_err();
-    assert!(
-        matches!(err, Error::Core(saelab_core::Error::BadFile { .. })),
-        "{err}"
-    );
-    assert!(err.to_string().contains("junk.gguf"), "{err}");
+    // A missing file, a file that is not a GGUF: (the error, its kind, the file it names).
+    type IsKind = fn(&saelab_core::Error) -> bool;
+    let cases: [(Error, IsKind, &str); 2] = [
+        (
+            Tokenizer::from_gguf(&missing).unwrap_err(),
+            |e| matches!(e, saelab_core::Error::Io { .. }),
+            "nope.gguf",
+        ),
+        (
+            Tokenizer::from_path(&junk).unwrap_err(),
+            |e| matches!(e, saelab_core::Error::BadFile { .. }),
+            "junk.gguf",
+        ),
+    ];
+    for (err, is_kind, file) in cases {
+        assert!(matches!(&err, Error::Core(e) if is_kind(e)), "{err}");
+        assert_mentions(&err.to_string(), &[file]);
+    }
 
     let json = dir.path().join("tokenizer.json");
     std::fs::write(&json, b"{\"model\": 3}").unwrap();
-    let err = Tokenizer::from_file(&json).unwrap_err();
-    assert!(err.to_string().contains("tokenizer.json"), "{err}");
-    assert!(
-        err.to_string().contains("not a valid tokenizer.json"),
-        "{err}"
-    );
+    let err = Tokenizer::from_file(&json).unwrap_err().to_string();
+    assert_mentions(&err, &["tokenizer.json", "not a valid tokenizer.json"]);
 }
 
 #[test]
 fn unsupported_gguf_tokenizers_are_refused() {
     use gguf_file::Value as V;
     let strs = |v: &[&str]| V::Array(v.iter().map(|s| V::String(s.to_string())).collect());
+    let refusal = |md: &HashMap<String, V>| {
+        Tokenizer::from_gguf_metadata(md, "m.gguf")
+            .unwrap_err()
+            .to_string()
+    };
     let mut md: HashMap<String, V> = HashMap::new();
     md.insert("tokenizer.ggml.model".into(), V::String("llama".into()));
     md.insert("tokenizer.ggml.tokens".into(), strs(&["a", "b"]));
     md.insert("tokenizer.ggml.merges".into(), strs(&[]));
-    let err = Tokenizer::from_gguf_metadata(&md, "m.gguf")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("m.gguf") && err.contains("`llama`"), "{err}");
+    assert_mentions(&refusal(&md), &["m.gguf", "`llama`"]);
 
     md.insert("tokenizer.ggml.model".into(), V::String("gpt2".into()));
     md.insert("tokenizer.ggml.pre".into(), V::String("qwen2".into()));
-    let err = Tokenizer::from_gguf_metadata(&md, "m.gguf")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("`qwen2`"), "{err}");
+    assert_mentions(&refusal(&md), &["`qwen2`"]);
 
     // A vocabulary without the 256 byte symbols would silently drop characters.
     md.insert("tokenizer.ggml.pre".into(), V::String("smollm".into()));
-    let err = Tokenizer::from_gguf_metadata(&md, "m.gguf")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("byte-level symbol"), "{err}");
+    assert_mentions(&refusal(&md), &["byte-level symbol"]);
 }
 
 #[test]

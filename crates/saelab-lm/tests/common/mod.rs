@@ -1,1 +1,2 @@
 pub mod gguf_bpe;
+pub mod tiny_llama;
