@@ -28,7 +28,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{sae_params, threshold_encode};
+use super::jumprelu::JumpReluConfig;
 use super::topk::{check_k, default_aux_coefficient, default_aux_k};
 use super::topk_family::{self, AuxK};
 use super::{ArchConfig, Architecture, Knob, Registered, SaeLensForm, Step, StepOutput, Train};
@@ -70,6 +70,14 @@ impl Registered for BatchTopKConfig {
     }
 }
 
+impl BatchTopKConfig {
+    /// The JumpReLU SAE it is at inference and in files, with default training
+    /// hyperparameters.
+    fn as_jumprelu(&self) -> JumpReluConfig {
+        JumpReluConfig::with_k(self.k)
+    }
+}
+
 impl Architecture for BatchTopKConfig {
     fn check(&self, _dims: Dims) -> std::result::Result<(), String> {
         if self.k == 0 {
@@ -80,12 +88,12 @@ impl Architecture for BatchTopKConfig {
 
     /// The file form: the JumpReLU tensors (`threshold [n]` = θ for every latent).
     fn file_params(&self, dims: Dims) -> Vec<(&'static str, Vec<usize>)> {
-        sae_params(dims, &["b_enc", "threshold"])
+        self.as_jumprelu().file_params(dims)
     }
 
     /// JumpReLU with the file form's `threshold [n]`.
     fn encode(&self, p: &ParamSet, x_enc: &Matrix) -> Latents {
-        threshold_encode(p, x_enc)
+        self.as_jumprelu().encode(p, x_enc)
     }
 
     fn knobs(&self) -> Vec<Knob> {
@@ -99,12 +107,12 @@ impl Architecture for BatchTopKConfig {
 
     /// Written as SAELens `jumprelu` (see [`Architecture::saved_as`]).
     fn saelens(&self) -> Option<SaeLensForm> {
-        SaeLensForm::named("jumprelu")
+        self.as_jumprelu().saelens()
     }
 
     /// JumpReLU with default training hyperparameters (the file form carries θ).
     fn saved_as(&self) -> Option<ArchConfig> {
-        Some(ArchConfig::default_for("jumprelu", self.k).expect("jumprelu is registered"))
+        Some(self.as_jumprelu().into())
     }
 
     fn trainer(&self, dims: Dims) -> std::result::Result<Box<dyn Train>, String> {
