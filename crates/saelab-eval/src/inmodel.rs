@@ -769,15 +769,3 @@ impl InModelEvalSet {
         Ok(finish(&plan, &self.base, &sums, t))
     }
 }
-
-/// One JSON line for a run's `metrics.jsonl`: `{"kind": "val_model", "step": step, ...}`
-/// with every [`InModelMetrics`] field (timing left out).
-pub fn jsonl_record(step: u64, m: &InModelMetrics) -> serde_json::Value {
-    let mut v = serde_json::to_value(m).expect("serialisable");
-    if let Some(o) = v.as_object_mut() {
-        o.remove("timing");
-    }
-    v["kind"] = serde_json::json!("val_model");
-    v["step"] = serde_json::json!(step);
-    v
-}
