@@ -48,6 +48,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Run a model over a corpus and write an activation cache (resumable).
     Extract(cmd::extract::Args),
+    /// Per-latent statistics of an SAE over a corpus (latent cache, top contexts,
+    /// histograms, neighbours, logit tables) into a features folder (resumable).
+    Features(Box<cmd::features::Args>),
     /// Run the main job of a configuration file (extract, train, evaluate, summarise;
     /// resumable), e.g. `saelab run configs/main.toml`.
     Run(cmd::run::Args),
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Extract(a) => cmd::extract::run(a),
+        Command::Features(a) => cmd::features::run(*a),
         Command::Run(a) => cmd::run::run(a),
     };
     match result {

@@ -83,6 +83,8 @@ pub struct Summary {
     pub already_complete: bool,
     /// Shard parts written by this run.
     pub parts_written: usize,
+    /// Non-BOS tokens encoded by this run.
+    pub tokens_encoded: u64,
     /// Latent ranges written by this run.
     pub ranges_written: usize,
     /// Non-BOS positions of the pass.
@@ -161,7 +163,7 @@ pub fn run(
         return Ok(summary);
     }
     let t0 = std::time::Instant::now();
-    summary.parts_written = stage_a(layout, inp, &mut m, stop, on)?;
+    (summary.parts_written, summary.tokens_encoded) = stage_a(layout, inp, &mut m, stop, on)?;
     summary.secs_cache = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     summary.ranges_written = stage_b(layout, inp, &mut m, stop, on)?;
@@ -181,14 +183,15 @@ fn non_bos(c: &ContextRef<'_>) -> u64 {
     c.positions.iter().filter(|&&p| !is_bos_position(p)).count() as u64
 }
 
-/// Stage A: writes the missing shard parts. Returns how many it wrote.
+/// Stage A: writes the missing shard parts. Returns how many it wrote and the tokens
+/// it encoded.
 fn stage_a(
     layout: &Layout,
     inp: &PassInputs<'_>,
     m: &mut Manifest,
     stop: &AtomicBool,
     on: &mut dyn FnMut(Progress),
-) -> Result<usize> {
+) -> Result<(usize, u64)> {
     let s = &inp.settings;
     let _span = tracing::info_span!("features_cache", parts = m.state.parts_total).entered();
     let hooks = [s.hook.clone()];
@@ -250,7 +253,7 @@ fn stage_a(
             total: m.state.parts_total,
         });
     }
-    Ok(m.state.parts_total - first)
+    Ok((m.state.parts_total - first, done - resumed))
 }
 
 /// Stage B: writes the missing latent ranges. Returns how many it wrote.

@@ -25,6 +25,10 @@ pub enum Phase {
     InModel,
     /// The clean and ablated forwards an in-model evaluation set caches (size unknown).
     Baseline,
+    /// The features pass's Stage A: model, SAE, latent cache (tokens).
+    FeatureCache,
+    /// The features pass's Stage B: per-latent statistics (latents).
+    FeatureStats,
 }
 
 impl Phase {
@@ -32,7 +36,8 @@ impl Phase {
     pub fn unit(self) -> &'static str {
         match self {
             Phase::LoadModel | Phase::Baseline => "",
-            Phase::Extract | Phase::Eval => "tokens",
+            Phase::Extract | Phase::Eval | Phase::FeatureCache => "tokens",
+            Phase::FeatureStats => "latents",
             Phase::Validation => "held-out tokens",
             Phase::InModel => "contexts",
         }

@@ -7,6 +7,8 @@
 //! - [`sweep`]: expand a sweep file into a training job;
 //! - [`eval`]: evaluate an SAE on activation files, or spliced into the model (writing
 //!   `eval.json`);
+//! - [`features`]: the feature statistics pass (`saelab features`): a latent cache,
+//!   per-latent statistics and weights-only tables in a features folder;
 //! - [`pipeline`]: the main job (extract, train, evaluate, summarise) as one resumable
 //!   job;
 //! - [`config`]: run files (TOML) and their overrides;
@@ -24,6 +26,7 @@ pub mod error;
 pub mod eval;
 pub mod event;
 pub mod extract;
+pub mod features;
 pub mod inputs;
 pub mod pipeline;
 pub mod sweep;

@@ -6,6 +6,7 @@ pub mod bench_model;
 pub mod convert;
 pub mod eval;
 pub mod extract;
+pub mod features;
 pub mod inspect;
 pub mod report;
 pub mod run;

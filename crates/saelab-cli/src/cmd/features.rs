@@ -1,0 +1,114 @@
+//! `saelab features`: the feature statistics pass (`saelab_jobs::features`): a model
+//! forward to the SAE's hook, the SAE's latents into a sparse latent cache (delphi's
+//! layout), then per-latent statistics, neighbours and logit tables in a features
+//! folder (`docs/features.md`). Ctrl-C stops at the next batch; the same command
+//! continues where the last complete shard part or latent range ends.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use saelab_jobs::extract::parse_part;
+use saelab_jobs::features::{self, FeaturesRequest};
+
+use crate::progress::Reporter;
+use crate::STOP;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// SAE directory (any supported format), or a `saelab train` run directory.
+    #[arg(long)]
+    sae: PathBuf,
+    /// Model: a GGUF file, or a Hugging Face LLaMA directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Corpus: a folder of .txt files, a text file, or a .jsonl file.
+    #[arg(long)]
+    corpus: PathBuf,
+    /// JSONL field holding the text.
+    #[arg(long, default_value = "text")]
+    jsonl_field: String,
+    /// Which documents: train, heldout (every 20th document) or all.
+    #[arg(long, default_value = "train")]
+    part: String,
+    /// Tokens to read (BOS excluded; whole contexts).
+    #[arg(long)]
+    tokens: u64,
+    /// The features folder (created; an incomplete one made with the same inputs is continued).
+    #[arg(long)]
+    out: PathBuf,
+    /// Hook point (default: the SAE's hook from its cfg.json).
+    #[arg(long)]
+    hook: Option<String>,
+    /// Tokens per context.
+    #[arg(long, default_value_t = 128)]
+    ctx: usize,
+    /// Seed of the context order and of every sample drawn.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Contexts per forward.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Contexts per shard part (what a Ctrl-C or a kill can lose).
+    #[arg(long, default_value_t = 64)]
+    part_contexts: usize,
+    /// Latents per range (Stage B's memory: one range's entries and counts).
+    #[arg(long, default_value_t = 1024)]
+    range: usize,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut req = FeaturesRequest::new(a.sae, a.model, a.corpus, a.tokens, a.out.clone());
+    req.jsonl_field = a.jsonl_field;
+    req.part = parse_part(&a.part)?;
+    req.hook = a.hook;
+    req.ctx_len = a.ctx;
+    req.seed = a.seed;
+    req.batch_contexts = a.batch;
+    req.contexts_per_part = a.part_contexts;
+    req.range_size = a.range;
+    let mut rep = Reporter::new();
+    let result = features::features(&req, &STOP, &mut |e| rep.handle(e));
+    drop(rep);
+    let o = match result {
+        Err(e) if e.is_interrupted() => {
+            return Err(
+                anyhow::Error::new(saelab_core::Error::Interrupted).context(format!(
+                    "interrupted: {} keeps its complete shard parts and latent ranges; run \
+                     the same command again to continue",
+                    a.out.display()
+                )),
+            );
+        }
+        r => r?,
+    };
+    let s = &o.summary;
+    if s.already_complete {
+        println!(
+            "{}: already complete: {} latents of {} over {} tokens in {} contexts",
+            a.out.display(),
+            o.n_latents,
+            o.hook,
+            s.positions,
+            s.contexts
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: {} latents of {} over {} tokens in {} contexts",
+        a.out.display(),
+        o.n_latents,
+        o.hook,
+        s.positions,
+        s.contexts
+    );
+    println!(
+        "latent cache: {} shard parts in {:.1} s ({:.0} tokens/s); statistics: {} latent \
+         ranges in {:.1} s",
+        s.parts_written,
+        s.secs_cache,
+        s.tokens_encoded as f64 / s.secs_cache.max(1e-9),
+        s.ranges_written,
+        s.secs_stats
+    );
+    Ok(())
+}
