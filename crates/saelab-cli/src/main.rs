@@ -48,6 +48,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Run a model over a corpus and write an activation cache (resumable).
     Extract(cmd::extract::Args),
+    /// Export a features folder for Neuronpedia: SAEDashboard's batch JSON and the
+    /// bulk-import layout.
+    ExportNeuronpedia(cmd::export_neuronpedia::Args),
     /// Per-latent statistics of an SAE over a corpus (latent cache, top contexts,
     /// histograms, neighbours, logit tables) into a features folder (resumable).
     Features(Box<cmd::features::Args>),
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Extract(a) => cmd::extract::run(a),
+        Command::ExportNeuronpedia(a) => cmd::export_neuronpedia::run(a),
         Command::Features(a) => cmd::features::run(*a),
         Command::Run(a) => cmd::run::run(a),
     };

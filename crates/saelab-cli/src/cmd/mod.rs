@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_model;
 pub mod convert;
 pub mod eval;
+pub mod export_neuronpedia;
 pub mod extract;
 pub mod features;
 pub mod inspect;
