@@ -48,12 +48,19 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Run a model over a corpus and write an activation cache (resumable).
     Extract(cmd::extract::Args),
-    /// Export a features folder for Neuronpedia: SAEDashboard's batch JSON and the
-    /// bulk-import layout.
-    ExportNeuronpedia(cmd::export_neuronpedia::Args),
     /// Per-latent statistics of an SAE over a corpus (latent cache, top contexts,
     /// histograms, neighbours, logit tables) into a features folder (resumable).
     Features(Box<cmd::features::Args>),
+    /// Serve the features dashboard (index, feature pages, JSON API; with --sae and
+    /// --model the prompt explorer) on 127.0.0.1.
+    Serve(cmd::serve::Args),
+    /// Write the dashboard's pages as a static folder that opens from file://.
+    ExportHtml(cmd::export_html::Args),
+    /// Export a features folder for Neuronpedia: SAEDashboard's batch JSON and the
+    /// bulk-import layout.
+    ExportNeuronpedia(cmd::export_neuronpedia::Args),
+    /// One latent's value at every token of a text, through the model and the SAE.
+    Encode(cmd::encode::Args),
     /// Run the main job of a configuration file (extract, train, evaluate, summarise;
     /// resumable), e.g. `saelab run configs/main.toml`.
     Run(cmd::run::Args),
@@ -93,8 +100,11 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Extract(a) => cmd::extract::run(a),
-        Command::ExportNeuronpedia(a) => cmd::export_neuronpedia::run(a),
         Command::Features(a) => cmd::features::run(*a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::ExportHtml(a) => cmd::export_html::run(a),
+        Command::ExportNeuronpedia(a) => cmd::export_neuronpedia::run(a),
+        Command::Encode(a) => cmd::encode::run(a),
         Command::Run(a) => cmd::run::run(a),
     };
     match result {

@@ -1,0 +1,109 @@
+// saelab features dashboard: the exported index's sorting and search, and the prompt
+// explorer. Plain browser JavaScript, no libraries, nothing fetched but /api/prompt.
+"use strict";
+
+(function index() {
+  const table = document.querySelector("table[data-client]");
+  if (!table) return;
+  const body = table.tBodies[0];
+  const rows = Array.from(body.rows);
+  let key = "density", desc = true;
+  function sort() {
+    rows.sort((a, b) => {
+      const x = parseFloat(a.dataset[key]), y = parseFloat(b.dataset[key]);
+      const o = desc ? y - x : x - y;
+      return o !== 0 ? o : a.dataset.latent - b.dataset.latent;
+    });
+    rows.forEach((r) => body.appendChild(r));
+  }
+  table.querySelectorAll("th[data-sort]").forEach((th) => {
+    th.addEventListener("click", (e) => {
+      e.preventDefault();
+      const k = th.dataset.sort;
+      desc = k === key ? !desc : k !== "latent";
+      key = k;
+      sort();
+    });
+  });
+  const search = document.getElementById("search");
+  const summary = document.getElementById("summary");
+  search.addEventListener("input", () => {
+    const q = search.value.trim().toLowerCase();
+    let shown = 0;
+    rows.forEach((r) => {
+      const hit = !q || JSON.parse(r.dataset.tokens).includes(q);
+      r.hidden = !hit;
+      if (hit) shown += 1;
+    });
+    summary.textContent = q ? `Token “${search.value.trim()}”: ${shown} latents` : `${rows.length} latents`;
+  });
+})();
+
+(function prompt() {
+  const form = document.getElementById("prompt-form");
+  if (!form) return;
+  const out = document.getElementById("prompt-out");
+  const toks = document.getElementById("prompt-tokens");
+  const top = document.getElementById("prompt-top");
+  const status = document.getElementById("prompt-status");
+  const latentLink = (l) => `${form.dataset.links}${l}`;
+  const show = (t) => {
+    if (t.text === "") return "∅";
+    if (/^ +$/.test(t.text)) return "␣".repeat(t.text.length);
+    return t.text.replace(/\n/g, "↵").replace(/\t/g, "→").replace(/\r/g, "");
+  };
+  function renderTop(tokens, at) {
+    const rows = (at === null ? tokens : [tokens[at]]).map((t) => {
+      const cells = t.top.map((e) => {
+        const w = Math.max(2, Math.round(28 * e.value / (t.top[0].value || 1)));
+        return `<a href="${latentLink(e.latent)}">#${e.latent}</a> <span class="bar" style="width:${w}px"></span>${e.value.toFixed(3)}`;
+      }).join(" &nbsp; ");
+      const tok = document.createElement("span");
+      tok.className = "chip";
+      tok.textContent = show(t);
+      return `<tr data-pos="${t.pos}"><td class="num">${t.pos}</td><td>${tok.outerHTML}</td><td>${cells || '<span class="muted">none active</span>'}</td></tr>`;
+    }).join("");
+    top.innerHTML = `<table class="top"><thead><tr><th class="num">pos</th><th>token</th><th>latents (value)</th></tr></thead><tbody>${rows}</tbody></table>`;
+  }
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    out.dataset.state = "running";
+    status.textContent = "running the model…";
+    const text = document.getElementById("prompt-text").value;
+    const l = document.getElementById("prompt-latent").value.trim();
+    const req = { text, top: 8 };
+    if (l !== "") req.latent = parseInt(l, 10);
+    try {
+      const res = await fetch("/api/prompt", {
+        method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(req),
+      });
+      const data = await res.json();
+      if (!res.ok) throw new Error(data.error || res.statusText);
+      toks.textContent = "";
+      data.tokens.forEach((t, i) => {
+        const s = document.createElement("span");
+        s.className = "t";
+        s.dataset.act = String(t.value);
+        s.dataset.tokenId = String(t.id);
+        const a = data.latent_max > 0 && t.value > 0 ? Math.min(1, t.value / data.latent_max) : 0;
+        if (a > 0) s.style.setProperty("--a", a.toFixed(3));
+        s.title = `${t.value} · token ${t.id}`;
+        s.textContent = show(t);
+        s.addEventListener("click", () => {
+          toks.querySelectorAll(".sel").forEach((x) => x.classList.remove("sel"));
+          s.classList.add("sel");
+          renderTop(data.tokens, i);
+        });
+        toks.appendChild(s);
+      });
+      renderTop(data.tokens, null);
+      const lat = data.latent === null ? "no latent chosen" : `latent #${data.latent}, max ${data.latent_max.toFixed(3)}`;
+      status.textContent = `${data.tokens.length} tokens · ${lat}`;
+      out.dataset.state = "done";
+    } catch (err) {
+      status.textContent = `error: ${err.message}`;
+      out.dataset.state = "error";
+    }
+  });
+  if (document.getElementById("prompt-text").value.trim() !== "") form.requestSubmit();
+})();

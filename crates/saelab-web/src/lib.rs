@@ -1,0 +1,36 @@
+//! `saelab-web`: the features dashboard — a features folder (`saelab features`) served
+//! as pages and a JSON API, a live prompt explorer through the model and the SAE, and
+//! the same pages exported as a static folder.
+//!
+//! - [`site`]: the folder opened for the pages (per-latent summaries in memory, full
+//!   records read on demand); [`listing`]: the index as a query (sort, token search,
+//!   pages), shared by the HTML index and `/api/latents`;
+//! - [`html`]: server-side rendering of every page as plain HTML, with exact values in
+//!   `data-*` attributes; [`assets`]: the stylesheet and the small script, embedded;
+//! - [`explorer`]: text → tokens → model forward to the hook → `Sae::encode`, bounded;
+//! - [`server`]: the axum routes, their limits and the path check (loopback by
+//!   default); [`paths`]: that check; [`api`]: the JSON shapes; [`error`]: how a failed
+//!   request is answered;
+//! - [`export`]: `saelab export-html`, written atomically.
+//!
+//! It depends on the libraries (core, lm, eval, features), never on the CLI, which is
+//! a thin skin over [`server::serve`] and [`export::export_html`].
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod assets;
+pub mod error;
+pub mod explorer;
+pub mod export;
+pub mod html;
+pub mod listing;
+pub mod paths;
+pub mod server;
+pub mod site;
+
+pub use error::WebError;
+pub use explorer::Explorer;
+pub use export::export_html;
+pub use server::{AppState, ServeOptions};
+pub use site::Site;

@@ -1,0 +1,501 @@
+//! The dashboard server against a real features folder: the SmolLM2 model and corpus
+//! (`saelab_testkit::real_data`: skipped with a message without them, failing under
+//! CI), a TopK SAE with seeded random weights at `blocks.3.hook_resid_post` (no
+//! training needed for the server's rules), and a features pass of a few thousand
+//! tokens made once per test binary through `saelab_jobs::features`.
+//!
+//! One test per safety rule — loopback by default, `..` and absolute paths refused,
+//! bodies and prompts bounded with a 4xx, an unknown latent a 404, 200 concurrent
+//! requests all answered — plus the JSON API's numbers against the records, the pages'
+//! `data-*` values against the records, the static export, and one-line errors for a
+//! bad folder or the wrong SAE. Requests are raw HTTP/1.1 over loopback TCP, so the
+//! tests see exactly what a browser would be sent.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+
+use saelab_core::arch::{Registered, TopKConfig};
+use saelab_core::config::SaeMetadata;
+use saelab_core::format::save_sae;
+use saelab_core::{ParamSet, Sae, SaeConfig, Tensor};
+use saelab_features::{Features, LatentRecord};
+use saelab_jobs::features::{features, FeaturesRequest};
+use saelab_web::server::{bind, serve};
+use saelab_web::{AppState, Explorer, ServeOptions, Site};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HOOK: &str = "blocks.3.hook_resid_post";
+const N_LATENTS: usize = 192;
+
+/// The folder made once: the SAE directory, the features folder, the model path.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    sae: PathBuf,
+    features: PathBuf,
+    model: PathBuf,
+}
+
+fn random_sae(d: usize, n: usize, k: usize, seed: u64) -> Sae {
+    let w_enc = saelab_testkit::lcg_uniform(d * n, seed, 1.0);
+    let mut w_dec = vec![0f32; n * d];
+    for j in 0..n {
+        let norm: f32 = (0..d).map(|i| w_enc[i * n + j].powi(2)).sum::<f32>().sqrt();
+        for i in 0..d {
+            w_dec[j * d + i] = w_enc[i * n + j] / norm;
+        }
+    }
+    let mut cfg = SaeConfig::new(TopKConfig::with_k(k).into(), d, n);
+    cfg.metadata = SaeMetadata {
+        hook_name: Some(HOOK.into()),
+        ..SaeMetadata::default()
+    };
+    let mut p = ParamSet::new();
+    p.insert("W_enc", Tensor::new(&[d, n], w_enc).unwrap());
+    p.insert(
+        "b_enc",
+        Tensor::new(&[n], saelab_testkit::lcg_uniform(n, seed + 1, 0.5)).unwrap(),
+    );
+    p.insert("W_dec", Tensor::new(&[n, d], w_dec).unwrap());
+    p.insert("b_dec", Tensor::new(&[d], vec![0.0; d]).unwrap());
+    Sae::new(cfg, p).unwrap()
+}
+
+/// The shared fixture, or `None` (skipping) without the real data.
+fn fixture() -> Option<&'static Fixture> {
+    static F: OnceLock<Option<Fixture>> = OnceLock::new();
+    F.get_or_init(|| {
+        let data = saelab_testkit::real_data()?;
+        let _serial = saelab_testkit::serial();
+        let tmp = tempfile::tempdir().unwrap();
+        let sae = tmp.path().join("sae");
+        save_sae(&random_sae(576, N_LATENTS, 8, 11), &sae, None).unwrap();
+        let out = tmp.path().join("features");
+        let mut req = FeaturesRequest::new(
+            sae.clone(),
+            data.model.clone(),
+            data.corpus.clone(),
+            3000,
+            out.clone(),
+        );
+        req.ctx_len = 64;
+        req.range_size = 64;
+        features(&req, &AtomicBool::new(false), &mut |_| {}).unwrap();
+        Some(Fixture {
+            _tmp: tmp,
+            sae,
+            features: out,
+            model: data.model,
+        })
+    })
+    .as_ref()
+}
+
+/// The state of a server over the fixture, with the explorer when `explorer`.
+fn state(f: &Fixture, explorer: bool) -> Arc<AppState> {
+    let feats = Features::open(&f.features).unwrap();
+    let ex = explorer.then(|| Explorer::load(&feats, &f.sae, &f.model).unwrap());
+    AppState::new(Site::from_features(feats).unwrap(), ex)
+}
+
+/// Starts a server on a free loopback port; returns its address.
+async fn start(st: Arc<AppState>) -> std::net::SocketAddr {
+    let l = bind(ServeOptions {
+        port: 0,
+        ..ServeOptions::default()
+    })
+    .await
+    .unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(serve(l, st, std::future::pending()));
+    addr
+}
+
+/// A response: status and body.
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+/// Sends one raw HTTP/1.1 request (`Connection: close`) and reads the whole answer.
+async fn request(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    if body.len() <= saelab_web::server::BODY_LIMIT {
+        s.write_all(body).await.unwrap();
+        s.read_to_end(&mut raw).await.unwrap();
+    } else {
+        // Over the limit, the server answers from the Content-Length alone; the body is
+        // offered only afterwards, so that no unread bytes make it reset the connection.
+        let _ = s.read_to_end(&mut raw).await;
+        let _ = s.write_all(body).await;
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Reply { status, body }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> Reply {
+    request(addr, "GET", path, b"").await
+}
+
+fn json(r: &Reply) -> serde_json::Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_loopback_by_default() {
+    assert_eq!(ServeOptions::default().host.to_string(), "127.0.0.1");
+    let l = bind(ServeOptions {
+        port: 0,
+        ..ServeOptions::default()
+    })
+    .await
+    .unwrap();
+    assert!(l.local_addr().unwrap().ip().is_loopback());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_climbing_and_absolute_paths() {
+    let Some(f) = fixture() else { return };
+    let addr = start(state(f, false)).await;
+    for path in [
+        "/latent/../features.json",
+        "/latent/..%2Ffeatures.json",
+        "/latent/%2e%2e",
+        "/assets/..%2F..%2Fetc%2Fpasswd",
+        "/assets/%2Fetc%2Fpasswd",
+        "/api/latent/%2Fetc%2Fpasswd",
+        "/latent//etc/passwd",
+        "/../../etc/passwd",
+    ] {
+        let r = get(addr, path).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        let v = json(&r);
+        assert!(
+            v["error"].as_str().unwrap().starts_with("refused path"),
+            "{path}: {v}"
+        );
+    }
+    // What the check lets through still works.
+    assert_eq!(get(addr, "/assets/style.css").await.status, 200);
+    assert_eq!(get(addr, "/assets/passwd").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_request_bodies_and_prompts() {
+    let Some(f) = fixture() else { return };
+    let addr = start(state(f, true)).await;
+    let big = vec![b'x'; 100_000];
+    let r = request(addr, "POST", "/api/prompt", &big).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+
+    let long = serde_json::json!({ "text": "word ".repeat(1000), "latent": 0 }).to_string();
+    let r = request(addr, "POST", "/api/prompt", long.as_bytes()).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        json(&r)["error"].as_str().unwrap().contains("at most 4096"),
+        "{}",
+        r.body
+    );
+
+    let many = serde_json::json!({ "text": "a ".repeat(400) }).to_string();
+    let r = request(addr, "POST", "/api/prompt", many.as_bytes()).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        json(&r)["error"].as_str().unwrap().contains("at most 256"),
+        "{}",
+        r.body
+    );
+
+    let r = request(addr, "POST", "/api/prompt", b"{not json").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = request(addr, "POST", "/api/prompt", b"{\"text\": \"\"}").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // A prompt within the limits is answered, one value per token.
+    let ok = serde_json::json!({ "text": "The whale swam.", "latent": 3, "top": 4 }).to_string();
+    let r = request(addr, "POST", "/api/prompt", ok.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = json(&r);
+    let toks = v["tokens"].as_array().unwrap();
+    assert!(!toks.is_empty() && toks.iter().all(|t| t["top"].as_array().unwrap().len() <= 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_latent_is_a_404_and_bad_ids_a_400() {
+    let Some(f) = fixture() else { return };
+    let addr = start(state(f, true)).await;
+    for path in ["/latent/192", "/latent/4000000000", "/api/latent/192"] {
+        let r = get(addr, path).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert!(r.body.contains("latent "), "{path}: {}", r.body);
+    }
+    assert!(json(&get(addr, "/api/latent/192").await)["error"]
+        .as_str()
+        .unwrap()
+        .contains("the SAE has 192 latents"));
+    for path in [
+        "/latent/abc",
+        "/api/latent/-1",
+        "/api/latent/99999999999",
+        "/?sort=nope",
+        "/api/latents?per=0",
+    ] {
+        assert_eq!(get(addr, path).await.status, 400, "{path}");
+    }
+    assert_eq!(get(addr, "/no/such/page").await.status, 404);
+    let body = serde_json::json!({ "text": "hello", "latent": 192 }).to_string();
+    assert_eq!(
+        request(addr, "POST", "/api/prompt", body.as_bytes())
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_200_concurrent_requests() {
+    let Some(f) = fixture() else { return };
+    let addr = start(state(f, false)).await;
+    let paths: Vec<String> = (0..200)
+        .map(|i| match i % 4 {
+            0 => format!("/api/latent/{}", i % N_LATENTS),
+            1 => format!("/latent/{}", i % N_LATENTS),
+            2 => "/?sort=max&order=desc".to_string(),
+            _ => format!("/api/latents?sort=density&page={}&per=10", 1 + i % 5),
+        })
+        .collect();
+    let tasks: Vec<_> = paths
+        .iter()
+        .cloned()
+        .map(|p| {
+            tokio::spawn(async move {
+                let r = tokio::time::timeout(std::time::Duration::from_secs(120), get(addr, &p))
+                    .await
+                    .unwrap_or_else(|_| panic!("{p}: no answer in 120 s"));
+                (p, r.status)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let (p, status) = t.await.unwrap();
+        assert_eq!(status, 200, "{p}");
+        ok += 1;
+    }
+    assert_eq!(ok, 200);
+}
+
+/// The `attr="…"` value of each element that starts with `marker`, in order; with an
+/// empty `attr`, the quoted value right after `marker` (which ends in `attr=`).
+fn attrs(html: &str, marker: &str, attr: &str) -> Vec<String> {
+    html.split(marker)
+        .skip(1)
+        .map(|s| {
+            let a = format!("{attr}=\"");
+            let at = if attr.is_empty() {
+                1
+            } else {
+                s.find(&a).unwrap() + a.len()
+            };
+            s[at..at + s[at..].find('"').unwrap()].to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_pages_show_the_records_numbers() {
+    let Some(f) = fixture() else { return };
+    let addr = start(state(f, false)).await;
+    let feats = Features::open(&f.features).unwrap();
+    let tokens = feats.tokens().unwrap();
+    let ctx = feats.manifest().settings.ctx_len;
+    for i in 0..N_LATENTS {
+        let rec = feats.latent(i).unwrap();
+        let v = json(&get(addr, &format!("/api/latent/{i}")).await);
+        let back: LatentRecord = serde_json::from_value(v["record"].clone()).unwrap();
+        assert_eq!(back, rec, "latent {i}");
+        let top_tokens: Vec<u32> = rec
+            .top
+            .iter()
+            .map(|s| tokens[s.seq as usize * ctx + s.pos as usize])
+            .collect();
+        assert_eq!(v["top_tokens"], serde_json::json!(top_tokens));
+
+        // The page: one row per top sample, its value and the marked token's value
+        // exactly the record's; 50 bars summing to the count; the logit rows.
+        let page = get(addr, &format!("/latent/{i}")).await;
+        assert_eq!(page.status, 200);
+        let top_html = &page.body[page.body.find("id=\"top\"").unwrap()..];
+        let top_html = &top_html[..top_html.find("</section>").unwrap()];
+        let values = attrs(top_html, "<div class=\"ctx\"", "data-value");
+        let marked = attrs(top_html, "class=\"t q\"", "data-act");
+        assert_eq!(values.len(), rec.top.len());
+        for (k, s) in rec.top.iter().enumerate() {
+            assert_eq!(values[k].parse::<f32>().unwrap(), s.value);
+            assert_eq!(marked[k].parse::<f32>().unwrap(), s.value);
+        }
+        let counts: Vec<u64> = attrs(&page.body, "<rect class=\"bar\"", "data-count")
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        if rec.count > 0 {
+            assert_eq!(counts.len(), 50);
+        }
+        assert_eq!(counts.iter().sum::<u64>(), rec.count);
+        let ids: Vec<u32> = attrs(&page.body, "<tr data-token-id=", "")
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let want: Vec<u32> = rec
+            .logits
+            .bottom
+            .iter()
+            .chain(&rec.logits.top)
+            .map(|t| t.token)
+            .collect();
+        assert_eq!(ids, want);
+    }
+    // The index: every latent once, densities in order.
+    let v = json(&get(addr, "/api/latents?sort=density&per=1000").await);
+    assert_eq!(v["total"], N_LATENTS);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), N_LATENTS);
+    let mut prev = f64::INFINITY;
+    for r in rows {
+        let rec = feats
+            .latent(r["latent"].as_u64().unwrap() as usize)
+            .unwrap();
+        assert_eq!(r["density"].as_f64().unwrap(), rec.density);
+        assert_eq!(r["count"].as_u64().unwrap(), rec.count);
+        assert!(rec.density <= prev);
+        prev = rec.density;
+    }
+    // The search: every hit has the token among its max or promoted tokens.
+    let rec = feats
+        .latent(rows[0]["latent"].as_u64().unwrap() as usize)
+        .unwrap();
+    let t = tokens[rec.top[0].seq as usize * ctx + rec.top[0].pos as usize];
+    let text = feats.vocab().unwrap()[t as usize].trim().to_string();
+    let q: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+    let v = json(&get(addr, &format!("/api/latents?q={q}&per=1000")).await);
+    let hits = v["rows"].as_array().unwrap();
+    assert!(
+        hits.iter().any(|h| h["latent"] == rec.latent),
+        "{text:?}: {v}"
+    );
+    assert_eq!(v["total"].as_u64().unwrap() as usize, hits.len());
+}
+
+#[test]
+fn export_writes_every_page_with_relative_links_atomically() {
+    let Some(f) = fixture() else { return };
+    let site = Site::open(&f.features).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("html");
+    let s = saelab_web::export_html(&site, &out).unwrap();
+    assert_eq!(s.pages, N_LATENTS);
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let files = names(&out);
+    assert_eq!(files.len(), N_LATENTS + 3, "{files:?}");
+    let index = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let page = std::fs::read_to_string(out.join("latent-5.html")).unwrap();
+    for html in [&index, &page] {
+        assert!(
+            !html.contains("href=\"/") && !html.contains("src=\"/"),
+            "absolute link"
+        );
+        assert!(html.contains("href=\"style.css\"") && html.contains("src=\"app.js\""));
+    }
+    assert!(index.contains("href=\"latent-5.html\""));
+    assert_eq!(index.matches("<tr data-latent=").count(), N_LATENTS);
+    // Nothing else beside the export, and a second export replaces the first.
+    assert_eq!(names(tmp.path()), vec!["html".to_string()]);
+    std::fs::write(out.join("stale.html"), "x").unwrap();
+    saelab_web::export_html(&site, &out).unwrap();
+    assert!(!out.join("stale.html").exists());
+    assert_eq!(names(tmp.path()), vec!["html".to_string()]);
+}
+
+#[test]
+fn a_bad_folder_or_another_sae_is_a_one_line_error() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let e = Site::open(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("not a features folder"), "{e}");
+
+    // A corrupt stats line: the error names the stats file.
+    let copy = tmp.path().join("copy");
+    copy_dir(&f.features, &copy);
+    let stats = copy.join("stats/0_63.jsonl");
+    let mut bytes = std::fs::read(&stats).unwrap();
+    bytes[10] = b'#';
+    std::fs::write(&stats, bytes).unwrap();
+    let e = Site::open(&copy).unwrap_err().to_string();
+    assert!(e.contains("0_63.jsonl") && !e.contains('\n'), "{e}");
+
+    // Another SAE: the error names features.json.
+    let other = tmp.path().join("other-sae");
+    save_sae(&random_sae(576, N_LATENTS, 8, 99), &other, None).unwrap();
+    let feats = Features::open(&f.features).unwrap();
+    let e = Explorer::load(&feats, &other, &f.model)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("features.json") && e.contains("another SAE"),
+        "{e}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dst = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dst);
+        } else {
+            std::fs::copy(&p, &dst).unwrap();
+        }
+    }
+}
