@@ -22,7 +22,7 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # The library crates' docs: every public item documented (#![warn(missing_docs)]) and
 # every intra-doc link resolving.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet \
-  -p saelab-core -p saelab-lm -p saelab-eval -p saelab-jobs -p saelab-testkit
+  -p saelab-core -p saelab-lm -p saelab-eval -p saelab-jobs -p saelab-neuronpedia -p saelab-testkit
 cargo test --workspace --release
 SAELAB_KERNELS=portable cargo test -p saelab-core --release
 cargo test -p saelab-core --lib

@@ -19,6 +19,8 @@ use saelab_testkit::data::{data_required, workspace_root};
 use saelab_testkit::{real_data, serial};
 
 const MODEL_ID: &str = "smollm2-135m-instruct";
+/// The latent the test switches off.
+const DEAD: usize = 5;
 
 /// `python3 scripts/check_neuronpedia.py dir`, or `None` (with a message; a panic when
 /// the data is required) without `python3`.
@@ -127,11 +129,16 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
     let model = p(&data.model);
     let run = t("run");
     train(model, p(&corpus), p(&run));
+    // The trained SAE with latent 5 switched off (encoder bias −10⁴): a dead latent.
+    let sae_dir = t("sae");
+    let mut sae = load_sae(&run.join("sae")).unwrap();
+    sae.params.get_mut("b_enc").data[DEAD] = -1e4;
+    save_sae(&sae, &sae_dir, None).unwrap();
     let feat = t("features");
     saelab_ok(&[
         "features",
         "--sae",
-        p(&run),
+        p(&sae_dir),
         "--model",
         model,
         "--corpus",
@@ -152,7 +159,7 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
         "--features",
         p(&feat),
         "--sae",
-        p(&run),
+        p(&sae_dir),
         "--out",
         p(&out),
         "--model-id",
@@ -170,10 +177,8 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
     assert_eq!(settings["latents_exported"], live.len());
     assert_eq!(settings["batches"], live.len().div_ceil(128));
     let skipped = read_json(&out.join("skipped_indexes.json"));
-    assert_eq!(
-        skipped["skipped_indexes"].as_array().unwrap().len(),
-        n - live.len()
-    );
+    assert_eq!(skipped["skipped_indexes"], serde_json::json!([DEAD]));
+    assert_eq!(live.len(), n - 1);
     let b0 = read_json(&out.join("batch-0.json"));
     assert_eq!(
         (b0["model_id"].as_str(), b0["layer"].as_u64()),
@@ -252,12 +257,8 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
     assert!(said.contains("maxValue"), "{said}");
     assert!(said.contains("keys differ from line 1"), "{said}");
 
-    // A folder made from another SAE (one decoder weight changed): refused, naming
-    // features.json; nothing is written.
-    let other = t("other-sae");
-    let mut sae = load_sae(&run.join("sae")).unwrap();
-    sae.params.get_mut("W_dec").data[0] += 1e-3;
-    save_sae(&sae, &other, None).unwrap();
+    // A folder made from another SAE (the trained one, latent 5 not switched off):
+    // refused, naming features.json; nothing is written.
     let out2 = t("np-other");
     let args = |sae: &Path, out: &Path| {
         [
@@ -273,13 +274,13 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
         ]
         .map(String::from)
     };
-    let a = args(&other, &out2);
+    let a = args(&run, &out2);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     saelab_fails(&a, &["features.json", "another SAE"]);
     assert!(!out2.exists());
 
     // An output folder that is not an earlier export: refused, left alone.
-    let a = args(&run, &corpus);
+    let a = args(&sae_dir, &corpus);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     saelab_fails(&a, &["corpus", "not an earlier saelab Neuronpedia export"]);
     assert!(corpus.join("01.txt").is_file());
