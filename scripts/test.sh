@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/setup.sh --oracle
+./scripts/setup-browser.sh   # Debian's chromium + chromedriver, for the dashboard's browser test
 export SAELAB_REQUIRE_DATA=1
 
 cargo fmt --all -- --check
@@ -22,7 +23,7 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # The library crates' docs: every public item documented (#![warn(missing_docs)]) and
 # every intra-doc link resolving.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet \
-  -p saelab-core -p saelab-lm -p saelab-eval -p saelab-jobs -p saelab-neuronpedia -p saelab-testkit
+  -p saelab-core -p saelab-lm -p saelab-eval -p saelab-jobs -p saelab-neuronpedia -p saelab-testkit -p saelab-web
 cargo test --workspace --release
 SAELAB_KERNELS=portable cargo test -p saelab-core --release
 cargo test -p saelab-core --lib
