@@ -20,6 +20,7 @@
 #   K [32] (sae.k)  EXPANSION [16] (sae.expansion_factor)  LR [1e-3] (train.lr)
 #   BATCH_SIZE [4096] (train.batch_size)  CTX_LEN [128] (ctx_len)  BATCH [8] (batch)
 #   INMODEL_TOKENS  [16384]     held-out tokens for the in-model evaluation (inmodel.tokens)
+#   FEATURES_TOKENS [262144]    training tokens of the features pass (features.tokens)
 #   EVAL_EVERY      [50]        steps between validation evaluations (train.eval_every)
 #   RUN_DIR         [runs/main] where caches, the SAE and the summary go (out)
 #   SAELAB_DATA     [data]      where setup.sh put the model and corpus (model, corpus)
@@ -58,6 +59,7 @@ set_from CTX_LEN ctx_len
 set_from BATCH batch
 set_from INMODEL_TOKENS inmodel.tokens
 set_from EVAL_EVERY train.eval_every
+set_from FEATURES_TOKENS features.tokens
 set_from RUN_DIR out quoted
 if [ -n "${CHECK:-}" ]; then args+=(--check); fi
 

@@ -23,14 +23,25 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # The library crates' docs: every public item documented (#![warn(missing_docs)]) and
 # every intra-doc link resolving.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet \
-  -p saelab-core -p saelab-lm -p saelab-eval -p saelab-jobs -p saelab-neuronpedia -p saelab-testkit -p saelab-web
+  -p saelab-core -p saelab-lm -p saelab-eval -p saelab-jobs -p saelab-features \
+  -p saelab-neuronpedia -p saelab-web -p saelab-testkit
 cargo test --workspace --release
 SAELAB_KERNELS=portable cargo test -p saelab-core --release
 cargo test -p saelab-core --lib
 
-# The main job, small (real model: setup, extract, train, evaluate, in-model evaluation),
-# in a fresh folder; CHECK fails it unless its figures are those of a working pipeline
-# (finite, held-out FVU < 1, 0 < CE loss score <= 1, finite KL).
+# The main job, small (real model: setup, extract, train, evaluate, in-model evaluation,
+# features pass), in a fresh folder; CHECK fails it unless its figures are those of a
+# working pipeline (finite, held-out FVU < 1, 0 < CE loss score <= 1, finite KL).
 rm -rf target/ci-main
 EXTRACT_TOKENS=20000 HELDOUT_TOKENS=4096 TRAIN_TOKENS=40960 EVAL_EVERY=0 INMODEL_TOKENS=2048 \
+  FEATURES_TOKENS=8192 \
   RUN_DIR=target/ci-main CHECK=1 ./scripts/main.sh
+
+# Its SAE's features folder exported for Neuronpedia, and every invariant of the two
+# layouts checked (docs/neuronpedia.md).
+run=$(ls -d target/ci-main/sae-*/)
+rm -rf target/ci-neuronpedia
+target/release/saelab export-neuronpedia --features "${run}features" --sae "${run}sae" \
+  --out target/ci-neuronpedia --model-id smollm2-135m-instruct
+python3 scripts/check_neuronpedia.py target/ci-neuronpedia
+rm -rf target/ci-neuronpedia

@@ -9,7 +9,10 @@
 //! 3. evaluate it on the held-out cache (`eval-heldout.json` in its run directory);
 //! 4. evaluate it spliced into the model on `inmodel.tokens` held-out tokens
 //!    (`eval.json`);
-//! 5. summarise ([`MainSummary`]: `out/summary.txt` and `out/summary.json`).
+//! 5. run the features pass ([`crate::features`]) of the SAE over `features.tokens`
+//!    training tokens into `features/` in its run directory, which `saelab serve`
+//!    shows;
+//! 6. summarise ([`MainSummary`]: `out/summary.txt` and `out/summary.json`).
 //!
 //! Every step is idempotent: a complete cache is reused, a finished SAE is not trained
 //! again, an evaluation whose file matches the settings is read back; an interrupted
@@ -34,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::eval::{self, FileEval, FileEvalRequest, InModelRequest};
 use crate::event::{Event, OnEvent};
 use crate::extract::{self, ExtractOutcome, ExtractRequest};
+use crate::features::{self, FeaturesOutcome, FeaturesRequest};
 use crate::inputs;
 use crate::train::{self, sparsity_part, Member, Source, TrainJob, TrainOutcome};
 
@@ -60,6 +64,8 @@ pub struct MainConfig {
     pub train: TrainConfig,
     /// The in-model evaluation.
     pub inmodel: InModelSizes,
+    /// The features pass.
+    pub features: FeaturesSizes,
 }
 
 /// `[extract]`: how many activations to extract.
@@ -80,6 +86,20 @@ pub struct InModelSizes {
     pub tokens: usize,
 }
 
+/// `[features]`: the features pass's size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSizes {
+    /// Training tokens to read (whole contexts).
+    pub tokens: u64,
+}
+
+impl Default for FeaturesSizes {
+    fn default() -> Self {
+        FeaturesSizes { tokens: 262_144 }
+    }
+}
+
 /// The file form of [`MainConfig`], before `[sae]` is resolved.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +117,8 @@ struct MainFile {
     #[serde(default)]
     train: TrainConfig,
     inmodel: InModelSizes,
+    #[serde(default)]
+    features: FeaturesSizes,
 }
 
 fn default_ctx_len() -> usize {
@@ -129,6 +151,7 @@ impl MainConfig {
             sae,
             train: f.train,
             inmodel: f.inmodel,
+            features: f.features,
         })
     }
 
@@ -140,6 +163,11 @@ impl MainConfig {
     /// The held-out activations' cache.
     pub fn heldout_cache(&self) -> PathBuf {
         self.out.join("acts").join(format!("heldout-{}", self.hook))
+    }
+
+    /// The features folder of the SAE.
+    pub fn features_dir(&self) -> PathBuf {
+        self.sae_run().path().join("features")
     }
 
     /// The SAE's run directory.
@@ -178,6 +206,8 @@ pub enum StageOutcome<'a> {
     Eval(&'a FileEval),
     /// The in-model evaluation.
     InModel(&'a InModelMetrics),
+    /// The features pass, and its folder.
+    Features(&'a FeaturesOutcome, &'a Path),
 }
 
 /// The model line of a summary.
@@ -225,6 +255,21 @@ pub struct SummarySae {
     pub train_s: f64,
 }
 
+/// The features pass in a summary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SummaryFeatures {
+    /// The features folder.
+    pub dir: PathBuf,
+    /// Non-BOS tokens of the pass.
+    pub tokens: u64,
+    /// Contexts of the pass.
+    pub contexts: usize,
+    /// Latents.
+    pub latents: usize,
+    /// Seconds this job spent on it.
+    pub features_s: f64,
+}
+
 /// An evaluation in a summary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SummaryEval<M> {
@@ -254,6 +299,9 @@ pub struct MainSummary {
     pub heldout: SummaryEval<ReconMetrics>,
     /// The SAE spliced into the model.
     pub in_model: SummaryEval<InModelMetrics>,
+    /// The features pass (absent in summaries written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<SummaryFeatures>,
 }
 
 /// A metric with 4 decimals, `-` when it is not a number (JSON has none for NaN).
@@ -331,6 +379,23 @@ impl MainSummary {
             self.in_model.eval_s
         );
         let _ = writeln!(s, "SAE files  {}", sae.dir.display());
+        if let Some(f) = &self.features {
+            let _ = writeln!(
+                s,
+                "features   {}  ({} latents over {} tokens, {:.1} s)",
+                f.dir.display(),
+                f.latents,
+                f.tokens,
+                f.features_s
+            );
+            let _ = writeln!(
+                s,
+                "browse     saelab serve --features {} --sae {} --model {}",
+                f.dir.display(),
+                sae.dir.display(),
+                self.model.path
+            );
+        }
         s
     }
 
@@ -408,7 +473,7 @@ pub fn run_main(cfg: &MainConfig, stop: &AtomicBool, on: &mut OnEvent) -> Result
     let _span = tracing::info_span!("main", out = %cfg.out.display()).entered();
     inputs::require_present("model", &cfg.model)?;
     inputs::require_present("corpus", &cfg.corpus)?;
-    let of = 5;
+    let of = 6;
     let stage = |on: &mut OnEvent, n: usize, title: String| {
         on(Event::Stage { n, of, title });
     };
@@ -570,6 +635,43 @@ pub fn run_main(cfg: &MainConfig, stop: &AtomicBool, on: &mut OnEvent) -> Result
     };
     let in_model_s = timed(t0);
 
+    // 6: the features pass.
+    stage(
+        on,
+        6,
+        format!("features pass over {} tokens", cfg.features.tokens),
+    );
+    let t0 = Instant::now();
+    let features_dir = cfg.features_dir();
+    if trained_now && features_dir.exists() {
+        // Left by an earlier SAE in this run directory: it would be refused as another
+        // SAE's folder.
+        on(Event::Note(format!(
+            "{}: made from an earlier SAE; computing it again",
+            features_dir.display()
+        )));
+        std::fs::remove_dir_all(&features_dir)
+            .map_err(|e| saelab_core::Error::io(&features_dir, e))?;
+    }
+    let mut req = FeaturesRequest::new(
+        run.sae_dir(),
+        cfg.model.clone(),
+        cfg.corpus.clone(),
+        cfg.features.tokens,
+        features_dir.clone(),
+    );
+    req.ctx_len = cfg.ctx_len;
+    req.batch_contexts = cfg.batch;
+    let f = features::features(&req, stop, on)?;
+    on(Event::StageDone(StageOutcome::Features(&f, &features_dir)));
+    let features = SummaryFeatures {
+        dir: features_dir,
+        tokens: f.summary.positions,
+        contexts: f.summary.contexts,
+        latents: f.n_latents,
+        features_s: timed(t0),
+    };
+
     // The summary.
     let head: SaelensHead = read_json(&run.sae_dir().join("cfg.json"), "a SAELens config")?;
     let [train_cache, heldout_cache]: [SummaryCache; 2] = caches.try_into().expect("two caches");
@@ -599,6 +701,7 @@ pub fn run_main(cfg: &MainConfig, stop: &AtomicBool, on: &mut OnEvent) -> Result
             metrics: in_model,
             eval_s: in_model_s,
         },
+        features: Some(features),
     };
     saelab_core::io::write_file_atomic(&cfg.out.join("summary.txt"), summary.text().as_bytes())?;
     write_json(&cfg.out.join("summary.json"), &summary)?;
@@ -682,6 +785,7 @@ mod tests {
                 metrics: serde_json::from_value(im).unwrap(),
                 eval_s: 28.31,
             },
+            features: None,
         }
     }
 
@@ -701,6 +805,30 @@ SAE files  runs/main/sae-x/sae
         let s = summary();
         assert_eq!(s.text(), want);
         s.check().unwrap();
+        let back: MainSummary = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn the_summary_names_the_features_folder_and_how_to_browse_it() {
+        let mut s = summary();
+        s.features = Some(SummaryFeatures {
+            dir: "runs/main/sae-x/features".into(),
+            tokens: 262_100,
+            contexts: 2064,
+            latents: 9216,
+            features_s: 151.25,
+        });
+        let text = s.text();
+        let tail: Vec<&str> = text.lines().rev().take(2).collect();
+        assert_eq!(
+            tail,
+            [
+                "browse     saelab serve --features runs/main/sae-x/features --sae \
+                 runs/main/sae-x/sae --model data/models/m.gguf",
+                "features   runs/main/sae-x/features  (9216 latents over 262100 tokens, 151.2 s)",
+            ]
+        );
         let back: MainSummary = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }

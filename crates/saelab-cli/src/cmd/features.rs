@@ -4,11 +4,11 @@
 //! folder (`docs/features.md`). Ctrl-C stops at the next batch; the same command
 //! continues where the last complete shard part or latent range ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use saelab_jobs::extract::parse_part;
-use saelab_jobs::features::{self, FeaturesRequest};
+use saelab_jobs::features::{self, FeaturesOutcome, FeaturesRequest};
 
 use crate::progress::Reporter;
 use crate::STOP;
@@ -81,34 +81,35 @@ pub fn run(a: Args) -> Result<()> {
         }
         r => r?,
     };
+    print_outcome(&o, &a.out);
+    Ok(())
+}
+
+/// Prints what a features pass did (also a step of `saelab run`).
+pub(crate) fn print_outcome(o: &FeaturesOutcome, out: &Path) {
     let s = &o.summary;
-    if s.already_complete {
-        println!(
-            "{}: already complete: {} latents of {} over {} tokens in {} contexts",
-            a.out.display(),
-            o.n_latents,
-            o.hook,
-            s.positions,
-            s.contexts
-        );
-        return Ok(());
-    }
+    let done = if s.already_complete {
+        "already complete: "
+    } else {
+        ""
+    };
     println!(
-        "{}: {} latents of {} over {} tokens in {} contexts",
-        a.out.display(),
+        "{}: {done}{} latents of {} over {} tokens in {} contexts",
+        out.display(),
         o.n_latents,
         o.hook,
         s.positions,
         s.contexts
     );
-    println!(
-        "latent cache: {} shard parts in {:.1} s ({:.0} tokens/s); statistics: {} latent \
-         ranges in {:.1} s",
-        s.parts_written,
-        s.secs_cache,
-        s.tokens_encoded as f64 / s.secs_cache.max(1e-9),
-        s.ranges_written,
-        s.secs_stats
-    );
-    Ok(())
+    if !s.already_complete {
+        println!(
+            "latent cache: {} shard parts in {:.1} s ({:.0} tokens/s); statistics: {} latent \
+             ranges in {:.1} s",
+            s.parts_written,
+            s.secs_cache,
+            s.tokens_encoded as f64 / s.secs_cache.max(1e-9),
+            s.ranges_written,
+            s.secs_stats
+        );
+    }
 }

@@ -73,5 +73,6 @@ pub(crate) fn print_stage(o: &StageOutcome<'_>) {
         StageOutcome::Train(t) => crate::cmd::train::print_outcome(t),
         StageOutcome::Eval(e) => println!("{}", crate::cmd::eval::table(&e.metrics, None)),
         StageOutcome::InModel(m) => println!("{}", crate::cmd::eval::in_model_table(m)),
+        StageOutcome::Features(f, dir) => crate::cmd::features::print_outcome(f, dir),
     }
 }
