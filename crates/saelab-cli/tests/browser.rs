@@ -177,7 +177,7 @@ fn dashboard_in_headless_chromium_matches_the_stats_and_saelab_encode() {
         c,
         "--tokens",
         "8192",
-        "--ctx",
+        "--ctx-len",
         "64",
         "--out",
         p(&feats_dir),

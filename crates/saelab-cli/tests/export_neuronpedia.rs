@@ -145,7 +145,7 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
         p(&corpus),
         "--tokens",
         "4000",
-        "--ctx",
+        "--ctx-len",
         "64",
         "--range",
         "256",

@@ -25,15 +25,8 @@ pub struct Args {
     /// Hook point, e.g. blocks.15.hook_resid_post; several (captured in one pass) write one cache each under --out.
     #[arg(long = "hook", required = true, num_args = 1..)]
     hooks: Vec<String>,
-    /// Corpus: a folder of .txt files, a text file, or a .jsonl file.
-    #[arg(long)]
-    corpus: PathBuf,
-    /// JSONL field holding the text.
-    #[arg(long, default_value = "text")]
-    jsonl_field: String,
-    /// Which documents: train, heldout (every 20th document) or all.
-    #[arg(long, default_value = "train")]
-    part: String,
+    #[command(flatten)]
+    text: super::CorpusArgs,
     /// Activation rows to store (tokens, BOS excluded).
     #[arg(long)]
     tokens: u64,
@@ -73,9 +66,9 @@ pub fn run(a: Args) -> Result<()> {
     let req = ExtractRequest {
         model: a.model.clone(),
         hooks: a.hooks.clone(),
-        corpus: a.corpus.clone(),
-        jsonl_field: a.jsonl_field.clone(),
-        part: parse_part(&a.part)?,
+        corpus: a.text.corpus.clone(),
+        jsonl_field: a.text.jsonl_field.clone(),
+        part: parse_part(&a.text.part)?,
         tokens: a.tokens,
         ctx_len: a.ctx_len,
         batch_contexts: a.batch,

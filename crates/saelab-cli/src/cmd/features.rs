@@ -21,15 +21,8 @@ pub struct Args {
     /// Model: a GGUF file, or a Hugging Face LLaMA directory.
     #[arg(long)]
     model: PathBuf,
-    /// Corpus: a folder of .txt files, a text file, or a .jsonl file.
-    #[arg(long)]
-    corpus: PathBuf,
-    /// JSONL field holding the text.
-    #[arg(long, default_value = "text")]
-    jsonl_field: String,
-    /// Which documents: train, heldout (every 20th document) or all.
-    #[arg(long, default_value = "train")]
-    part: String,
+    #[command(flatten)]
+    text: super::CorpusArgs,
     /// Tokens to read (BOS excluded; whole contexts).
     #[arg(long)]
     tokens: u64,
@@ -41,7 +34,7 @@ pub struct Args {
     hook: Option<String>,
     /// Tokens per context.
     #[arg(long, default_value_t = 128)]
-    ctx: usize,
+    ctx_len: usize,
     /// Seed of the context order and of every sample drawn.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -50,21 +43,21 @@ pub struct Args {
     batch: usize,
     /// Contexts per shard part (what a Ctrl-C or a kill can lose).
     #[arg(long, default_value_t = 64)]
-    part_contexts: usize,
+    shard_contexts: usize,
     /// Latents per range (Stage B's memory: one range's entries and counts).
     #[arg(long, default_value_t = 1024)]
     range: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut req = FeaturesRequest::new(a.sae, a.model, a.corpus, a.tokens, a.out.clone());
-    req.jsonl_field = a.jsonl_field;
-    req.part = parse_part(&a.part)?;
+    let mut req = FeaturesRequest::new(a.sae, a.model, a.text.corpus, a.tokens, a.out.clone());
+    req.jsonl_field = a.text.jsonl_field;
+    req.part = parse_part(&a.text.part)?;
     req.hook = a.hook;
-    req.ctx_len = a.ctx;
+    req.ctx_len = a.ctx_len;
     req.seed = a.seed;
     req.batch_contexts = a.batch;
-    req.contexts_per_part = a.part_contexts;
+    req.contexts_per_part = a.shard_contexts;
     req.range_size = a.range;
     let mut rep = Reporter::new();
     let result = features::features(&req, &STOP, &mut |e| rep.handle(e));

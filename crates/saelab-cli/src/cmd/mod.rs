@@ -17,3 +17,18 @@ pub mod serve;
 pub mod sweep;
 pub mod synth;
 pub mod train;
+
+/// The corpus flags of the commands that read text through the model (`extract`,
+/// `features`).
+#[derive(clap::Args)]
+pub struct CorpusArgs {
+    /// Corpus: a folder of .txt files, a text file, or a .jsonl file.
+    #[arg(long)]
+    pub corpus: std::path::PathBuf,
+    /// JSONL field holding the text.
+    #[arg(long, default_value = "text")]
+    pub jsonl_field: String,
+    /// Which documents: train, heldout (every 20th document) or all.
+    #[arg(long, default_value = "train")]
+    pub part: String,
+}
