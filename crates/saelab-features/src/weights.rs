@@ -18,8 +18,8 @@ use saelab_core::kernels::{gemm, Transpose};
 
 use crate::manifest::TablesConfig;
 use crate::rank::{asc_then_index, desc_then_index, TopN};
-use crate::record::{Histogram, LogitTable, Neighbour, TokenValue};
-use crate::stats::{bin_of, histogram_range, midpoints};
+use crate::record::{LogitTable, Neighbour, TokenValue};
+use crate::stats::histogram;
 
 /// Latents per product block of the logit tables (`64 × d_vocab` floats at a time).
 const LOGIT_BLOCK: usize = 64;
@@ -71,33 +71,15 @@ impl Decoder<'_> {
 pub fn logit_table(effects: &[f32], cfg: &TablesConfig) -> LogitTable {
     let mut top = TopN::new(cfg.logit_tokens, desc_then_index);
     let mut bottom = TopN::new(cfg.logit_tokens, asc_then_index);
-    let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
     for (t, &v) in effects.iter().enumerate() {
         top.push((t as u32, v as f64));
         bottom.push((t as u32, v as f64));
-        min = min.min(v);
-        max = max.max(v);
     }
     let tv = |(token, value): (u32, f64)| TokenValue {
         token,
         value: value as f32,
     };
-    let bins = cfg.logit_hist_bins;
-    let histogram = if effects.is_empty() || bins == 0 {
-        Histogram::default()
-    } else {
-        let (lo, hi) = histogram_range(min as f64, max as f64);
-        let mut heights = vec![0u64; bins];
-        for &v in effects {
-            heights[bin_of(v as f64, lo, hi, bins)] += 1;
-        }
-        Histogram {
-            lo,
-            hi,
-            midpoints: midpoints(lo, hi, bins),
-            heights,
-        }
-    };
+    let histogram = histogram(effects, cfg.logit_hist_bins);
     LogitTable {
         top: top.into_sorted().into_iter().map(tv).collect(),
         bottom: bottom.into_sorted().into_iter().map(tv).collect(),
