@@ -33,6 +33,14 @@ pub struct DelphiRange {
 }
 
 impl DelphiRange {
+    /// An empty range with room for `entries` entries.
+    pub fn with_capacity(entries: u64) -> Self {
+        DelphiRange {
+            locations: Vec::with_capacity(3 * entries as usize),
+            activations: Vec::with_capacity(entries as usize),
+        }
+    }
+
     /// Appends one entry.
     #[inline]
     pub fn push(&mut self, seq: u32, pos: u32, offset: u32, value: f32) {

@@ -14,7 +14,7 @@ use crate::stats::StatsConfig;
 /// The `format` field of every `features.json`.
 pub const FORMAT: &str = "saelab-features";
 /// The layout version this crate writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The whole manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,8 +56,11 @@ pub struct Settings {
     pub contexts_per_part: usize,
     /// Contexts per model forward.
     pub batch_contexts: usize,
-    /// Latents per range (per delphi file and per stats file).
+    /// Most latents per range (per delphi file and per stats file).
     pub range_size: usize,
+    /// Most active positions per range (more latents, fewer positions each): what
+    /// Stage B holds in memory at once, whatever the token count.
+    pub range_entries: u64,
     /// Sizes of the per-latent tables.
     pub stats: StatsConfig,
     /// Sizes of the weights-only tables.
@@ -141,8 +144,11 @@ pub struct State {
     pub parts_total: usize,
     /// Parts `0..parts_done` are written.
     pub parts_done: usize,
-    /// Latent ranges in the pass.
+    /// Latent ranges in the pass (0 until Stage A is done and they are planned).
     pub ranges_total: usize,
+    /// The ranges, `(start, end)` with `end` inclusive, planned from the latents'
+    /// counts when Stage B begins ([`crate::store::plan_ranges`]); empty before.
+    pub ranges: Vec<(usize, usize)>,
     /// Ranges `0..ranges_done` have their delphi file and stats file written.
     pub ranges_done: usize,
     /// Everything is written, the index included.
@@ -194,6 +200,11 @@ impl Settings {
                 "latents per range",
                 self.range_size.to_string(),
                 other.range_size.to_string(),
+            ),
+            (
+                "entries per range",
+                self.range_entries.to_string(),
+                other.range_entries.to_string(),
             ),
         ];
         for (what, a, b) in pairs {

@@ -7,9 +7,11 @@
 //! part per `contexts_per_part` contexts. Stage B then takes the latents one range at a
 //! time: one read of every part collects the range's entries (for its delphi file and
 //! its statistics) and its co-occurrence counts against all latents; the products of
-//! its decoder rows give the logit tables and decoder neighbours. Memory holds one
-//! range's entries, `range × n_latents` counts and one product block, never a dense
-//! `[tokens, latents]` array.
+//! its decoder rows give the logit tables and decoder neighbours. The ranges are
+//! planned from the latents' counts so that none holds more than `range_entries`
+//! active positions (nor more than `range_size` latents): memory holds one range's
+//! entries, `range × n_latents` counts and one product block, never a dense
+//! `[tokens, latents]` array, and does not grow with the token count.
 //!
 //! The manifest is rewritten after every part and every range; a stopped (stop flag)
 //! or killed pass loses at most the part or range it was writing, and a rerun with the
@@ -28,7 +30,7 @@ use crate::manifest::{self, Manifest, Settings, State, FORMAT, VERSION};
 use crate::parts::{read_counts, Part};
 use crate::record::LatentRecord;
 use crate::stats::{latent_stats, Entry};
-use crate::store::{self, ranges, Layout};
+use crate::store::{self, plan_ranges, Layout};
 use crate::weights::{decoder_neighbours, logit_tables, Decoder};
 
 /// What the pass reads.
@@ -118,7 +120,6 @@ pub fn begin(layout: &Layout, settings: &Settings) -> Result<Manifest> {
         settings: settings.clone(),
         state: State {
             parts_total: settings.contexts.div_ceil(settings.contexts_per_part),
-            ranges_total: ranges(settings.sae.n_latents, settings.range_size).len(),
             ..State::default()
         },
     };
@@ -167,7 +168,7 @@ pub fn run(
     summary.secs_cache = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     summary.ranges_written = stage_b(layout, inp, &mut m, stop, on)?;
-    store::write_index(layout, &ranges(s.sae.n_latents, s.range_size))?;
+    store::write_index(layout, &m.state.ranges)?;
     m.state.complete = true;
     manifest::write(&layout.manifest(), &m)?;
     summary.secs_stats = t1.elapsed().as_secs_f64();
@@ -267,7 +268,18 @@ fn stage_b(
     let s = &inp.settings;
     let n = s.sae.n_latents;
     let ctx = s.ctx_len;
-    let all_ranges = ranges(n, s.range_size);
+    let mut counts = vec![0u64; n];
+    for p in 0..m.state.parts_total {
+        for (c, x) in counts.iter_mut().zip(read_counts(&layout.part(p), n)?) {
+            *c += x as u64;
+        }
+    }
+    if m.state.ranges.is_empty() {
+        m.state.ranges = plan_ranges(&counts, s.range_size, s.range_entries);
+        m.state.ranges_total = m.state.ranges.len();
+        manifest::write(&layout.manifest(), m)?;
+    }
+    let all_ranges = m.state.ranges.clone();
     let _span = tracing::info_span!("features_stats", ranges = all_ranges.len()).entered();
 
     // What every range needs: the token matrix, the vocabulary, delphi's config, the
@@ -295,12 +307,6 @@ fn stage_b(
         },
     )?;
     let tokens_i64: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-    let mut counts = vec![0u64; n];
-    for p in 0..m.state.parts_total {
-        for (c, x) in counts.iter_mut().zip(read_counts(&layout.part(p), n)?) {
-            *c += x as u64;
-        }
-    }
     let w_dec = &inp.sae.param("W_dec")?.data;
     let dec = Decoder {
         w: w_dec,
@@ -323,8 +329,12 @@ fn stage_b(
     for (r, &(start, end)) in all_ranges.iter().enumerate().skip(first) {
         check_stop(stop)?;
         let len = end + 1 - start;
-        let mut entries: Vec<Vec<Entry>> = vec![Vec::new(); len];
-        let mut delphi = DelphiRange::default();
+        // Exactly sized from the counts: the range holds what the plan bounded.
+        let mut entries: Vec<Vec<Entry>> = counts[start..=end]
+            .iter()
+            .map(|&c| Vec::with_capacity(c as usize))
+            .collect();
+        let mut delphi = DelphiRange::with_capacity(counts[start..=end].iter().sum::<u64>());
         let mut co = CoCounts::new(start, end + 1, n);
         for p in 0..m.state.parts_total {
             let cs = part_contexts(s, p);

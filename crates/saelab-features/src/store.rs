@@ -92,12 +92,28 @@ fn range_name(start: usize, end: usize, ext: &str) -> String {
     format!("{start}_{end}.{ext}")
 }
 
-/// The latent ranges of `n` latents in ranges of `size`: `(start, end)` with `end`
-/// inclusive.
-pub fn ranges(n: usize, size: usize) -> Vec<(usize, usize)> {
-    (0..n.div_ceil(size.max(1)))
-        .map(|r| (r * size, ((r + 1) * size).min(n) - 1))
-        .collect()
+/// Stage B's latent ranges for latents firing `counts[j]` times: consecutive latents,
+/// each range at most `max_latents` long and holding at most `max_entries` active
+/// positions in all (a latent with more than that is a range of its own), as
+/// `(start, end)` with `end` inclusive. Bounding the entries bounds Stage B's memory
+/// whatever the token count; the plan is a function of the counts only, so a resumed
+/// pass plans the same ranges.
+pub fn plan_ranges(counts: &[u64], max_latents: usize, max_entries: u64) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut held = 0u64;
+    for (j, &c) in counts.iter().enumerate() {
+        if j > start && (j - start >= max_latents.max(1) || held + c > max_entries) {
+            out.push((start, j - 1));
+            start = j;
+            held = 0;
+        }
+        held += c;
+    }
+    if start < counts.len() {
+        out.push((start, counts.len() - 1));
+    }
+    out
 }
 
 /// Writes the stats file of latents `start..=end`: `records` (one per latent, in
@@ -352,8 +368,15 @@ mod tests {
 
     #[test]
     fn ranges_tile_the_latents_with_inclusive_ends() {
-        assert_eq!(ranges(10, 4), vec![(0, 3), (4, 7), (8, 9)]);
-        assert_eq!(ranges(8, 4), vec![(0, 3), (4, 7)]);
+        assert_eq!(plan_ranges(&[1; 10], 4, 100), vec![(0, 3), (4, 7), (8, 9)]);
+        assert_eq!(plan_ranges(&[1; 8], 4, 100), vec![(0, 3), (4, 7)]);
+        // The entry bound: 5 + 5 > 9 closes a range; 50 alone exceeds it and is its own.
+        assert_eq!(
+            plan_ranges(&[5, 5, 50, 1, 2, 3], 4, 9),
+            vec![(0, 0), (1, 1), (2, 2), (3, 5)]
+        );
+        assert_eq!(plan_ranges(&[0; 3], 2, 0), vec![(0, 1), (2, 2)]);
+        assert!(plan_ranges(&[], 4, 9).is_empty());
         let l = Layout::new("/x");
         assert_eq!(l.stats_file(0, 3), PathBuf::from("/x/stats/0_3.jsonl"));
         assert_eq!(

@@ -55,13 +55,17 @@ pub struct FeaturesRequest {
     pub batch_contexts: usize,
     /// Contexts per shard part (the unit a stop can lose).
     pub contexts_per_part: usize,
-    /// Latents per range (the unit of Stage B's memory and of its files).
+    /// Most latents per range (the unit of Stage B's files).
     pub range_size: usize,
+    /// Most active positions per range: Stage B's memory (about 60 bytes each while a
+    /// range is written), whatever the token count.
+    pub range_entries: u64,
 }
 
 impl FeaturesRequest {
     /// A request with the defaults: the train part, 128-token contexts, seed 0, 8
-    /// contexts per forward, 64 per part, 1024 latents per range.
+    /// contexts per forward, 64 per part, ranges of at most 1024 latents and 2²⁰
+    /// active positions.
     pub fn new(sae: PathBuf, model: PathBuf, corpus: PathBuf, tokens: u64, out: PathBuf) -> Self {
         FeaturesRequest {
             sae,
@@ -77,6 +81,7 @@ impl FeaturesRequest {
             batch_contexts: 8,
             contexts_per_part: 64,
             range_size: 1024,
+            range_entries: 1 << 20,
         }
     }
 }
@@ -104,6 +109,7 @@ pub fn features(
         || req.batch_contexts == 0
         || req.contexts_per_part == 0
         || req.range_size == 0
+        || req.range_entries == 0
     {
         return Err(Error::invalid(
             "--tokens, contexts per forward, per part and latents per range must be positive",
@@ -198,6 +204,7 @@ pub fn features(
         contexts_per_part: req.contexts_per_part,
         batch_contexts: req.batch_contexts,
         range_size: req.range_size,
+        range_entries: req.range_entries,
         stats: StatsConfig::default(),
         tables: TablesConfig::default(),
     };

@@ -24,7 +24,6 @@ use saelab_core::config::SaeMetadata;
 use saelab_core::format::save_sae;
 use saelab_core::{Matrix, ParamSet, Sae, SaeConfig, Tensor};
 use saelab_features::latent_cache::read_range;
-use saelab_features::store::ranges;
 use saelab_features::{Features, LatentRecord};
 use saelab_jobs::features::{features, FeaturesRequest};
 use saelab_jobs::{Event, Phase};
@@ -143,7 +142,10 @@ fn streaming_statistics_equal_a_dense_brute_force() {
     let sae_dir = write_sae(&sae, &tmp.path().join("sae"));
     let out = tmp.path().join("features");
     let mut req = request(&sae_dir, &data.model, &data.corpus, 20_000, &out);
+    // Ranges of at most 512 latents and 60 000 entries (about 320 000 in all): the
+    // planned ranges are uneven, and every boundary is checked below.
     req.range_size = 512;
+    req.range_entries = 60_000;
     let t0 = Instant::now();
     let o = run(&req).unwrap();
     eprintln!(
@@ -341,7 +343,11 @@ fn streaming_statistics_equal_a_dense_brute_force() {
 
     // delphi's files: exactly the active positions, f16 values, the whole token matrix.
     let tokens = f.tokens().unwrap();
-    for (start, end) in ranges(n, 512) {
+    let planned = &f.manifest().state.ranges;
+    assert!(planned.len() > 3, "{planned:?}");
+    for &(start, end) in planned {
+        let held: u64 = (start..=end).map(|j| counts[j] as u64).sum();
+        assert!(held <= 60_000 || start == end, "{start}_{end} holds {held}");
         let (r, toks, shape) = read_range(f.layout(), HOOK, start, end).unwrap();
         assert_eq!(shape, vec![f.manifest().settings.contexts, 128]);
         assert!(toks.iter().zip(&tokens).all(|(&a, &b)| a == b as i64));

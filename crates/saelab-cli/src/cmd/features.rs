@@ -44,9 +44,14 @@ pub struct Args {
     /// Contexts per shard part (what a Ctrl-C or a kill can lose).
     #[arg(long, default_value_t = 64)]
     shard_contexts: usize,
-    /// Latents per range (Stage B's memory: one range's entries and counts).
+    /// Most latents per range (per delphi file and stats file; Stage B's co-occurrence
+    /// counts are this × the SAE's width).
     #[arg(long, default_value_t = 1024)]
     range: usize,
+    /// Most active positions per range: Stage B's memory (about 60 bytes each),
+    /// whatever the token count.
+    #[arg(long, default_value_t = 1 << 20)]
+    range_entries: u64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -59,6 +64,7 @@ pub fn run(a: Args) -> Result<()> {
     req.batch_contexts = a.batch;
     req.contexts_per_part = a.shard_contexts;
     req.range_size = a.range;
+    req.range_entries = a.range_entries;
     let mut rep = Reporter::new();
     let result = features::features(&req, &STOP, &mut |e| rep.handle(e));
     drop(rep);
