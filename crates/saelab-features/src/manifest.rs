@@ -144,8 +144,6 @@ pub struct State {
     pub parts_total: usize,
     /// Parts `0..parts_done` are written.
     pub parts_done: usize,
-    /// Latent ranges in the pass (0 until Stage A is done and they are planned).
-    pub ranges_total: usize,
     /// The ranges, `(start, end)` with `end` inclusive, planned from the latents'
     /// counts when Stage B begins ([`crate::store::plan_ranges`]); empty before.
     pub ranges: Vec<(usize, usize)>,

@@ -276,7 +276,6 @@ fn stage_b(
     }
     if m.state.ranges.is_empty() {
         m.state.ranges = plan_ranges(&counts, s.range_size, s.range_entries);
-        m.state.ranges_total = m.state.ranges.len();
         manifest::write(&layout.manifest(), m)?;
     }
     let all_ranges = m.state.ranges.clone();

@@ -232,7 +232,10 @@ impl Features {
                 format!(
                     "the features pass is not complete ({} of {} parts, {} of {} latent \
                      ranges); run saelab features again to finish it",
-                    s.parts_done, s.parts_total, s.ranges_done, s.ranges_total
+                    s.parts_done,
+                    s.parts_total,
+                    s.ranges_done,
+                    s.ranges.len()
                 ),
             ));
         }
