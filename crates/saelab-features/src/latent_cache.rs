@@ -12,16 +12,20 @@
 //! delphi stores `locations` as U16 when both the sequence and the latent offset fit,
 //! else U32; this cache always writes U32 (delphi's loader widens either to int64).
 //! Only active positions appear (value ≠ 0; delphi's own cache keeps `|a| > 1e-5`),
-//! and never a BOS position. The activations are the exact f32 values rounded to f16;
-//! saelab's own statistics are computed from the f32 values of the shard parts.
+//! and never a BOS position. The activations are the exact f32 values rounded to f16
+//! (to nearest even); saelab's own statistics are computed from the f32 values of the
+//! shard parts. The file holds `tokens` first, then `locations`, then `activations`, so
+//! that every tensor is aligned to its element size, as the `safetensors` library's
+//! own writer lays them out.
 
 use serde::{Deserialize, Serialize};
 
 use saelab_core::rundir::write_json;
+use saelab_core::tensorfile::safetensors::{SafetensorsFile, TensorOut};
+use saelab_core::tensorfile::Values;
 use saelab_core::Result;
 
-use crate::store::Layout;
-use crate::tensor_io::{self, expect_shape, Data};
+use crate::store::{write_tensors, Layout};
 
 /// The entries of one delphi file, in the order they are pushed.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -92,23 +96,23 @@ pub fn write_range(
     tokens: &[i64],
     ctx_len: usize,
 ) -> Result<()> {
-    tensor_io::write(
+    write_tensors(
         &layout.delphi_file(hook, start, end),
         &[
-            (
-                "locations",
-                vec![range.len(), 3],
-                Data::U32(&range.locations),
-            ),
-            (
-                "activations",
-                vec![range.len()],
-                Data::F16(&range.activations),
-            ),
-            (
+            TensorOut::new(
                 "tokens",
-                vec![tokens.len() / ctx_len.max(1), ctx_len],
-                Data::I64(tokens),
+                &[tokens.len() / ctx_len.max(1), ctx_len],
+                Values::I64(tokens),
+            ),
+            TensorOut::new(
+                "locations",
+                &[range.len(), 3],
+                Values::U32(&range.locations),
+            ),
+            TensorOut::new(
+                "activations",
+                &[range.len()],
+                Values::F16(&range.activations),
             ),
         ],
     )
@@ -121,28 +125,84 @@ pub fn write_config(layout: &Layout, hook: &str, cfg: &DelphiConfig) -> Result<(
     write_json(&dir.join("config.json"), cfg)
 }
 
-/// Reads back the delphi file of latents `start..=end` (the entries with f16 values as
-/// f32, and the token matrix), checking dtypes and shapes as delphi's loader expects.
+/// Reads back the delphi file of latents `start..=end`: the entries (f16 values widened
+/// to f32), the token matrix (row-major) and its shape `[n_seq, ctx_len]`, checking
+/// dtypes and shapes as delphi's loader expects. Errors name the file.
 pub fn read_range(
     layout: &Layout,
     hook: &str,
     start: usize,
     end: usize,
 ) -> Result<(DelphiRange, Vec<i64>, Vec<usize>)> {
-    let path = layout.delphi_file(hook, start, end);
-    let f = tensor_io::File::read(&path)?;
-    let (ls, locations) = f.u32("locations")?;
-    let (as_, activations) = f.f16("activations")?;
+    let f = SafetensorsFile::open(&layout.delphi_file(hook, start, end))?;
+    let locations = f.read_u32("locations")?;
+    let activations = f.read_f16("activations")?;
     let n = activations.len();
-    expect_shape(&path, "locations", &ls, &[n, 3])?;
-    expect_shape(&path, "activations", &as_, &[n])?;
-    let (ts, tokens) = f.i64("tokens")?;
+    f.expect_shape("locations", &[n, 3])?;
+    f.expect_shape("activations", &[n])?;
+    let tokens = f.read_i64("tokens")?;
+    let shape = f.shape("tokens")?.to_vec();
     Ok((
         DelphiRange {
             locations,
             activations,
         },
         tokens,
-        ts,
+        shape,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delphi_files_hold_delphis_dtypes_and_shapes_aligned() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let hook = "blocks.3.hook_resid_post";
+        let mut r = DelphiRange::with_capacity(3);
+        r.push(0, 1, 2, 0.5);
+        r.push(1, 3, 0, 1.0 / 3.0);
+        r.push(1, 4, 7, -65504.0);
+        let tokens: Vec<i64> = (0..10).collect();
+        write_range(&layout, hook, 8, 15, &r, &tokens, 5).unwrap();
+        let (back, toks, shape) = read_range(&layout, hook, 8, 15).unwrap();
+        assert_eq!(back.locations, r.locations);
+        // f16 rounds to nearest: 1/3 is 0x3555.
+        assert_eq!(back.activations, [0.5, 0.333_251_95, -65504.0]);
+        assert_eq!((toks, shape), (tokens.clone(), vec![2, 5]));
+
+        // The header delphi's loader reads: names, dtypes, shapes, and every tensor's
+        // data at a multiple of its element size.
+        let path = layout.delphi_file(hook, 8, 15);
+        let f = SafetensorsFile::open(&path).unwrap();
+        let header: Vec<(&str, &str, &[usize])> = f
+            .entries()
+            .iter()
+            .map(|e| (e.name.as_str(), e.dtype.as_str(), &e.shape[..]))
+            .collect();
+        assert_eq!(
+            header,
+            [
+                ("activations", "F16", &[3][..]),
+                ("locations", "U32", &[3, 3]),
+                ("tokens", "I64", &[2, 5]),
+            ]
+        );
+        let start = std::fs::metadata(&path).unwrap().len() as usize
+            - f.entries().iter().map(|e| e.data_offsets.1).max().unwrap();
+        assert_eq!(start % 8, 0);
+        for e in f.entries() {
+            let size = e.known_dtype().unwrap().size();
+            assert_eq!(e.data_offsets.0 % size, 0, "{}", e.name);
+        }
+
+        // An empty range is a valid file of zero entries.
+        write_range(&layout, hook, 0, 7, &DelphiRange::default(), &tokens, 5).unwrap();
+        let (back, _, _) = read_range(&layout, hook, 0, 7).unwrap();
+        assert!(back.is_empty() && back.locations.is_empty());
+        let e = read_range(&layout, hook, 16, 23).unwrap_err().to_string();
+        assert!(e.contains("16_23.safetensors"), "{e}");
+    }
 }

@@ -8,8 +8,11 @@
 //! - [`store`]: the folder's layout, its per-range stats files and their index, and
 //!   reading one latent's [`record`] without loading the others; [`manifest`]:
 //!   `features.json`, with the [`fingerprint`] that ties a folder to its SAE;
-//! - [`rank`]: the one top-n selection (and tie rule) every table uses;
-//!   [`tensor_io`]: the `.safetensors` files.
+//! - [`rank`]: the one top-n selection (and tie rule) every table uses.
+//!
+//! The `.safetensors` files (shard parts, the token matrix, delphi's latent cache) are
+//! read and written through `saelab_core::tensorfile::safetensors`: memory-mapped reads
+//! that check every tensor's dtype and shape, atomic writes with no metadata.
 //!
 //! The definitions of every field, with their tie rules and the conventions borrowed
 //! from SAEDashboard and delphi, are in `docs/features.md`. Memory never holds a dense
@@ -27,7 +30,6 @@ pub mod rank;
 pub mod record;
 pub mod stats;
 pub mod store;
-pub mod tensor_io;
 pub mod weights;
 
 pub use fingerprint::sae_fingerprint;

@@ -14,14 +14,16 @@
 //!
 //! Row `r` is position `r % ctx_len` of sequence `first_seq + r / ctx_len`. Parts are
 //! written atomically, each once, and never change; every later stage reads them one
-//! at a time (Stage B once per latent range), so memory is bounded by one part plus
-//! what the stage keeps.
+//! at a time (Stage B once per latent range) from a memory map, so memory is bounded by
+//! one part plus what the stage keeps.
 
 use std::path::Path;
 
+use saelab_core::tensorfile::safetensors::{SafetensorsFile, TensorOut};
+use saelab_core::tensorfile::{DType, Values};
 use saelab_core::{Error, Result};
 
-use crate::tensor_io::{self, expect_shape, Data};
+use crate::store::write_tensors;
 
 /// One shard part in memory.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -93,25 +95,22 @@ impl Part {
         c
     }
 
-    /// Writes the part to `path` atomically.
+    /// Writes the part to `path` atomically (the U64 row offsets first, so that every
+    /// tensor is aligned to its element size).
     pub fn write(&self, path: &Path) -> Result<()> {
         let counts = self.counts();
-        tensor_io::write(
+        write_tensors(
             path,
             &[
-                (
+                TensorOut::new("indptr", &[self.indptr.len()], Values::U64(&self.indptr)),
+                TensorOut::new(
                     "tokens",
-                    vec![self.contexts(), self.ctx_len],
-                    Data::U32(&self.tokens),
+                    &[self.contexts(), self.ctx_len],
+                    Values::U32(&self.tokens),
                 ),
-                ("indptr", vec![self.indptr.len()], Data::U64(&self.indptr)),
-                (
-                    "latents",
-                    vec![self.latents.len()],
-                    Data::U32(&self.latents),
-                ),
-                ("values", vec![self.values.len()], Data::F32(&self.values)),
-                ("counts", vec![self.n_latents], Data::U32(&counts)),
+                TensorOut::new("latents", &[self.latents.len()], Values::U32(&self.latents)),
+                TensorOut::new("values", &[self.values.len()], Values::F32(&self.values)),
+                TensorOut::new("counts", &[self.n_latents], Values::U32(&counts)),
             ],
         )
     }
@@ -119,19 +118,20 @@ impl Part {
     /// Reads the part at `path`, which must hold `contexts` contexts of `ctx_len`
     /// tokens over `n_latents` latents; every inconsistency is an error naming the file.
     pub fn read(path: &Path, contexts: usize, ctx_len: usize, n_latents: usize) -> Result<Part> {
-        let f = tensor_io::File::read(path)?;
-        let (s, tokens) = f.u32("tokens")?;
-        expect_shape(path, "tokens", &s, &[contexts, ctx_len])?;
+        let f = SafetensorsFile::open(path)?;
         let rows = contexts * ctx_len;
-        let (s, indptr) = f.u64("indptr")?;
-        expect_shape(path, "indptr", &s, &[rows + 1])?;
-        let (s, latents) = f.u32("latents")?;
+        f.expect_shape("tokens", &[contexts, ctx_len])?;
+        let tokens = f.read_u32("tokens")?;
+        f.expect_shape("indptr", &[rows + 1])?;
+        let indptr = f.read_u64("indptr")?;
+        let latents = f.read_u32("latents")?;
         let nnz = latents.len();
-        expect_shape(path, "latents", &s, &[nnz])?;
-        let (s, values) = f.f32("values")?;
-        expect_shape(path, "values", &s, &[nnz])?;
-        let (s, counts) = f.u32("counts")?;
-        expect_shape(path, "counts", &s, &[n_latents])?;
+        f.expect_shape("latents", &[nnz])?;
+        f.expect_dtype("values", DType::F32)?;
+        f.expect_shape("values", &[nnz])?;
+        let values = f.read_f32("values")?.tensor.data;
+        f.expect_shape("counts", &[n_latents])?;
+        let counts = f.read_u32("counts")?;
         let bad = |m: String| Err(Error::bad_file(path, m));
         if indptr[0] != 0 || indptr[rows] != nnz as u64 || indptr.windows(2).any(|w| w[0] > w[1]) {
             return bad("corrupt: indptr is not a row index of the entries".into());
@@ -167,10 +167,9 @@ impl Part {
 /// The per-latent counts stored in the part at `path` (`[n_latents]`), without
 /// checking the rest.
 pub fn read_counts(path: &Path, n_latents: usize) -> Result<Vec<u32>> {
-    let f = tensor_io::File::read(path)?;
-    let (s, counts) = f.u32("counts")?;
-    expect_shape(path, "counts", &s, &[n_latents])?;
-    Ok(counts)
+    let f = SafetensorsFile::open(path)?;
+    f.expect_shape("counts", &[n_latents])?;
+    f.read_u32("counts")
 }
 
 #[cfg(test)]
@@ -197,10 +196,45 @@ mod tests {
             e.contains("00000.safetensors") && e.contains("tokens"),
             "{e}"
         );
+        let e = read_counts(&path, 6).unwrap_err().to_string();
+        assert!(
+            e.contains("00000.safetensors")
+                && e.contains("tensor counts has shape [5], expected [6]"),
+            "{e}"
+        );
         let mut bad = p.clone();
         bad.values[0] = 0.0;
         bad.write(&path).unwrap();
         let e = Part::read(&path, 2, 3, 5).unwrap_err().to_string();
         assert!(e.contains("zero or non-finite"), "{e}");
+        // Values stored as anything but F32 (here F16) are refused, not widened; so are
+        // token ids of another integer type.
+        let counts = p.counts();
+        let write = |values: Values<'_>, tokens: Values<'_>| {
+            write_tensors(
+                &path,
+                &[
+                    TensorOut::new("indptr", &[7], Values::U64(&p.indptr)),
+                    TensorOut::new("tokens", &[2, 3], tokens),
+                    TensorOut::new("latents", &[4], Values::U32(&p.latents)),
+                    TensorOut::new("values", &[4], values),
+                    TensorOut::new("counts", &[5], Values::U32(&counts)),
+                ],
+            )
+            .unwrap();
+            Part::read(&path, 2, 3, 5).unwrap_err().to_string()
+        };
+        let e = write(Values::F16(&p.values), Values::U32(&p.tokens));
+        assert!(
+            e.contains("00000.safetensors")
+                && e.contains("tensor values has dtype F16; expected F32"),
+            "{e}"
+        );
+        let wide: Vec<i64> = p.tokens.iter().map(|&t| t as i64).collect();
+        let e = write(Values::F32(&p.values), Values::I64(&wide));
+        assert!(
+            e.contains("tensor tokens has dtype I64; expected U32"),
+            "{e}"
+        );
     }
 }

@@ -21,12 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use saelab_core::io::write_file_atomic;
 use saelab_core::rundir::{read_json, write_json};
+use saelab_core::tensorfile::safetensors::{write_file, SafetensorsFile, TensorOut};
+use saelab_core::tensorfile::Values;
 use saelab_core::{Error, Result, Sae};
 
 use crate::fingerprint::sae_fingerprint;
 use crate::manifest::{self, Manifest};
 use crate::record::LatentRecord;
-use crate::tensor_io::{self, expect_shape, Data};
 
 /// The paths of a features folder.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,14 +193,25 @@ pub fn write_index(layout: &Layout, ranges: &[(usize, usize)]) -> Result<()> {
     write_json(&layout.index(), &Index { ranges: out })
 }
 
+/// Writes the `.safetensors` file `path` of the folder atomically, creating the
+/// folder it lies in: `tensors` back to back in the order given (widest dtype first
+/// keeps each aligned), with no `__metadata__`, so that equal tensors give equal bytes
+/// and a resumed pass writes the same files as one that never stopped.
+pub(crate) fn write_tensors(path: &Path, tensors: &[TensorOut<'_>]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    write_file(path, tensors, &[])
+}
+
 /// Writes `tokens.safetensors`: `tokens [contexts, ctx_len]` U32.
 pub fn write_tokens(layout: &Layout, tokens: &[u32], ctx_len: usize) -> Result<()> {
-    tensor_io::write(
+    write_tensors(
         &layout.tokens(),
-        &[(
+        &[TensorOut::new(
             "tokens",
-            vec![tokens.len() / ctx_len.max(1), ctx_len],
-            Data::U32(tokens),
+            &[tokens.len() / ctx_len.max(1), ctx_len],
+            Values::U32(tokens),
         )],
     )
 }
@@ -351,12 +363,10 @@ impl Features {
 
     /// The token matrix `[contexts, ctx_len]`, row-major.
     pub fn tokens(&self) -> Result<Vec<u32>> {
-        let path = self.layout.tokens();
-        let f = tensor_io::File::read(&path)?;
-        let (shape, t) = f.u32("tokens")?;
+        let f = SafetensorsFile::open(&self.layout.tokens())?;
         let s = &self.manifest.settings;
-        expect_shape(&path, "tokens", &shape, &[s.contexts, s.ctx_len])?;
-        Ok(t)
+        f.expect_shape("tokens", &[s.contexts, s.ctx_len])?;
+        f.read_u32("tokens")
     }
 
     /// The text of every token id (`vocab.json`).

@@ -457,6 +457,40 @@ mod tests {
     }
 
     #[test]
+    fn integer_tensors_are_refused_as_activations() {
+        use crate::tensorfile::safetensors::{write_file, TensorOut};
+        use crate::tensorfile::{npy, Values};
+        let dir = tempfile::tempdir().unwrap();
+        let (ids, offsets) = ([1u32, 2, 3, 4], [1u64, 2, 3, 4]);
+        for (name, values) in [("u32", Values::U32(&ids)), ("u64", Values::U64(&offsets))] {
+            let st = dir.path().join(format!("{name}.safetensors"));
+            let t = TensorOut {
+                name: "activations",
+                shape: &[2, 2],
+                values,
+            };
+            write_file(&st, &[t], &[]).unwrap();
+            let e = ActivationStore::open(&[st], None).unwrap_err().to_string();
+            let want = format!(
+                "tensor 'activations' has dtype {}; accepted dtypes: F32, F16, BF16",
+                values.dtype()
+            );
+            assert!(
+                e.contains(&format!("{name}.safetensors")) && e.contains(&want),
+                "{e}"
+            );
+            let np = dir.path().join(format!("{name}.npy"));
+            std::fs::write(&np, npy::encode(&[2, 2], values).unwrap()).unwrap();
+            let e = ActivationStore::open(&[np], None).unwrap_err().to_string();
+            let want = format!("dtype uint{}", 8 * values.dtype().size());
+            assert!(
+                e.contains(&format!("{name}.npy")) && e.contains(&want),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn several_files_and_directories_concatenate() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, c) = (random(5, 4, 1), random(3, 4, 2), random(7, 4, 3));

@@ -4,11 +4,13 @@
 //! - [`DType`]: the element types saelab reads and writes, with their names in both
 //!   formats;
 //! - [`decode_f32`]: the one conversion of stored values to f32 (every reader uses it,
-//!   the activation store row by row on its memory map), and [`decode_i64`];
+//!   the activation store row by row on its memory map), and [`decode_i64`],
+//!   [`decode_u32`], [`decode_u64`] for the integer tensors;
 //! - [`Values`]: values to write with the dtype they are stored as (f32 rounded to
-//!   F16/BF16 to nearest even, or i64), streamed in blocks;
+//!   F16/BF16 to nearest even, or i64, u32, u64), streamed in blocks;
 //! - [`safetensors`]: header parsing, a memory-mapped file with checked access to its
-//!   tensors, whole-file reading as f32, and a streaming writer;
+//!   tensors (typed reads that check the dtype exactly), whole-file reading as f32, and
+//!   a streaming writer;
 //! - [`npy`]: header parsing, whole-array reading as f32 (C or Fortran order) and
 //!   encoding.
 //!
@@ -18,7 +20,9 @@
 //!
 //! Users: the activation store (`crate::store`, which maps files and converts rows in
 //! place, with no copy of the file), the SAE formats (`crate::format`), the trainer's
-//! checkpoint, and in `saelab-lm` the activation cache's shards and the model weights.
+//! checkpoint, in `saelab-lm` the activation cache's shards and the model weights, and
+//! in `saelab-features` the shard parts, the token matrix and delphi's latent cache
+//! (U32 / U64 / I64 indices, F32 and F16 values).
 
 pub mod npy;
 pub mod safetensors;
@@ -43,8 +47,15 @@ pub enum DType {
     BF16,
     /// IEEE 754 binary64 (`F64`, `<f8`); read (rounded to f32), never written.
     F64,
-    /// Signed 64-bit integers (`I64`, `<i8`): the per-row ids of the activation cache.
+    /// Signed 64-bit integers (`I64`, `<i8`): the per-row ids of the activation cache,
+    /// the token matrix of delphi's latent cache.
     I64,
+    /// Unsigned 32-bit integers (`U32`, `<u4`): token ids, latent indices and delphi's
+    /// `locations` in the features folder.
+    U32,
+    /// Unsigned 64-bit integers (`U64`, `<u8`): row offsets of the features pass's
+    /// compressed shard parts.
+    U64,
 }
 
 impl DType {
@@ -52,8 +63,8 @@ impl DType {
     pub fn size(self) -> usize {
         match self {
             DType::F16 | DType::BF16 => 2,
-            DType::F32 => 4,
-            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::U32 => 4,
+            DType::F64 | DType::I64 | DType::U64 => 8,
         }
     }
 
@@ -65,15 +76,26 @@ impl DType {
             DType::BF16 => "BF16",
             DType::F64 => "F64",
             DType::I64 => "I64",
+            DType::U32 => "U32",
+            DType::U64 => "U64",
         }
     }
+
+    /// Every dtype saelab handles, in the order [`DType::from_name`] tries them.
+    const ALL: [DType; 7] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::F64,
+        DType::I64,
+        DType::U32,
+        DType::U64,
+    ];
 
     /// The dtype of a `.safetensors` header name; `None` for the ones saelab does not
     /// handle (`I32`, `U8`, `BOOL`, ...).
     pub fn from_name(name: &str) -> Option<Self> {
-        [DType::F32, DType::F16, DType::BF16, DType::F64, DType::I64]
-            .into_iter()
-            .find(|d| d.name() == name)
+        DType::ALL.into_iter().find(|d| d.name() == name)
     }
 
     /// The `.npy` `descr` of this dtype (`<f4`, ...); `None` for BF16, which NumPy lacks.
@@ -83,13 +105,15 @@ impl DType {
             DType::F16 => Some("<f2"),
             DType::F64 => Some("<f8"),
             DType::I64 => Some("<i8"),
+            DType::U32 => Some("<u4"),
+            DType::U64 => Some("<u8"),
             DType::BF16 => None,
         }
     }
 
     /// Whether values of this type are floating point.
     pub fn is_float(self) -> bool {
-        !matches!(self, DType::I64)
+        !matches!(self, DType::I64 | DType::U32 | DType::U64)
     }
 }
 
@@ -101,7 +125,7 @@ impl std::fmt::Display for DType {
 
 /// Converts the little-endian values of `dtype` in `src` into `out`, which holds
 /// `src.len() / dtype.size()` values. F16 and BF16 widen exactly (every value is an
-/// f32), F64 and I64 round to the nearest f32. The only such conversion in saelab: the
+/// f32), F64 and the integer types round to the nearest f32. The only such conversion in saelab: the
 /// activation store calls it on every row it reads, so it stays a plain loop per type.
 #[inline]
 pub fn decode_f32(dtype: DType, src: &[u8], out: &mut [f32]) {
@@ -133,6 +157,16 @@ pub fn decode_f32(dtype: DType, src: &[u8], out: &mut [f32]) {
                 *o = i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32;
             }
         }
+        DType::U32 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32;
+            }
+        }
+        DType::U64 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(8)) {
+                *o = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32;
+            }
+        }
     }
 }
 
@@ -150,6 +184,20 @@ pub fn decode_i64(src: &[u8]) -> Vec<i64> {
         .collect()
 }
 
+/// The little-endian u32 values in `src`.
+pub fn decode_u32(src: &[u8]) -> Vec<u32> {
+    src.chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The little-endian u64 values in `src`.
+pub fn decode_u64(src: &[u8]) -> Vec<u64> {
+    src.chunks_exact(8)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .collect()
+}
+
 /// Values to write, and the dtype they are stored as.
 #[derive(Clone, Copy, Debug)]
 pub enum Values<'a> {
@@ -161,6 +209,10 @@ pub enum Values<'a> {
     BF16(&'a [f32]),
     /// i64 values stored as I64.
     I64(&'a [i64]),
+    /// u32 values stored as U32.
+    U32(&'a [u32]),
+    /// u64 values stored as U64.
+    U64(&'a [u64]),
 }
 
 /// Values converted per block by [`Values::write_le`] (64 KiB of F32).
@@ -168,13 +220,13 @@ const WRITE_BLOCK: usize = 1 << 14;
 
 impl<'a> Values<'a> {
     /// `data` stored as the floating-point `dtype` F32, F16 or BF16; `None` for the
-    /// dtypes saelab does not write from f32 (F64, I64).
+    /// dtypes saelab does not write from f32 (F64 and the integer types).
     pub fn floats(data: &'a [f32], dtype: DType) -> Option<Self> {
         match dtype {
             DType::F32 => Some(Values::F32(data)),
             DType::F16 => Some(Values::F16(data)),
             DType::BF16 => Some(Values::BF16(data)),
-            DType::F64 | DType::I64 => None,
+            DType::F64 | DType::I64 | DType::U32 | DType::U64 => None,
         }
     }
 
@@ -185,6 +237,8 @@ impl<'a> Values<'a> {
             Values::F16(_) => DType::F16,
             Values::BF16(_) => DType::BF16,
             Values::I64(_) => DType::I64,
+            Values::U32(_) => DType::U32,
+            Values::U64(_) => DType::U64,
         }
     }
 
@@ -193,6 +247,8 @@ impl<'a> Values<'a> {
         match self {
             Values::F32(v) | Values::F16(v) | Values::BF16(v) => v.len(),
             Values::I64(v) => v.len(),
+            Values::U32(v) => v.len(),
+            Values::U64(v) => v.len(),
         }
     }
 
@@ -214,6 +270,8 @@ impl<'a> Values<'a> {
             Values::F16(v) => write_blocks(w, v, |x| half::f16::from_f32(x).to_le_bytes()),
             Values::BF16(v) => write_blocks(w, v, |x| half::bf16::from_f32(x).to_le_bytes()),
             Values::I64(v) => write_blocks(w, v, |x| x.to_le_bytes()),
+            Values::U32(v) => write_blocks(w, v, |x| x.to_le_bytes()),
+            Values::U64(v) => write_blocks(w, v, |x| x.to_le_bytes()),
         }
     }
 }
@@ -328,6 +386,26 @@ mod tests {
         Values::I64(&ids).write_le(&mut bytes).unwrap();
         assert_eq!(decode_i64(&bytes), ids);
         assert_eq!(decode_f32_vec(DType::I64, &bytes)[3], 10.0);
+        // u32 and u64, past one write block too, with values above the signed range.
+        let small: Vec<u32> = (0..2 * WRITE_BLOCK as u32 + 3)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
+        let mut bytes = Vec::new();
+        Values::U32(&small).write_le(&mut bytes).unwrap();
+        assert_eq!(bytes.len(), Values::U32(&small).byte_len());
+        assert_eq!(decode_u32(&bytes), small);
+        assert_eq!(
+            decode_f32_vec(DType::U32, &bytes)[1],
+            2_654_435_761u32 as f32
+        );
+        let big: Vec<u64> = (0..WRITE_BLOCK as u64 + 3)
+            .map(|i| u64::MAX - i * 3)
+            .collect();
+        let mut bytes = Vec::new();
+        Values::U64(&big).write_le(&mut bytes).unwrap();
+        assert_eq!(bytes.len(), 8 * big.len());
+        assert_eq!(decode_u64(&bytes), big);
+        assert_eq!(decode_f32_vec(DType::U64, &bytes)[0], u64::MAX as f32);
         let f64s: Vec<u8> = [2.5f64, -1e300]
             .iter()
             .flat_map(|x| x.to_le_bytes())
@@ -340,12 +418,20 @@ mod tests {
 
     #[test]
     fn names_and_descrs() {
-        for d in [DType::F32, DType::F16, DType::BF16, DType::F64, DType::I64] {
+        for d in DType::ALL {
             assert_eq!(DType::from_name(d.name()), Some(d));
             assert_eq!(d.to_string(), d.name());
+            assert_eq!(d.is_float(), d.name().starts_with(['F', 'B']), "{d}");
         }
         assert_eq!(DType::from_name("I32"), None);
+        assert_eq!(DType::from_name("U16"), None);
         assert_eq!(DType::BF16.npy_descr(), None);
+        assert_eq!(DType::U32.npy_descr(), Some("<u4"));
+        assert_eq!(DType::U64.npy_descr(), Some("<u8"));
+        assert_eq!((DType::U32.size(), DType::U64.size()), (4, 8));
+        for d in [DType::I64, DType::U32, DType::U64] {
+            assert!(Values::floats(&[1.0], d).is_none(), "{d}");
+        }
         assert_eq!(byte_len(&[3, 4], DType::F16), Some(24));
         assert_eq!(byte_len(&[usize::MAX, 2], DType::F32), None);
     }

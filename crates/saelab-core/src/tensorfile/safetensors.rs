@@ -1,5 +1,6 @@
 //! `.safetensors` files: the one header parser, checked access to the tensors of a
-//! memory-mapped file, whole-file reading as f32, and a streaming writer.
+//! memory-mapped file (converted to f32, or read exactly as stored: I64, U32, U64,
+//! F16), whole-file reading as f32, and a streaming writer.
 //!
 //! Layout: an 8-byte little-endian header length `N`, `N` bytes of JSON mapping each
 //! tensor name to `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets relative
@@ -21,8 +22,8 @@ use memmap2::Mmap;
 use serde_json::Value;
 
 use super::{
-    byte_len, decode_f32_vec, decode_i64, map_file, overflow_msg, trailing_msg, truncated_msg,
-    DType, FileTensor, Values,
+    byte_len, decode_f32_vec, decode_i64, decode_u32, decode_u64, map_file, overflow_msg,
+    trailing_msg, truncated_msg, DType, FileTensor, Values,
 };
 use crate::error::{Error, Result};
 use crate::io::write_file_with;
@@ -128,8 +129,11 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Vec<TensorEntry>, usiz
 }
 
 /// A `.safetensors` file mapped read-only, with its parsed header. Tensors are read in
-/// place: [`SafetensorsFile::locate`] gives the checked byte range of one, and
-/// [`SafetensorsFile::read_f32`] / [`SafetensorsFile::read_i64`] convert one.
+/// place: [`SafetensorsFile::locate`] gives the checked byte range of one,
+/// [`SafetensorsFile::read_f32`] converts one of any float dtype to f32, and
+/// [`SafetensorsFile::read_i64`], [`SafetensorsFile::read_u32`],
+/// [`SafetensorsFile::read_u64`] and [`SafetensorsFile::read_f16`] decode one that must
+/// be stored exactly as that dtype. Only the tensors read are copied out of the map.
 #[derive(Debug)]
 pub struct SafetensorsFile {
     path: PathBuf,
@@ -204,6 +208,47 @@ impl SafetensorsFile {
             .ok_or_else(|| Error::bad_file(&self.path, format!("missing tensor {name}")))
     }
 
+    /// The shape of tensor `name`, outermost first. Errors (naming the file and the
+    /// tensor): missing.
+    pub fn shape(&self, name: &str) -> Result<&[usize]> {
+        Ok(&self.require(name)?.shape)
+    }
+
+    /// Checks that tensor `name` has shape `want`, so that a reader that knows the
+    /// sizes a file must have (contexts, tokens per context, latents) refuses one of
+    /// other sizes. Errors (naming the file and the tensor): missing, other shape.
+    pub fn expect_shape(&self, name: &str, want: &[usize]) -> Result<()> {
+        let shape = self.shape(name)?;
+        if shape != want {
+            return Err(Error::bad_file(
+                &self.path,
+                format!("tensor {name} has shape {shape:?}, expected {want:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The entry of tensor `name` after checking that it is stored exactly as `dtype`
+    /// (no conversion: an index or an exact value must not arrive rounded or widened).
+    /// Errors (naming the file and the tensor): missing, other dtype.
+    pub fn expect_dtype(&self, name: &str, dtype: DType) -> Result<&TensorEntry> {
+        let e = self.require(name)?;
+        if e.known_dtype() != Some(dtype) {
+            return Err(Error::bad_file(
+                &self.path,
+                format!("tensor {name} has dtype {}; expected {dtype}", e.dtype),
+            ));
+        }
+        Ok(e)
+    }
+
+    /// The stored bytes of tensor `name`, which must be `dtype`, after
+    /// [`SafetensorsFile::locate`]'s checks.
+    fn bytes_as(&self, name: &str, dtype: DType) -> Result<&[u8]> {
+        let e = self.expect_dtype(name, dtype)?;
+        Ok(&self.map[self.locate(e, dtype)?])
+    }
+
     /// Tensor `name` converted to f32: F32, F16, BF16 or F64. Errors name the file and
     /// the tensor (missing, other dtype, inconsistent header, truncated).
     pub fn read_f32(&self, name: &str) -> Result<FileTensor> {
@@ -225,16 +270,29 @@ impl SafetensorsFile {
         })
     }
 
-    /// Tensor `name` as i64 values (it must be I64).
+    /// Tensor `name` as i64 values, row-major (it must be I64). Errors name the file and
+    /// the tensor (missing, other dtype, inconsistent header, truncated).
     pub fn read_i64(&self, name: &str) -> Result<Vec<i64>> {
-        let e = self.require(name)?;
-        if e.known_dtype() != Some(DType::I64) {
-            return Err(Error::bad_file(
-                &self.path,
-                format!("tensor {name} has dtype {}; expected I64", e.dtype),
-            ));
-        }
-        Ok(decode_i64(&self.map[self.locate(e, DType::I64)?]))
+        Ok(decode_i64(self.bytes_as(name, DType::I64)?))
+    }
+
+    /// Tensor `name` as u32 values, row-major (it must be U32). Errors as
+    /// [`SafetensorsFile::read_i64`].
+    pub fn read_u32(&self, name: &str) -> Result<Vec<u32>> {
+        Ok(decode_u32(self.bytes_as(name, DType::U32)?))
+    }
+
+    /// Tensor `name` as u64 values, row-major (it must be U64). Errors as
+    /// [`SafetensorsFile::read_i64`].
+    pub fn read_u64(&self, name: &str) -> Result<Vec<u64>> {
+        Ok(decode_u64(self.bytes_as(name, DType::U64)?))
+    }
+
+    /// Tensor `name`, which must be F16, widened (exactly) to f32, row-major: unlike
+    /// [`SafetensorsFile::read_f32`], a tensor of another float dtype is refused.
+    /// Errors as [`SafetensorsFile::read_i64`].
+    pub fn read_f16(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(decode_f32_vec(DType::F16, self.bytes_as(name, DType::F16)?))
     }
 
     /// The map itself, for a reader that keeps reading it in place (the activation
@@ -290,13 +348,18 @@ pub struct TensorOut<'a> {
 }
 
 impl<'a> TensorOut<'a> {
-    /// An F32 tensor.
-    pub fn f32(name: &'a str, shape: &'a [usize], data: &'a [f32]) -> Self {
+    /// Tensor `name` of `shape` holding `values` (of any stored dtype).
+    pub fn new(name: &'a str, shape: &'a [usize], values: Values<'a>) -> Self {
         TensorOut {
             name,
             shape,
-            values: Values::F32(data),
+            values,
         }
+    }
+
+    /// An F32 tensor.
+    pub fn f32(name: &'a str, shape: &'a [usize], data: &'a [f32]) -> Self {
+        TensorOut::new(name, shape, Values::F32(data))
     }
 }
 
@@ -347,7 +410,11 @@ fn header(tensors: &[TensorOut<'_>], metadata: &[(&str, &str)]) -> Vec<u8> {
 
 /// Streams a `.safetensors` file holding `tensors` (back to back, in the order given)
 /// and the `__metadata__` strings `metadata` to `w`. Fails before writing anything if
-/// a tensor's shape does not match its number of values.
+/// a tensor's shape does not match its number of values. The header is padded to 8
+/// bytes, so giving the tensors widest dtype first (8-byte, then 4-, then 2-byte
+/// elements), as the reference writer orders them, keeps every tensor aligned to its
+/// element size for readers that view the map in place. Equal tensors and metadata
+/// give equal bytes.
 pub fn write_to(
     w: &mut impl Write,
     tensors: &[TensorOut<'_>],
@@ -385,6 +452,8 @@ mod tests {
     fn written_files_are_read_by_the_reference_crate_and_back() {
         let vals = [1.0f32, -2.5, 3.0, 0.0, 1e-3, 7.0];
         let ids = [4i64, -1, 9];
+        let offsets = [0u64, 2, u64::MAX];
+        let locations = [0u32, 1, 2, 7, u32::MAX, 5];
         let tensors = [
             TensorOut::f32("acts", &[2, 3], &vals),
             TensorOut {
@@ -396,6 +465,26 @@ mod tests {
                 name: "ids",
                 shape: &[3],
                 values: Values::I64(&ids),
+            },
+            TensorOut {
+                name: "offsets",
+                shape: &[3],
+                values: Values::U64(&offsets),
+            },
+            TensorOut {
+                name: "locations",
+                shape: &[2, 3],
+                values: Values::U32(&locations),
+            },
+            TensorOut {
+                name: "f16",
+                shape: &[3, 2],
+                values: Values::F16(&vals),
+            },
+            TensorOut {
+                name: "empty",
+                shape: &[0, 3],
+                values: Values::U32(&[]),
             },
         ];
         let bytes = encode(&tensors, &[("format", "pt")]).unwrap();
@@ -415,15 +504,79 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
         write_file(&path, &tensors, &[]).unwrap();
+        // The file is what `encode` gives (with no metadata), and the reference crate
+        // reads it.
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written, encode(&tensors, &[]).unwrap());
+        let st = ::safetensors::SafeTensors::deserialize(&written).unwrap();
+        assert_eq!(st.len(), tensors.len());
+        let (_, meta) = ::safetensors::SafeTensors::read_metadata(&written).unwrap();
+        assert!(meta.metadata().is_none());
         let f = SafetensorsFile::open(&path).unwrap();
         assert_eq!(f.read_i64("ids").unwrap(), ids);
-        let e = f.read_i64("acts").unwrap_err().to_string();
+        assert_eq!(f.read_u64("offsets").unwrap(), offsets);
+        assert_eq!(f.read_u32("locations").unwrap(), locations);
+        assert_eq!(f.read_u32("empty").unwrap(), Vec::<u32>::new());
+        let f16: Vec<f32> = vals
+            .iter()
+            .map(|x| half::f16::from_f32(*x).to_f32())
+            .collect();
+        assert_eq!(f.read_f16("f16").unwrap(), f16);
+        assert_eq!(f.read_f32("f16").unwrap().tensor.data, f16);
+        assert_eq!(f.shape("locations").unwrap(), [2, 3]);
+        f.expect_shape("empty", &[0, 3]).unwrap();
+        let e = f
+            .expect_shape("locations", &[3, 3])
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("t.safetensors") && e.contains("expected I64"),
+            e.contains("t.safetensors")
+                && e.contains("tensor locations has shape [2, 3], expected [3, 3]")
+                && !e.contains('\n'),
             "{e}"
         );
-        let e = f.read_f32("nope").unwrap_err().to_string();
-        assert!(e.contains("missing tensor nope"), "{e}");
+        assert_eq!(f.expect_dtype("acts", DType::F32).unwrap().name, "acts");
+        // Typed reads take only their own dtype: no widening, rounding or reinterpreting.
+        for (e, want) in [
+            (
+                f.read_i64("acts").unwrap_err(),
+                "tensor acts has dtype F32; expected I64",
+            ),
+            (
+                f.read_u32("offsets").unwrap_err(),
+                "tensor offsets has dtype U64; expected U32",
+            ),
+            (
+                f.read_u64("ids").unwrap_err(),
+                "tensor ids has dtype I64; expected U64",
+            ),
+            (
+                f.read_f16("half").unwrap_err(),
+                "tensor half has dtype BF16; expected F16",
+            ),
+            (
+                f.expect_dtype("f16", DType::F32).unwrap_err(),
+                "has dtype F16; expected F32",
+            ),
+        ] {
+            let e = e.to_string();
+            assert!(e.contains("t.safetensors") && e.contains(want), "{e}");
+        }
+        for e in [
+            f.read_f32("nope").unwrap_err(),
+            f.read_u32("nope").unwrap_err(),
+            f.shape("nope").unwrap_err(),
+            f.expect_shape("nope", &[1]).unwrap_err(),
+        ] {
+            let e = e.to_string();
+            assert!(
+                e.contains("t.safetensors") && e.contains("missing tensor nope"),
+                "{e}"
+            );
+        }
+        // The integer tensors are not activations: read_f32 refuses them.
+        let e = f.read_f32("locations").unwrap_err().to_string();
+        assert!(e.contains("tensor locations has dtype U32"), "{e}");
         // A whole-file read refuses the integer tensor, and reads the rest in file order.
         let e = read_f32_file(&path).unwrap_err().to_string();
         assert!(e.contains("ids") && e.contains("I64"), "{e}");
@@ -440,6 +593,41 @@ mod tests {
         assert!(encode(&bad, &[]).is_err());
         assert!(write_file(&path, &bad, &[]).is_err());
         assert_eq!(read_f32_file(&path).unwrap(), all, "left as it was");
+    }
+
+    #[test]
+    fn typed_reads_check_the_span_of_their_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, header, data, want) in [
+            (
+                "span",
+                r#"{"a":{"dtype":"U32","shape":[3],"data_offsets":[0,8]}}"#,
+                8,
+                "tensor 'a' [3] U32 needs 12 bytes but its data_offsets span 8",
+            ),
+            (
+                "short",
+                r#"{"a":{"dtype":"U64","shape":[2],"data_offsets":[0,16]}}"#,
+                12,
+                "truncated: tensor 'a' [2] U64 needs 16 bytes of data, the file holds 12",
+            ),
+        ] {
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.resize(bytes.len() + data, 0);
+            let path = dir.path().join(format!("{name}.safetensors"));
+            std::fs::write(&path, bytes).unwrap();
+            let f = SafetensorsFile::open(&path).unwrap();
+            let e = match name {
+                "span" => f.read_u32("a").unwrap_err(),
+                _ => f.read_u64("a").unwrap_err(),
+            }
+            .to_string();
+            assert!(
+                e.contains(&format!("{name}.safetensors")) && e.contains(want),
+                "{e}"
+            );
+        }
     }
 
     #[test]
