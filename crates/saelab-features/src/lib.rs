@@ -1,10 +1,11 @@
 //! `saelab-features`: the feature statistics pass behind `saelab features`, and the
 //! features folder it writes, which the dashboard server and the exporters read.
 //!
-//! - [`pass`]: Stage A (model forward to the hook, SAE encode, one token-major
-//!   [`parts`] file per block of contexts) and Stage B (per latent range: delphi's
-//!   [`latent_cache`] file, the [`stats`] of every latent, [`cooccurrence`] and
-//!   [`weights`] neighbours, logit tables), resumable at every part and range;
+//! - [`pass`]: Stage A (model forward to the hook or rows of an activation cache, SAE
+//!   encode, one token-major [`parts`] file per block of contexts) and Stage B (per
+//!   latent range: delphi's [`latent_cache`] file, the [`stats`] of every latent,
+//!   [`cooccurrence`] and [`weights`] neighbours, logit tables), resumable at every
+//!   part and range;
 //! - [`store`]: the folder's layout, its per-range stats files and their index, and
 //!   reading one latent's [`record`] without loading the others; [`manifest`]:
 //!   `features.json`, with the [`fingerprint`] that ties a folder to its SAE;
@@ -34,6 +35,6 @@ pub mod weights;
 
 pub use fingerprint::sae_fingerprint;
 pub use manifest::{Manifest, Settings};
-pub use pass::{PassInputs, Progress, Summary};
+pub use pass::{Activations, PassInputs, Progress, Summary};
 pub use record::LatentRecord;
 pub use store::{Features, Layout};

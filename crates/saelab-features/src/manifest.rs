@@ -39,6 +39,10 @@ pub struct Settings {
     pub model: ModelInfo,
     /// The text.
     pub corpus: CorpusInfo,
+    /// The activation cache Stage A read its rows from (`saelab extract`'s folder), or
+    /// `None` when the model ran over the contexts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activations: Option<ActivationsInfo>,
     /// The hook point the SAE reads.
     pub hook: String,
     /// Tokens per context (BOS first).
@@ -46,7 +50,8 @@ pub struct Settings {
     /// Tokens asked for (non-BOS).
     pub tokens_requested: u64,
     /// Contexts the pass reads: the first contexts of the corpus part's shuffled order
-    /// whose non-BOS tokens reach `tokens_requested` (or all of them).
+    /// (of the cache's order when read from a cache) whose non-BOS tokens reach
+    /// `tokens_requested` (or all of them).
     pub contexts: usize,
     /// Non-BOS positions in those contexts: the denominator of every density.
     pub positions: u64,
@@ -112,6 +117,18 @@ pub struct CorpusInfo {
     pub documents: usize,
 }
 
+/// The activation cache a folder's rows were read from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationsInfo {
+    /// Its directory, as given.
+    pub path: String,
+    /// The stored element type (`f32`, `f16`, `bf16`): anything but `f32` rounds the
+    /// activations the SAE encodes.
+    pub dtype: String,
+    /// Its context order (`shuffled` with its seed, or `corpus`).
+    pub order: String,
+}
+
 /// Sizes and conventions of the weights-only tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TablesConfig {
@@ -174,6 +191,19 @@ impl Settings {
             || self.corpus.part != other.corpus.part
         {
             return Some("made from other text (corpus fingerprint or part differs)".into());
+        }
+        let source =
+            |a: &Option<ActivationsInfo>| a.as_ref().map(|a| (a.dtype.clone(), a.order.clone()));
+        if source(&self.activations) != source(&other.activations) {
+            let name = |a: &Option<ActivationsInfo>| match a {
+                Some(a) => format!("the activation cache {} ({}, {})", a.path, a.dtype, a.order),
+                None => "the model's forward".to_string(),
+            };
+            return Some(format!(
+                "made from {}, this pass reads {}",
+                name(&self.activations),
+                name(&other.activations)
+            ));
         }
         let pairs = [
             ("hook", self.hook.clone(), other.hook.clone()),

@@ -3,8 +3,9 @@
 //! at every part and every range.
 //!
 //! Stage A runs the model over the pass's contexts a batch at a time (the forward stops
-//! after the hook's block), encodes the non-BOS rows with the SAE and writes one shard
-//! part per `contexts_per_part` contexts. Stage B then takes the latents one range at a
+//! after the hook's block), or reads their rows from an activation cache
+//! ([`Activations`]), encodes the non-BOS rows with the SAE and writes one shard part
+//! per `contexts_per_part` contexts. Stage B then takes the latents one range at a
 //! time: one read of every part collects the range's entries (for its delphi file and
 //! its statistics) and its co-occurrence counts against all latents; the products of
 //! its decoder rows give the logit tables and decoder neighbours. The ranges are
@@ -20,6 +21,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
+use saelab_core::store::ActivationStore;
 use saelab_core::{Error, Matrix, Result, Sae};
 use saelab_lm::contexts::{is_bos_position, run_contexts, ContextRef};
 use saelab_lm::model::HookedModel;
@@ -33,10 +35,63 @@ use crate::stats::{latent_stats, Entry};
 use crate::store::{self, plan_ranges, Layout};
 use crate::weights::{decoder_neighbours, logit_tables, Decoder};
 
+/// Where Stage A's activations come from.
+pub enum Activations<'a> {
+    /// The model's forward over each batch of contexts, stopped after the hook's block.
+    Model,
+    /// The rows of an activation store (a `saelab extract` cache of the same model,
+    /// hook and contexts): `rows[offsets[s]..offsets[s + 1]]` are the store rows of
+    /// context `s`'s non-BOS positions, in position order.
+    Store {
+        /// The store.
+        store: &'a ActivationStore,
+        /// Store rows of every context's non-BOS positions, context after context.
+        rows: &'a [usize],
+        /// `offsets[s]`: where context `s`'s rows begin in `rows` (`contexts + 1`
+        /// values).
+        offsets: &'a [usize],
+    },
+}
+
+impl Activations<'_> {
+    /// The hook's activations at the non-BOS positions of contexts `first..` (the
+    /// `batch`), context after context, positions in order.
+    fn rows(
+        &self,
+        model: &HookedModel,
+        hook: &str,
+        first: usize,
+        batch: &[ContextRef<'_>],
+    ) -> Result<Matrix> {
+        match self {
+            Activations::Model => {
+                let rows = run_contexts(model, &[hook.to_string()], batch, false)?;
+                Matrix::from_vec(
+                    rows.rows,
+                    rows.d,
+                    rows.acts.into_iter().next().unwrap_or_default(),
+                )
+            }
+            Activations::Store {
+                store,
+                rows,
+                offsets,
+            } => {
+                let mut x = Matrix::zeros(0, store.d());
+                store.read_rows(&rows[offsets[first]..offsets[first + batch.len()]], &mut x)?;
+                Ok(x)
+            }
+        }
+    }
+}
+
 /// What the pass reads.
 pub struct PassInputs<'a> {
-    /// The model.
+    /// The model (its unembedding gives the logit tables; it runs in Stage A only with
+    /// [`Activations::Model`]).
     pub model: &'a HookedModel,
+    /// Where Stage A's activations come from.
+    pub activations: Activations<'a>,
     /// The SAE (its `d_in` must be the hook's width).
     pub sae: &'a Sae,
     /// The pass's contexts, in order: context `s` is sequence `s` of the cache.
@@ -95,6 +150,11 @@ pub struct Summary {
     pub contexts: usize,
     /// Seconds of Stage A in this run.
     pub secs_cache: f64,
+    /// Of those, seconds spent getting the activations: the model's forward to the
+    /// hook, or the reads of a cache. The rest of Stage A is the SAE's encode and the
+    /// parts, so `secs_cache / secs_activations` is what the pass costs over a plain
+    /// forward over the same tokens, measured in the same run.
+    pub secs_activations: f64,
     /// Seconds of Stage B in this run.
     pub secs_stats: f64,
 }
@@ -164,7 +224,11 @@ pub fn run(
         return Ok(summary);
     }
     let t0 = std::time::Instant::now();
-    (summary.parts_written, summary.tokens_encoded) = stage_a(layout, inp, &mut m, stop, on)?;
+    (
+        summary.parts_written,
+        summary.tokens_encoded,
+        summary.secs_activations,
+    ) = stage_a(layout, inp, &mut m, stop, on)?;
     summary.secs_cache = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     summary.ranges_written = stage_b(layout, inp, &mut m, stop, on)?;
@@ -184,18 +248,17 @@ fn non_bos(c: &ContextRef<'_>) -> u64 {
     c.positions.iter().filter(|&&p| !is_bos_position(p)).count() as u64
 }
 
-/// Stage A: writes the missing shard parts. Returns how many it wrote and the tokens
-/// it encoded.
+/// Stage A: writes the missing shard parts. Returns how many it wrote, the tokens it
+/// encoded and the seconds spent getting their activations.
 fn stage_a(
     layout: &Layout,
     inp: &PassInputs<'_>,
     m: &mut Manifest,
     stop: &AtomicBool,
     on: &mut dyn FnMut(Progress),
-) -> Result<(usize, u64)> {
+) -> Result<(usize, u64, f64)> {
     let s = &inp.settings;
     let _span = tracing::info_span!("features_cache", parts = m.state.parts_total).entered();
-    let hooks = [s.hook.clone()];
     let n = inp.sae.cfg.d_sae;
     let first = m.state.parts_done;
     let mut done: u64 = inp.contexts[..part_contexts(s, first).start.min(s.contexts)]
@@ -203,6 +266,7 @@ fn stage_a(
         .map(non_bos)
         .sum();
     let resumed = done;
+    let mut secs_activations = 0.0;
     on(Progress::Tokens {
         done,
         total: s.positions,
@@ -210,14 +274,24 @@ fn stage_a(
     });
     for p in first..m.state.parts_total {
         let mut part = Part::new(s.ctx_len, n);
-        for batch in inp.contexts[part_contexts(s, p)].chunks(s.batch_contexts) {
+        let cs = part_contexts(s, p);
+        for (b, batch) in inp.contexts[cs.clone()]
+            .chunks(s.batch_contexts)
+            .enumerate()
+        {
             check_stop(stop)?;
-            let rows = run_contexts(inp.model, &hooks, batch, false)?;
-            let x = Matrix::from_vec(
-                rows.rows,
-                rows.d,
-                rows.acts.into_iter().next().unwrap_or_default(),
-            )?;
+            let first = cs.start + b * s.batch_contexts;
+            let t = std::time::Instant::now();
+            let x = inp.activations.rows(inp.model, &s.hook, first, batch)?;
+            secs_activations += t.elapsed().as_secs_f64();
+            if x.rows as u64 != batch.iter().map(non_bos).sum::<u64>() {
+                return Err(Error::Shape(format!(
+                    "contexts {first}..{}: {} activation rows for {} non-BOS tokens",
+                    first + batch.len(),
+                    x.rows,
+                    batch.iter().map(non_bos).sum::<u64>()
+                )));
+            }
             let lat = inp.sae.encode(&x)?.latents;
             // Rows come context by context, non-BOS positions in order.
             let mut r = 0;
@@ -227,7 +301,6 @@ fn stage_a(
                     if is_bos_position(pos) {
                         continue;
                     }
-                    debug_assert_eq!(rows.context_positions[r] as usize, t);
                     let (idx, val) = lat.row(r);
                     ctx_rows[t] = idx
                         .iter()
@@ -254,7 +327,11 @@ fn stage_a(
             total: m.state.parts_total,
         });
     }
-    Ok((m.state.parts_total - first, done - resumed))
+    Ok((
+        m.state.parts_total - first,
+        done - resumed,
+        secs_activations,
+    ))
 }
 
 /// Stage B: writes the missing latent ranges. Returns how many it wrote.

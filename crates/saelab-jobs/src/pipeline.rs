@@ -9,9 +9,9 @@
 //! 3. evaluate it on the held-out cache (`eval-heldout.json` in its run directory);
 //! 4. evaluate it spliced into the model on `inmodel.tokens` held-out tokens
 //!    (`eval.json`);
-//! 5. run the features pass ([`crate::features`]) of the SAE over `features.tokens`
-//!    training tokens into `features/` in its run directory, which `saelab serve`
-//!    shows;
+//! 5. run the features pass ([`crate::features`]) of the SAE over the train cache's
+//!    first `features.tokens` tokens (its activations, not a second forward) into
+//!    `features/` in its run directory, which `saelab serve` shows;
 //! 6. summarise ([`MainSummary`]: `out/summary.txt` and `out/summary.json`).
 //!
 //! Every step is idempotent: a complete cache is reused, a finished SAE is not trained
@@ -643,24 +643,30 @@ pub fn run_main(cfg: &MainConfig, stop: &AtomicBool, on: &mut OnEvent) -> Result
     );
     let t0 = Instant::now();
     let features_dir = cfg.features_dir();
-    if trained_now && features_dir.exists() {
-        // Left by an earlier SAE in this run directory: it would be refused as another
-        // SAE's folder.
+    let from_cache = || {
+        saelab_features::manifest::read(&features_dir.join("features.json"))
+            .is_ok_and(|m| m.settings.activations.is_some())
+    };
+    if features_dir.exists() && (trained_now || !from_cache()) {
+        // Left by an earlier SAE in this run directory, or by an earlier saelab (another
+        // layout, or the model run again for it): the pass would refuse it. The job made
+        // it and can make it again.
         on(Event::Note(format!(
-            "{}: made from an earlier SAE; computing it again",
+            "{}: made from an earlier SAE or by an earlier saelab; computing it again",
             features_dir.display()
         )));
         std::fs::remove_dir_all(&features_dir)
             .map_err(|e| saelab_core::Error::io(&features_dir, e))?;
     }
-    let mut req = FeaturesRequest::new(
+    // The train cache's first contexts: the activations the SAE was trained on, read
+    // instead of running the model again.
+    let mut req = FeaturesRequest::from_cache(
         run.sae_dir(),
         cfg.model.clone(),
-        cfg.corpus.clone(),
+        cfg.train_cache(),
         cfg.features.tokens,
         features_dir.clone(),
     );
-    req.ctx_len = cfg.ctx_len;
     req.batch_contexts = cfg.batch;
     let f = features::features(&req, stop, on)?;
     on(Event::StageDone(StageOutcome::Features(&f, &features_dir)));

@@ -12,7 +12,10 @@
 //! - resume: a pass stopped in Stage A and again in Stage B, then continued, writes the
 //!   same bytes as an uninterrupted pass;
 //! - refusals: a folder of another SAE, a corrupt file, an SAE of the wrong width — one
-//!   line each, naming the file.
+//!   line each, naming the file;
+//! - from a cache: a pass reading an f32 `saelab extract` cache writes the same files as
+//!   the pass running the model over the same contexts; a cache of another hook or
+//!   with a truncated shard is refused, naming the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ use saelab_core::format::save_sae;
 use saelab_core::{Matrix, ParamSet, Sae, SaeConfig, Tensor};
 use saelab_features::latent_cache::read_range;
 use saelab_features::{Features, LatentRecord};
+use saelab_jobs::extract::{extract, ExtractRequest};
 use saelab_jobs::features::{features, FeaturesRequest};
 use saelab_jobs::{Event, Phase};
 use saelab_lm::model::{ForwardOptions, HookedModel};
@@ -468,4 +472,116 @@ fn an_sae_of_another_width_is_refused_naming_its_file() {
         "{e}"
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn an_f32_cache_gives_the_folder_of_the_forward() {
+    let Some(data) = real_data() else { return };
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let sae = random_sae(576, 512, 8, 9);
+    let sae_dir = write_sae(&sae, &tmp.path().join("sae"));
+    // Shards of about 8 contexts, so that the pass's contexts span several.
+    let acts = tmp.path().join("acts");
+    let mut x = ExtractRequest::new(
+        data.model.clone(),
+        vec![HOOK.into()],
+        data.corpus.clone(),
+        5000,
+        acts.clone(),
+    );
+    x.shard_rows = 1000;
+    extract(&x, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert!(
+        saelab_core::store::manifest::read_manifest(&acts)
+            .unwrap()
+            .shards
+            .len()
+            > 3
+    );
+
+    let forward = tmp.path().join("forward");
+    let from_cache = tmp.path().join("cache");
+    let tokens = 3000;
+    let o = run(&request(
+        &sae_dir,
+        &data.model,
+        &data.corpus,
+        tokens,
+        &forward,
+    ))
+    .unwrap();
+    let cached = FeaturesRequest::from_cache(
+        sae_dir.clone(),
+        data.model.clone(),
+        acts.clone(),
+        tokens,
+        from_cache.clone(),
+    );
+    let c = run(&cached).unwrap();
+    assert_eq!(
+        (c.summary.contexts, c.summary.positions),
+        (o.summary.contexts, o.summary.positions)
+    );
+    // Every file but the manifest is the same, byte for byte; the manifests differ in
+    // where the activations came from.
+    let (mut a, mut b) = (files(&forward), files(&from_cache));
+    let manifest = PathBuf::from("features.json");
+    a.remove(&manifest);
+    b.remove(&manifest);
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        assert!(v == &b[k], "{} differs", k.display());
+    }
+    let read = |d: &Path| saelab_features::manifest::read(&d.join("features.json")).unwrap();
+    let (ma, mb) = (read(&forward), read(&from_cache));
+    assert_eq!(ma.settings.activations, None);
+    let info = mb.settings.activations.clone().unwrap();
+    assert_eq!(
+        (info.dtype.as_str(), info.order.as_str()),
+        ("f32", "shuffled (seed 0)")
+    );
+    let mut sb = mb.settings.clone();
+    sb.activations = None;
+    assert_eq!(ma.settings.difference(&sb), None);
+    assert_eq!(ma.state, mb.state);
+    // The two folders are not interchangeable: a rerun of one from the other source is
+    // refused, naming the manifest.
+    let mut other = cached.clone();
+    other.out = forward.clone();
+    let e = run(&other).unwrap_err().to_string();
+    assert!(
+        e.contains("features.json") && e.contains("activation cache"),
+        "{e}"
+    );
+
+    // A cache of another hook, or with a truncated shard: one line naming the file.
+    let mut sae4 = random_sae(576, 512, 8, 9);
+    sae4.cfg.metadata.hook_name = Some("blocks.4.hook_resid_post".into());
+    let sae4_dir = write_sae(&sae4, &tmp.path().join("sae4"));
+    let mut r = cached.clone();
+    r.sae = sae4_dir;
+    r.out = tmp.path().join("hook4");
+    let e = run(&r).unwrap_err().to_string();
+    assert!(
+        e.contains("acts/manifest.json") && e.contains("blocks.4") && !e.contains('\n'),
+        "{e}"
+    );
+    assert!(!r.out.exists());
+    let shard = acts.join("shard-00001.safetensors");
+    let len = std::fs::metadata(&shard).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let mut r = cached.clone();
+    r.out = tmp.path().join("truncated");
+    let e = run(&r).unwrap_err().to_string();
+    assert!(
+        e.contains("shard-00001.safetensors") && !e.contains('\n'),
+        "{e}"
+    );
+    assert!(!r.out.exists());
 }

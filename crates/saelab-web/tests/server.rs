@@ -20,7 +20,8 @@ use saelab_core::config::SaeMetadata;
 use saelab_core::format::save_sae;
 use saelab_core::{ParamSet, Sae, SaeConfig, Tensor};
 use saelab_features::{Features, LatentRecord};
-use saelab_jobs::features::{features, FeaturesRequest};
+use saelab_jobs::features::{features, FeaturesInput, FeaturesRequest};
+use saelab_lm::text::Part;
 use saelab_web::server::{bind, serve};
 use saelab_web::{AppState, Explorer, ServeOptions, Site};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,14 +72,14 @@ fn fixture() -> Option<&'static Fixture> {
         let sae = tmp.path().join("sae");
         save_sae(&random_sae(576, N_LATENTS, 8, 11), &sae, None).unwrap();
         let out = tmp.path().join("features");
-        let mut req = FeaturesRequest::new(
-            sae.clone(),
-            data.model.clone(),
-            data.corpus.clone(),
-            3000,
-            out.clone(),
-        );
-        req.ctx_len = 64;
+        let input = FeaturesInput::Corpus {
+            corpus: data.corpus.clone(),
+            jsonl_field: "text".into(),
+            part: Part::Train,
+            ctx_len: 64,
+        };
+        let mut req =
+            FeaturesRequest::with_input(sae.clone(), data.model.clone(), input, 3000, out.clone());
         req.range_size = 64;
         features(&req, &AtomicBool::new(false), &mut |_| {}).unwrap();
         Some(Fixture {

@@ -1,6 +1,6 @@
 //! `saelab features`: the feature statistics pass (`saelab_jobs::features`): a model
-//! forward to the SAE's hook, the SAE's latents into a sparse latent cache (delphi's
-//! layout), then per-latent statistics, neighbours and logit tables in a features
+//! forward to the SAE's hook (or the rows of a `saelab extract` cache, `--acts`), the
+//! SAE's latents into a sparse latent cache (delphi's layout), then per-latent statistics, neighbours and logit tables in a features
 //! folder (`docs/features.md`). Ctrl-C stops at the next batch; the same command
 //! continues where the last complete shard part or latent range ends.
 
@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use saelab_jobs::extract::parse_part;
-use saelab_jobs::features::{self, FeaturesOutcome, FeaturesRequest};
+use saelab_jobs::features::{self, FeaturesInput, FeaturesOutcome, FeaturesRequest};
 
 use crate::progress::Reporter;
 use crate::STOP;
 
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["corpus", "acts"]))]
 pub struct Args {
     /// SAE directory (any supported format), or a `saelab train` run directory.
     #[arg(long)]
@@ -21,8 +22,20 @@ pub struct Args {
     /// Model: a GGUF file, or a Hugging Face LLaMA directory.
     #[arg(long)]
     model: PathBuf,
-    #[command(flatten)]
-    text: super::CorpusArgs,
+    /// Corpus to run the model over: a folder of .txt files, a text file, or a .jsonl file.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Or an activation cache written by `saelab extract` from this model at the SAE's
+    /// hook: its first contexts and their cached rows are read instead of running the
+    /// model (its context order and length apply).
+    #[arg(long, conflicts_with_all = ["jsonl_field", "part", "ctx_len"])]
+    acts: Option<PathBuf>,
+    /// JSONL field holding the text.
+    #[arg(long)]
+    jsonl_field: Option<String>,
+    /// Which documents: train, heldout (every 20th document) or all.
+    #[arg(long)]
+    part: Option<String>,
     /// Tokens to read (BOS excluded; whole contexts).
     #[arg(long)]
     tokens: u64,
@@ -32,9 +45,9 @@ pub struct Args {
     /// Hook point (default: the SAE's hook from its cfg.json).
     #[arg(long)]
     hook: Option<String>,
-    /// Tokens per context.
-    #[arg(long, default_value_t = 128)]
-    ctx_len: usize,
+    /// Tokens per context (default 128).
+    #[arg(long)]
+    ctx_len: Option<usize>,
     /// Seed of the context order and of every sample drawn.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -55,11 +68,18 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut req = FeaturesRequest::new(a.sae, a.model, a.text.corpus, a.tokens, a.out.clone());
-    req.jsonl_field = a.text.jsonl_field;
-    req.part = parse_part(&a.text.part)?;
+    let input = match (a.corpus, a.acts) {
+        (_, Some(cache)) => FeaturesInput::Cache(cache),
+        (Some(corpus), None) => FeaturesInput::Corpus {
+            corpus,
+            jsonl_field: a.jsonl_field.unwrap_or_else(|| "text".into()),
+            part: parse_part(a.part.as_deref().unwrap_or("train"))?,
+            ctx_len: a.ctx_len.unwrap_or(128),
+        },
+        (None, None) => unreachable!("clap requires --corpus or --acts"),
+    };
+    let mut req = FeaturesRequest::with_input(a.sae, a.model, input, a.tokens, a.out.clone());
     req.hook = a.hook;
-    req.ctx_len = a.ctx_len;
     req.seed = a.seed;
     req.batch_contexts = a.batch;
     req.contexts_per_part = a.shard_contexts;
@@ -101,9 +121,21 @@ pub(crate) fn print_outcome(o: &FeaturesOutcome, out: &Path) {
         s.contexts
     );
     if !s.already_complete {
+        // From the model, the SAE and the parts cost `secs_cache / secs_activations`
+        // times the forward over the same tokens; from a cache there is no forward.
+        let split = if o.from_cache {
+            format!("cache reads {:.1} s", s.secs_activations)
+        } else {
+            format!(
+                "forward {:.1} s, the SAE and the parts {:.1} s: {:.2}× the forward alone",
+                s.secs_activations,
+                s.secs_cache - s.secs_activations,
+                s.secs_cache / s.secs_activations.max(1e-9)
+            )
+        };
         println!(
-            "latent cache: {} shard parts in {:.1} s ({:.0} tokens/s); statistics: {} latent \
-             ranges in {:.1} s",
+            "latent cache: {} shard parts in {:.1} s ({:.0} tokens/s; {split}); statistics: {} \
+             latent ranges in {:.1} s",
             s.parts_written,
             s.secs_cache,
             s.tokens_encoded as f64 / s.secs_cache.max(1e-9),
