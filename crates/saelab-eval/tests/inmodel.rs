@@ -90,14 +90,7 @@ fn zero_sae(d: usize, n: usize) -> Sae {
 
 /// A TopK SAE that reconstructs partially: decoder rows are the encoder's columns.
 fn topk_sae(d: usize, n: usize, k: usize, acts: &[f32]) -> Sae {
-    let we = lcg_uniform(d * n, 7, 0.2);
-    let mut wd = vec![0f32; n * d];
-    for j in 0..n {
-        let norm: f32 = (0..d).map(|i| we[i * n + j].powi(2)).sum::<f32>().sqrt();
-        for i in 0..d {
-            wd[j * d + i] = we[i * n + j] / norm;
-        }
-    }
+    let (we, wd) = saelab_testkit::tied_random_weights(d, n, 7, 0.2);
     // b_dec: the mean activation, so that the reconstruction is not hopeless.
     let rows = acts.len() / d;
     let b_dec: Vec<f32> = (0..d)

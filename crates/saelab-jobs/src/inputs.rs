@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use saelab_core::Sae;
 use saelab_lm::contexts::tokenizer_for_model;
 use saelab_lm::model::{HookPoint, HookedModel};
 use saelab_lm::text::{Corpus, Document, HeldOut, LoadOptions, PackConfig, Part};
@@ -104,6 +105,28 @@ pub fn packing(
         ))
     })?;
     Ok((tok, PackConfig::new(ctx_len, bos)))
+}
+
+/// Checks that `sae` (loaded from `dir`) reads and writes the width of `hook` in `model`
+/// (loaded from `model_path`); the error names the SAE's `cfg.json`.
+pub fn check_sae_width(
+    sae: &Sae,
+    dir: &Path,
+    model: &HookedModel,
+    model_path: &Path,
+    hook: &str,
+) -> Result<()> {
+    if sae.cfg.d_in == model.d_model() && sae.cfg.d_out == model.d_model() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{}: the SAE reads d_in = {} and writes d_out = {}, but {hook} of {} is {} wide",
+        dir.join("cfg.json").display(),
+        sae.cfg.d_in,
+        sae.cfg.d_out,
+        model_path.display(),
+        model.d_model()
+    )))
 }
 
 /// Checks that the inputs a pipeline needs exist, with a one-line error saying how to

@@ -7,6 +7,7 @@
 //! - [`sweep`]: expand a sweep file into a training job;
 //! - [`eval`]: evaluate an SAE on activation files, or spliced into the model (writing
 //!   `eval.json`);
+//! - [`encode`]: one text through the model and the SAE, every latent at every token;
 //! - [`features`]: the feature statistics pass (`saelab features`): a latent cache,
 //!   per-latent statistics and weights-only tables in a features folder;
 //! - [`pipeline`]: the main job (extract, train, evaluate, summarise) as one resumable
@@ -22,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod encode;
 pub mod error;
 pub mod eval;
 pub mod event;

@@ -39,14 +39,7 @@ const HOOK: &str = "blocks.3.hook_resid_post";
 /// A TopK SAE of `n` latents on `d`-wide inputs with random weights from `seed`:
 /// encoder columns random, decoder rows the unit-normalised encoder columns.
 fn random_sae(d: usize, n: usize, k: usize, seed: u64) -> Sae {
-    let w_enc = lcg_uniform(d * n, seed, 1.0);
-    let mut w_dec = vec![0f32; n * d];
-    for j in 0..n {
-        let norm: f32 = (0..d).map(|i| w_enc[i * n + j].powi(2)).sum::<f32>().sqrt();
-        for i in 0..d {
-            w_dec[j * d + i] = w_enc[i * n + j] / norm;
-        }
-    }
+    let (w_enc, w_dec) = saelab_testkit::tied_random_weights(d, n, seed, 1.0);
     let mut cfg = SaeConfig::new(TopKConfig::with_k(k).into(), d, n);
     cfg.metadata = SaeMetadata {
         hook_name: Some(HOOK.into()),

@@ -9,7 +9,7 @@
 //!   rayon threads (the machines have two cores);
 //! - [`unwritable_dir`]: a folder where nobody, root included, can create anything;
 //! - [`assert_mentions`]: an error message holds every expected fragment;
-//! - [`lcg_uniform`] and [`identity_relu_weights`]: the deterministic weights the test
+//! - [`lcg_uniform`], [`tied_random_weights`] and [`identity_relu_weights`]: the deterministic weights the test
 //!   models and SAEs are built from.
 //!
 //! It is a dev-dependency of every crate and depends on no saelab crate, so that the
@@ -77,6 +77,22 @@ pub fn lcg_uniform(n: usize, seed: u64, scale: f32) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()
+}
+
+/// Random encoder weights `W_enc [d, n]` (row-major, [`lcg_uniform`] from `seed` in
+/// `[−scale, scale)`) and the decoder `W_dec [n, d]` whose rows are the encoder's
+/// columns normalised to unit length: the tied random SAEs of the features, dashboard
+/// and evaluation tests, which need latents that fire without training.
+pub fn tied_random_weights(d: usize, n: usize, seed: u64, scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let w_enc = lcg_uniform(d * n, seed, scale);
+    let mut w_dec = vec![0f32; n * d];
+    for j in 0..n {
+        let norm: f32 = (0..d).map(|i| w_enc[i * n + j].powi(2)).sum::<f32>().sqrt();
+        for i in 0..d {
+            w_dec[j * d + i] = w_enc[i * n + j] / norm;
+        }
+    }
+    (w_enc, w_dec)
 }
 
 /// The weights of a ReLU SAE of width `2d` that reconstructs every `x` of width `d`

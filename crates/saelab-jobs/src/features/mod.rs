@@ -203,16 +203,7 @@ pub fn features(
     let t_load = Instant::now();
     let model = inputs::load_model(&req.model, on)?;
     model.hook(&hook)?;
-    if sae.cfg.d_in != model.d_model() || sae.cfg.d_out != model.d_model() {
-        return Err(Error::invalid(format!(
-            "{}: the SAE reads d_in = {} and writes d_out = {}, but {hook} of {} is {} wide",
-            dir.join("cfg.json").display(),
-            sae.cfg.d_in,
-            sae.cfg.d_out,
-            req.model.display(),
-            model.d_model()
-        )));
-    }
+    inputs::check_sae_width(&sae, &dir, &model, &req.model, &hook)?;
     let ctx_len = match (&req.input, &cache) {
         (FeaturesInput::Corpus { ctx_len, .. }, _) => *ctx_len,
         (_, Some(c)) => c.ctx_len(),
