@@ -69,6 +69,8 @@ pub struct Tokenizer {
     special_ids: Vec<u32>,
     /// Bytes the vocabulary has no symbol for (`None`: all representable).
     unrepresentable: Option<[bool; 256]>,
+    /// The checkpoint's Jinja chat template, when it has one.
+    chat_template: Option<String>,
     source: PathBuf,
 }
 
@@ -315,6 +317,7 @@ impl Tokenizer {
             .iter()
             .any(|&m| m)
             .then_some(unrepresentable);
+        tok.chat_template = get_str("tokenizer.chat_template")?.cloned();
         Ok(tok)
     }
 
@@ -370,7 +373,12 @@ impl Tokenizer {
             .map(|(id, _)| id)
             .collect();
         special_ids.sort_unstable();
-        Ok(Self::assemble(hf, bos, eos, vocab_size, special_ids, &path))
+        let mut tok = Self::assemble(hf, bos, eos, vocab_size, special_ids, &path);
+        tok.chat_template = tok_config
+            .as_ref()
+            .and_then(|c| c.get("chat_template")?.as_str())
+            .map(str::to_string);
+        Ok(tok)
     }
 
     /// Loads from a `.gguf` file, a `tokenizer.json`, or a folder holding a
@@ -405,6 +413,7 @@ impl Tokenizer {
             vocab_size,
             special_ids,
             unrepresentable: None,
+            chat_template: None,
             source: source.to_path_buf(),
         }
     }
@@ -533,6 +542,13 @@ impl Tokenizer {
     /// The ids of all control / special tokens, ascending.
     pub fn special_ids(&self) -> &[u32] {
         &self.special_ids
+    }
+
+    /// The checkpoint's Jinja chat template (GGUF `tokenizer.chat_template`, or
+    /// `chat_template` in `tokenizer_config.json` beside a `tokenizer.json`), when it
+    /// has one; [`crate::chat::ChatTemplate`] implements the ChatML ones.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
     }
 
     /// The file this tokenizer was loaded from.

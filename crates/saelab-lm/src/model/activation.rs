@@ -6,8 +6,18 @@
 //! position `t` of sequence `b`, so an activation is also a `[B·T, width]` matrix:
 //! [`Activation::into_matrix`] hands the buffer to a [`saelab_core::Matrix`] without
 //! copying it.
+//!
+//! An activation also says where its sequences sit ([`Placement`]): the stream each one
+//! belongs to and the absolute position of its first row. A full forward starts every
+//! sequence at position 0 and sequence `b` is stream `b`; an incremental forward
+//! ([`crate::model::HookedModel::forward_cached`]) runs only the new positions of
+//! some streams of a [`crate::model::KvCache`], so row `(b, t)` is position
+//! [`Activation::position`]`(b, t)` of stream [`Activation::stream`]`(b)`. A patch that
+//! acts on a set of positions (the prompt, the last one, an explicit list) reads them
+//! there.
 
 use std::fmt;
+use std::sync::Arc;
 
 use saelab_core::{Error, Matrix, Result};
 
@@ -22,6 +32,18 @@ pub struct Activation<S = Vec<f32>> {
     seq_len: usize,
     width: usize,
     data: S,
+    /// Where each sequence sits; `None`: sequence `b` is stream `b` from position 0.
+    places: Option<Arc<[Placement]>>,
+}
+
+/// Where one sequence of an activation sits: the stream (of a
+/// [`crate::model::KvCache`]) it continues and the absolute position of its first row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Index of the stream in the cache (the prompt's index in a generation).
+    pub stream: usize,
+    /// Absolute position of the sequence's first row: the tokens the stream held before.
+    pub start: usize,
 }
 
 /// A hook's activation inside the forward, `[B, T, d_model]`, lent to a patch to edit
@@ -37,6 +59,7 @@ impl Activation {
             seq_len,
             width,
             data,
+            places: None,
         })
     }
 
@@ -75,6 +98,7 @@ impl<'a> ActivationMut<'a> {
             seq_len,
             width,
             data,
+            places: None,
         })
     }
 }
@@ -118,6 +142,31 @@ impl<S> Activation<S> {
     pub fn rows(&self) -> usize {
         self.batch * self.seq_len
     }
+
+    /// The stream sequence `b` belongs to: `b` in a full forward, the cache stream in
+    /// an incremental one.
+    pub fn stream(&self, b: usize) -> usize {
+        self.places.as_ref().map_or(b, |p| p[b].stream)
+    }
+
+    /// Absolute position of sequence `b`'s first row: 0 in a full forward, the
+    /// stream's cached length in an incremental one.
+    pub fn start(&self, b: usize) -> usize {
+        self.places.as_ref().map_or(0, |p| p[b].start)
+    }
+
+    /// Absolute position of row `(b, t)` in its stream: `start(b) + t`.
+    pub fn position(&self, b: usize, t: usize) -> usize {
+        self.start(b) + t
+    }
+
+    /// Sets where the sequences sit (one [`Placement`] per sequence; `None` for a full
+    /// forward's).
+    pub(crate) fn placed(mut self, places: Option<Arc<[Placement]>>) -> Self {
+        debug_assert!(places.as_ref().is_none_or(|p| p.len() == self.batch));
+        self.places = places;
+        self
+    }
 }
 
 impl<S: AsRef<[f32]>> Activation<S> {
@@ -149,6 +198,7 @@ impl<S: AsRef<[f32]>> Activation<S> {
             seq_len: self.seq_len,
             width: self.width,
             data: self.as_slice().to_vec(),
+            places: self.places.clone(),
         }
     }
 }
@@ -212,5 +262,25 @@ mod tests {
         assert_eq!(format!("{v:?}"), "Activation[1, 4, 2]");
         assert_eq!(buf, [1.0, 1.0, 1.0, 1.0, 5.0, 5.0, 1.0, -1.0]);
         assert!(ActivationMut::from_slice(2, 4, 2, &mut buf).is_err());
+    }
+
+    #[test]
+    fn placements_give_streams_and_absolute_positions() {
+        let a = Activation::new(2, 3, 1, vec![0.0; 6]).unwrap();
+        assert_eq!((a.stream(1), a.position(1, 2)), (1, 2));
+        let places = [
+            Placement {
+                stream: 4,
+                start: 10,
+            },
+            Placement {
+                stream: 0,
+                start: 7,
+            },
+        ];
+        let a = a.placed(Some(places.into()));
+        assert_eq!((a.stream(0), a.start(0), a.position(0, 2)), (4, 10, 12));
+        assert_eq!((a.stream(1), a.position(1, 0)), (0, 7));
+        assert_eq!(a.to_activation().position(1, 1), 8);
     }
 }

@@ -3,10 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use saelab_core::{Error, Matrix, Result};
 
-use super::activation::{Activation, ActivationMut};
+use super::activation::{Activation, ActivationMut, Placement};
 use super::info::ModelInfo;
 
 /// Which activation inside a block a hook point names. The kinds of every family, by
@@ -99,6 +100,10 @@ impl fmt::Display for HookPoint {
 }
 
 /// A patch: edits, in place, the activation `[B, T, d_model]` (f32) at a hook point.
+///
+/// The activation says where its rows sit ([`Activation::stream`],
+/// [`Activation::position`]): in an incremental forward or a generation the rows are
+/// only the new positions, so a patch meant for a set of positions reads them there.
 pub type PatchFn<'a> = Box<dyn Fn(&mut ActivationMut<'_>) -> Result<()> + 'a>;
 
 /// Which logits a forward returns.
@@ -146,7 +151,8 @@ impl<'a> ForwardOptions<'a> {
 
     /// Edit the activation at `hook` in place with `f` (which sees the value after the
     /// patches added before it on the same hook; they apply in the order added). The
-    /// forward continues from the edited values.
+    /// forward continues from the edited values. `f` can read the stream and absolute
+    /// position of each row ([`Activation::stream`], [`Activation::position`]).
     pub fn patch(
         mut self,
         hook: impl Into<String>,
@@ -261,22 +267,27 @@ pub(crate) struct Hooks<'p, 'o, 'a> {
     plan: &'p Plan<'o, 'a>,
     batch: usize,
     seq_len: usize,
+    /// Where the sequences sit (`None` in a full forward), given to every activation.
+    places: Option<Arc<[Placement]>>,
     out: &'p mut ForwardOutput,
 }
 
 impl<'p, 'o, 'a> Hooks<'p, 'o, 'a> {
     /// The hook sites of a forward over `batch` sequences of `seq_len` tokens, writing
-    /// captures into `out`.
+    /// captures into `out`; `places` says where the sequences sit (`None`: a full
+    /// forward, sequence `b` is stream `b` from position 0).
     pub fn new(
         plan: &'p Plan<'o, 'a>,
         batch: usize,
         seq_len: usize,
+        places: Option<Arc<[Placement]>>,
         out: &'p mut ForwardOutput,
     ) -> Self {
         Hooks {
             plan,
             batch,
             seq_len,
+            places,
             out,
         }
     }
@@ -294,13 +305,15 @@ impl<'p, 'o, 'a> Hooks<'p, 'o, 'a> {
         let hp = HookPoint { layer, kind };
         let width = buf.len() / (self.batch * self.seq_len);
         if let Some(fs) = self.plan.patches.get(&hp) {
-            let mut view = ActivationMut::from_slice(self.batch, self.seq_len, width, buf)?;
+            let mut view = ActivationMut::from_slice(self.batch, self.seq_len, width, buf)?
+                .placed(self.places.clone());
             for pf in fs {
                 pf(&mut view)?;
             }
         }
         if self.plan.captures.contains(&hp) {
-            let a = Activation::new(self.batch, self.seq_len, width, buf.to_vec())?;
+            let a = Activation::new(self.batch, self.seq_len, width, buf.to_vec())?
+                .placed(self.places.clone());
             self.out.captures.insert(hp.name(), a);
         }
         Ok(())

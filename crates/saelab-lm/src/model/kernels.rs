@@ -1,6 +1,9 @@
 //! CPU kernels of the transformer forwards on plain row-major `f32` buffers: linear
 //! layers, RMSNorm, embedding lookup, rotary embeddings, causal grouped-query
-//! attention, SwiGLU and the cross-entropy of logits.
+//! attention, SwiGLU and the cross-entropy of logits; and, beside the full-sequence
+//! RoPE and attention, their incremental variants (positions from an offset, attention
+//! over cached keys and values: [`RopeTable::apply_interleaved_at`],
+//! [`cached_attention`]), so that the full forward's kernels stay as they are.
 //!
 //! Activations are `[N, width]` row-major with `N = B·T` rows, row `b·T + t` holding
 //! position `t` of sequence `b`. Work is split over rows (or over `(sequence, head)`
@@ -162,24 +165,54 @@ impl RopeTable {
         n_rot_heads: usize,
         seq_len: usize,
     ) {
-        let half = self.half;
-        let hd = 2 * half;
         qkv.par_chunks_mut(ROWS_PER_TASK * stride)
             .enumerate()
             .for_each(|(chunk, rows)| {
                 for (j, row) in rows.chunks_exact_mut(stride).enumerate() {
                     let p = (chunk * ROWS_PER_TASK + j) % seq_len;
-                    let cos = &self.cos[p * half..(p + 1) * half];
-                    let sin = &self.sin[p * half..(p + 1) * half];
-                    for head in row[..n_rot_heads * hd].chunks_exact_mut(hd) {
-                        for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
-                            let (x0, x1) = (pair[0], pair[1]);
-                            pair[0] = x0 * c - x1 * s;
-                            pair[1] = x0 * s + x1 * c;
-                        }
-                    }
+                    self.rotate_row(row, n_rot_heads, p);
                 }
             });
+    }
+
+    /// [`RopeTable::apply_interleaved`] for sequences that do not start at position 0:
+    /// row `r` of `qkv [B·T, stride]` is rotated by the angle of position
+    /// `starts[r / seq_len] + r % seq_len` (`starts` has one entry per sequence, and every
+    /// position is below [`RopeTable::max_len`]). The incremental forward's RoPE.
+    pub fn apply_interleaved_at(
+        &self,
+        qkv: &mut [f32],
+        stride: usize,
+        n_rot_heads: usize,
+        seq_len: usize,
+        starts: &[usize],
+    ) {
+        debug_assert_eq!(qkv.len(), starts.len() * seq_len * stride);
+        qkv.par_chunks_mut(ROWS_PER_TASK * stride)
+            .enumerate()
+            .for_each(|(chunk, rows)| {
+                for (j, row) in rows.chunks_exact_mut(stride).enumerate() {
+                    let r = chunk * ROWS_PER_TASK + j;
+                    self.rotate_row(row, n_rot_heads, starts[r / seq_len] + r % seq_len);
+                }
+            });
+    }
+
+    /// Rotates the pairs `(2i, 2i+1)` of the first `n_rot_heads` heads of `row` by the
+    /// angles of position `p`.
+    #[inline(always)]
+    fn rotate_row(&self, row: &mut [f32], n_rot_heads: usize, p: usize) {
+        let half = self.half;
+        let hd = 2 * half;
+        let cos = &self.cos[p * half..(p + 1) * half];
+        let sin = &self.sin[p * half..(p + 1) * half];
+        for head in row[..n_rot_heads * hd].chunks_exact_mut(hd) {
+            for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                let (x0, x1) = (pair[0], pair[1]);
+                pair[0] = x0 * c - x1 * s;
+                pair[1] = x0 * s + x1 * c;
+            }
+        }
     }
 }
 
@@ -269,6 +302,115 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
                         1,
                         v.as_ptr(),
                         stride as isize,
+                        1,
+                        0.0,
+                        out_ptr.ptr_at((b * t + i0) * out_stride + h * hd),
+                        out_stride as isize,
+                        1,
+                    );
+                }
+                i0 = i1;
+            }
+        },
+    );
+}
+
+/// The keys and values of one sequence at every position seen so far, for
+/// [`cached_attention`]: `keys` and `values` are `[len, KV·hd]`, row `p` holding
+/// absolute position `p` (keys already rotated).
+#[derive(Clone, Copy, Debug)]
+pub struct KvRows<'a> {
+    /// Keys `[len, KV·hd]`.
+    pub keys: &'a [f32],
+    /// Values `[len, KV·hd]`.
+    pub values: &'a [f32],
+}
+
+/// Grouped-query attention of new positions over all the positions of their sequence:
+/// the incremental forward's attention.
+///
+/// `qkv [B·T, (H + 2·KV)·hd]` is laid out as for [`causal_attention`], but only its
+/// (rotated) query heads are read: the keys and values of sequence `b` come from
+/// `kv[b]`, whose last `T` rows are the new positions' own. With `len_b` the rows of
+/// `kv[b]`, new row `t` is position `p = len_b − T + t` and attends to positions `≤ p`
+/// (every cached one, and the new ones up to itself). Writes `out [B·T, H·hd]`, scores
+/// scaled by `1/√hd`, exactly as [`causal_attention`] computes each row.
+pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut [f32]) {
+    let AttnShape {
+        batch,
+        seq_len: t,
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+    } = s;
+    let stride = (n_heads + 2 * n_kv_heads) * hd;
+    let kv_stride = n_kv_heads * hd;
+    let out_stride = n_heads * hd;
+    debug_assert_eq!(qkv.len(), batch * t * stride);
+    debug_assert_eq!(out.len(), batch * t * out_stride);
+    debug_assert_eq!(kv.len(), batch);
+    debug_assert!(kv.iter().all(|r| r.keys.len() == r.values.len()
+        && r.keys.len() % kv_stride == 0
+        && r.keys.len() >= t * kv_stride));
+    let group = n_heads / n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let max_len = kv
+        .iter()
+        .map(|r| r.keys.len() / kv_stride)
+        .max()
+        .unwrap_or(0);
+    let out_ptr = SharedMut::new(out);
+    (0..batch * n_heads).into_par_iter().for_each_init(
+        || vec![0f32; QUERY_TILE.min(t) * max_len],
+        |scores, task| {
+            let (b, h) = (task / n_heads, task % n_heads);
+            let g = h / group;
+            let start = kv[b].keys.len() / kv_stride - t;
+            let q = &qkv[b * t * stride + h * hd..];
+            let k = &kv[b].keys[g * hd..];
+            let v = &kv[b].values[g * hd..];
+            let mut i0 = 0;
+            while i0 < t {
+                let i1 = (i0 + QUERY_TILE).min(t);
+                let rows = i1 - i0;
+                let keys = start + i1;
+                let sc = &mut scores[..rows * keys];
+                // SAFETY: q rows i0..i1 lie inside this sequence's part of `qkv`; k and v
+                // rows 0..keys lie inside `kv[b]` (keys ≤ len_b, and head g's columns end
+                // at (g + 1)·hd ≤ kv_stride); the output rows i0..i1 of head h of
+                // sequence b are written by this task only.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        hd,
+                        keys,
+                        scale,
+                        q.as_ptr().add(i0 * stride),
+                        stride as isize,
+                        1,
+                        k.as_ptr(),
+                        1,
+                        kv_stride as isize,
+                        0.0,
+                        sc.as_mut_ptr(),
+                        keys as isize,
+                        1,
+                    );
+                }
+                for (r, row) in sc.chunks_exact_mut(keys).enumerate() {
+                    softmax_prefix(row, start + i0 + r + 1);
+                }
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        keys,
+                        hd,
+                        1.0,
+                        sc.as_ptr(),
+                        keys as isize,
+                        1,
+                        v.as_ptr(),
+                        kv_stride as isize,
                         1,
                         0.0,
                         out_ptr.ptr_at((b * t + i0) * out_stride + h * hd),
@@ -538,6 +680,75 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(worst < 1e-5, "max abs diff {worst}");
+    }
+
+    #[test]
+    fn cached_attention_equals_causal_attention_of_the_whole_sequence() {
+        // 2 sequences of 70 positions; the last `t_new` of each attend over the cache.
+        let s = AttnShape {
+            batch: 2,
+            seq_len: 70,
+            n_heads: 6,
+            n_kv_heads: 2,
+            head_dim: 8,
+        };
+        let (hq, hkv, hd) = (s.n_heads, s.n_kv_heads, s.head_dim);
+        let stride = (hq + 2 * hkv) * hd;
+        let qkv: Vec<f32> = (0..s.batch * s.seq_len * stride)
+            .map(|i| (((i as u64 * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0) * 2.0)
+            .collect();
+        let mut full = vec![0f32; s.batch * s.seq_len * hq * hd];
+        causal_attention(&qkv, s, &mut full);
+        for t_new in [1, 5, 70] {
+            let start = s.seq_len - t_new;
+            let mut caches = Vec::new();
+            let mut new_rows = Vec::new();
+            for b in 0..s.batch {
+                let rows = &qkv[b * s.seq_len * stride..(b + 1) * s.seq_len * stride];
+                let part = |from: usize, w: usize| -> Vec<f32> {
+                    rows.chunks_exact(stride)
+                        .flat_map(|r| r[from..from + w].to_vec())
+                        .collect()
+                };
+                caches.push((part(hq * hd, hkv * hd), part((hq + hkv) * hd, hkv * hd)));
+                new_rows.extend_from_slice(&rows[start * stride..]);
+            }
+            let kv: Vec<KvRows<'_>> = caches
+                .iter()
+                .map(|(k, v)| KvRows { keys: k, values: v })
+                .collect();
+            let sn = AttnShape {
+                seq_len: t_new,
+                ..s
+            };
+            let mut out = vec![0f32; s.batch * t_new * hq * hd];
+            cached_attention(&new_rows, sn, &kv, &mut out);
+            for b in 0..s.batch {
+                let want = &full[(b * s.seq_len + start) * hq * hd..(b + 1) * s.seq_len * hq * hd];
+                let got = &out[b * t_new * hq * hd..(b + 1) * t_new * hq * hd];
+                let worst = got
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst < 1e-6, "t_new {t_new}: max abs diff {worst}");
+            }
+        }
+    }
+
+    #[test]
+    fn rope_at_offsets_equals_rope_of_the_whole_sequence() {
+        let table = RopeTable::new(8, 100.0, 64);
+        let stride = 3 * 8;
+        let whole: Vec<f32> = (0..40 * stride).map(|i| (i % 17) as f32 - 8.0).collect();
+        let mut want = whole.clone();
+        table.apply_interleaved(&mut want, stride, 2, 40);
+        // Two sequences: positions 33..40 and 3..10 of the same rows.
+        let mut rows = whole[33 * stride..].to_vec();
+        rows.extend_from_slice(&whole[3 * stride..10 * stride]);
+        table.apply_interleaved_at(&mut rows, stride, 2, 7, &[33, 3]);
+        assert_eq!(&rows[..7 * stride], &want[33 * stride..]);
+        assert_eq!(&rows[7 * stride..], &want[3 * stride..10 * stride]);
     }
 
     #[test]

@@ -28,10 +28,12 @@ use std::path::Path;
 
 use saelab_core::{Error, Result};
 
+use super::activation::Placement;
 use super::checkpoint::{write_hf_dir, GgufFile, HfConfig, HfTensors, NamedTensor, TensorSource};
 use super::hooks::{HookKind, Hooks};
 use super::info::ModelInfo;
-use super::kernels::{self, AttnShape, RopeTable};
+use super::kernels::{self, AttnShape, KvRows, RopeTable};
+use super::kv_cache::{KvCache, Past};
 use super::{Family, Loader, Shape};
 
 /// The registry entry of the family (see [`super::FAMILIES`]).
@@ -538,6 +540,44 @@ fn load_hf(c: &HfConfig, dir: &Path) -> Result<Box<dyn Family>> {
     Ok(Box::new(Llama::assemble(&mut src, cfg, name, Layout::Hf)?))
 }
 
+impl Llama {
+    /// The incremental forward's attention at block `layer`: rotates the new rows of
+    /// `qkv` at their absolute positions, appends their keys and values to their
+    /// streams in `cache`, and attends over each stream's every position into `attn`.
+    fn attend_cached(
+        &self,
+        layer: usize,
+        qkv: &mut [f32],
+        s: AttnShape,
+        places: &[Placement],
+        cache: &mut KvCache,
+        attn: &mut [f32],
+    ) {
+        let qkv_dim = self.cfg.qkv_dim();
+        let (hq, hkv, hd) = (s.n_heads, s.n_kv_heads, s.head_dim);
+        let starts: Vec<usize> = places.iter().map(|p| p.start).collect();
+        self.rope
+            .apply_interleaved_at(qkv, qkv_dim, hq + hkv, s.seq_len, &starts);
+        let streams = cache.layer_mut(layer);
+        for (b, p) in places.iter().enumerate() {
+            let kv = &mut streams[p.stream];
+            let rows = &qkv[b * s.seq_len * qkv_dim..(b + 1) * s.seq_len * qkv_dim];
+            for row in rows.chunks_exact(qkv_dim) {
+                kv.keys.extend_from_slice(&row[hq * hd..(hq + hkv) * hd]);
+                kv.values.extend_from_slice(&row[(hq + hkv) * hd..]);
+            }
+        }
+        let kv: Vec<KvRows<'_>> = places
+            .iter()
+            .map(|p| KvRows {
+                keys: &streams[p.stream].keys,
+                values: &streams[p.stream].values,
+            })
+            .collect();
+        kernels::cached_attention(qkv, s, &kv, attn);
+    }
+}
+
 impl Family for Llama {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -547,11 +587,16 @@ impl Family for Llama {
         kernels::gather_rows(&self.embed, tokens, x);
     }
 
+    fn kv_width(&self) -> usize {
+        self.cfg.n_kv_heads * self.cfg.head_dim
+    }
+
     fn blocks(
         &self,
         x: &mut [f32],
         shape: Shape,
         n_blocks: usize,
+        mut past: Past<'_>,
         hooks: &mut Hooks<'_, '_, '_>,
     ) -> Result<()> {
         let cfg = &self.cfg;
@@ -570,19 +615,23 @@ impl Family for Llama {
             // Attention.
             kernels::rms_norm(x, &bw.attn_norm, cfg.rms_eps, &mut h);
             kernels::linear(&h, n, &bw.wqkv, d, qkv_dim, &mut qkv);
-            self.rope
-                .apply_interleaved(&mut qkv, qkv_dim, hq + hkv, seq_len);
-            kernels::causal_attention(
-                &qkv,
-                AttnShape {
-                    batch,
-                    seq_len,
-                    n_heads: hq,
-                    n_kv_heads: hkv,
-                    head_dim: hd,
-                },
-                &mut attn,
-            );
+            let attn_shape = AttnShape {
+                batch,
+                seq_len,
+                n_heads: hq,
+                n_kv_heads: hkv,
+                head_dim: hd,
+            };
+            match &mut past {
+                Past::None => {
+                    self.rope
+                        .apply_interleaved(&mut qkv, qkv_dim, hq + hkv, seq_len);
+                    kernels::causal_attention(&qkv, attn_shape, &mut attn);
+                }
+                Past::Cached { places, cache } => {
+                    self.attend_cached(layer, &mut qkv, attn_shape, places, cache, &mut attn);
+                }
+            }
             kernels::linear(&attn, n, &bw.wo, hq * hd, d, &mut branch);
             hooks.visit(layer, HookKind::AttnOut, &mut branch)?;
             kernels::add_assign(x, &branch);

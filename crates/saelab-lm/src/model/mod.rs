@@ -31,6 +31,17 @@
 //! # Ok::<(), saelab_core::Error>(())
 //! ```
 //!
+//! # Incremental forwards
+//!
+//! [`HookedModel::forward_cached`] runs only the new tokens of the streams of a
+//! [`KvCache`] (made by [`HookedModel::kv_cache`]): RoPE at their absolute positions,
+//! attention over the cached keys and values plus their own (causal among the new
+//! ones), their keys and values appended. Its output is the same [`ForwardOutput`] as
+//! a full forward's over the new positions; its activations say each row's stream and
+//! absolute position ([`Activation::position`]). Generation (`crate::generate`) is a
+//! loop over it. The full forward does not go through the cache: its kernels are
+//! unchanged.
+//!
 //! # Adding a family
 //!
 //! One file beside `llama.rs` that reads its hyperparameters and tensors through
@@ -38,26 +49,31 @@
 //! `Hooks::visit` at each hook point, the final norm, the unembedding, the Hugging
 //! Face export), lists its hook kinds, and one `Loader` line in `FAMILIES`. Token
 //! checks, hook planning, capture and patch, stopping early, logits and the loss are
-//! written once, here and in `hooks.rs`.
+//! written once, here and in `hooks.rs`; the KV cache and its commit / rollback in
+//! `kv_cache.rs` (the family appends to it and attends over it).
 
 mod activation;
 mod checkpoint;
 mod hooks;
 mod info;
 pub mod kernels;
+mod kv_cache;
 mod llama;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use saelab_core::{Error, Matrix, Result};
 
-pub use activation::{Activation, ActivationMut};
+pub use activation::{Activation, ActivationMut, Placement};
 pub use hooks::{ForwardOptions, ForwardOutput, HookKind, HookPoint, Logits, PatchFn};
 pub use info::ModelInfo;
+pub use kv_cache::KvCache;
 
 use checkpoint::{GgufFile, HfConfig};
 use hooks::{Hooks, Plan};
+use kv_cache::Past;
 
 /// Rows of logits computed at a time when only the loss is asked for.
 const LOSS_CHUNK_ROWS: usize = 256;
@@ -88,13 +104,20 @@ pub(crate) trait Family: Send + Sync {
     /// below the vocabulary size) into `x [N, d_model]`.
     fn embed(&self, tokens: &[u32], x: &mut [f32]);
 
+    /// Values per position of one block's keys (and of its values) in a [`KvCache`].
+    fn kv_width(&self) -> usize;
+
     /// Runs blocks `0..n_blocks` on the residual stream `x [B·T, d_model]` in place,
     /// calling [`Hooks::visit`] with each hook point's activation as it is computed.
+    /// With [`Past::Cached`] the rows are new positions of cache streams (`n_blocks` is
+    /// then every block): RoPE at their absolute positions, their keys and values
+    /// appended to the cache at each block, attention over each stream's every position.
     fn blocks(
         &self,
         x: &mut [f32],
         shape: Shape,
         n_blocks: usize,
+        past: Past<'_>,
         hooks: &mut Hooks<'_, '_, '_>,
     ) -> Result<()>;
 
@@ -282,6 +305,118 @@ impl HookedModel {
         self.family.unembedding()
     }
 
+    /// An empty [`KvCache`] of `batch` streams for [`HookedModel::forward_cached`].
+    pub fn kv_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(self.n_layers(), self.family.kv_width(), batch)
+    }
+
+    /// Run new tokens of some streams of `cache`: `tokens[i]` (all of one length `T ≥ 1`)
+    /// continues stream `streams[i]`, at positions `len..len + T` with `len` the
+    /// stream's [`KvCache::stream_len`]. Every block runs; RoPE is applied at the
+    /// absolute positions and attention covers the stream's cached positions and the
+    /// new ones (causal among them); the new keys and values are appended and the
+    /// streams' lengths grow by `T`. Streams not named are untouched.
+    ///
+    /// Returns what [`HookedModel::forward`] returns, over the new positions only:
+    /// captures `[B, T, d_model]` (`B = streams.len()`), logits `[B, T, V]` or those
+    /// of the last new position `[B, 1, V]`, the loss `[B, T−1]` within the new tokens.
+    /// Captures and the activations lent to patches say where each row sits
+    /// ([`Activation::stream`], [`Activation::position`]). On any error — the checks
+    /// below, or a patch's — the cache is left as it was.
+    ///
+    /// Errors (one line each): a cache made for another model, `streams` and `tokens`
+    /// of different lengths, a stream out of range or named twice, ragged or empty
+    /// input, a token id `≥ vocab_size`, a stream whose `len + T` exceeds the context
+    /// length, unknown hook names.
+    pub fn forward_cached<S: AsRef<[u32]>>(
+        &self,
+        tokens: &[S],
+        cache: &mut KvCache,
+        streams: &[usize],
+        opts: &ForwardOptions<'_>,
+    ) -> Result<ForwardOutput> {
+        let info = self.info();
+        if cache.n_layers() != info.n_layers || cache.width() != self.family.kv_width() {
+            return Err(Error::config(format!(
+                "the KV cache was made for another model ({} blocks of width {}; {} has \
+                 {} blocks of width {})",
+                cache.n_layers(),
+                cache.width(),
+                info.name,
+                info.n_layers,
+                self.family.kv_width()
+            )));
+        }
+        if streams.len() != tokens.len() {
+            return Err(Error::Shape(format!(
+                "{} token sequences for {} streams",
+                tokens.len(),
+                streams.len()
+            )));
+        }
+        for (i, &s) in streams.iter().enumerate() {
+            if s >= cache.batch() {
+                return Err(Error::Shape(format!(
+                    "stream {s} is out of range: the KV cache has {} streams",
+                    cache.batch()
+                )));
+            }
+            if streams[..i].contains(&s) {
+                return Err(Error::Shape(format!("stream {s} is named twice")));
+            }
+        }
+        let (flat, shape) = flatten(tokens)?;
+        let Shape { batch, seq_len } = shape;
+        let _span = tracing::debug_span!("forward_cached", batch, seq_len).entered();
+        if batch == 0 || seq_len == 0 {
+            return Err(Error::Shape(format!(
+                "empty token batch ({batch} sequences of {seq_len} tokens)"
+            )));
+        }
+        for &s in streams {
+            let len = cache.stream_len(s);
+            if len + seq_len > info.context_length {
+                return Err(Error::Shape(format!(
+                    "stream {s}: {len} cached + {seq_len} new tokens exceed the model's \
+                     context length {}",
+                    info.context_length
+                )));
+            }
+        }
+        self.check_tokens(&flat, shape, opts)?;
+        let plan = Plan::new(info, opts)?;
+        let places: Arc<[Placement]> = streams
+            .iter()
+            .map(|&s| Placement {
+                stream: s,
+                start: cache.stream_len(s),
+            })
+            .collect();
+        let mut out = ForwardOutput {
+            blocks_run: info.n_layers,
+            ..Default::default()
+        };
+        let mut x = vec![0f32; batch * seq_len * info.d_model];
+        self.family.embed(&flat, &mut x);
+        let mut hooks = Hooks::new(&plan, batch, seq_len, Some(places.clone()), &mut out);
+        let past = Past::Cached {
+            places: &places,
+            cache,
+        };
+        if let Err(e) = self
+            .family
+            .blocks(&mut x, shape, info.n_layers, past, &mut hooks)
+        {
+            cache.rollback();
+            return Err(e);
+        }
+        cache.commit(streams, seq_len);
+        if opts.needs_head() {
+            self.head(&mut x, &flat, shape, opts, &mut out)?;
+        }
+        Ok(out)
+    }
+
     /// Run the model on a batch of token sequences of equal length `T`.
     ///
     /// Returns the captures (`[B, T, d_model]` each), logits (`[B, T, V]` or
@@ -293,22 +428,10 @@ impl HookedModel {
         tokens: &[S],
         opts: &ForwardOptions<'_>,
     ) -> Result<ForwardOutput> {
-        let batch = tokens.len();
-        let seq_len = tokens.first().map_or(0, |s| s.as_ref().len());
-        let _span = tracing::debug_span!("forward", batch, seq_len).entered();
-        let mut flat = Vec::with_capacity(batch * seq_len);
-        for (b, s) in tokens.iter().enumerate() {
-            let s = s.as_ref();
-            if s.len() != seq_len {
-                return Err(Error::Shape(format!(
-                    "token sequences must have equal length: sequence 0 has {seq_len}, \
-                     sequence {b} has {}",
-                    s.len()
-                )));
-            }
-            flat.extend_from_slice(s);
-        }
-        self.forward_flat(&flat, Shape { batch, seq_len }, opts)
+        let (flat, shape) = flatten(tokens)?;
+        let _span =
+            tracing::debug_span!("forward", batch = shape.batch, seq_len = shape.seq_len).entered();
+        self.forward_flat(&flat, shape, opts)
     }
 
     /// Checks the tokens, resolves the hooks, runs the blocks needed, then the head.
@@ -331,20 +454,7 @@ impl HookedModel {
                 info.context_length
             )));
         }
-        if let Some(i) = tokens.iter().position(|&t| t as usize >= info.vocab_size) {
-            return Err(Error::Shape(format!(
-                "token id {} at sequence {}, position {} is not below the vocabulary size {}",
-                tokens[i],
-                i / seq_len,
-                i % seq_len,
-                info.vocab_size
-            )));
-        }
-        if opts.loss && seq_len < 2 {
-            return Err(Error::Shape(
-                "the next-token loss needs sequences of at least 2 tokens".into(),
-            ));
-        }
+        self.check_tokens(tokens, shape, opts)?;
         let plan = Plan::new(info, opts)?;
         let mut out = ForwardOutput {
             blocks_run: plan.n_blocks,
@@ -357,13 +467,34 @@ impl HookedModel {
         if plan.n_blocks == 0 {
             return Ok(out);
         }
-        let mut hooks = Hooks::new(&plan, batch, seq_len, &mut out);
+        let mut hooks = Hooks::new(&plan, batch, seq_len, None, &mut out);
         self.family
-            .blocks(&mut x, shape, plan.n_blocks, &mut hooks)?;
+            .blocks(&mut x, shape, plan.n_blocks, Past::None, &mut hooks)?;
         if opts.needs_head() {
             self.head(&mut x, tokens, shape, opts, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Errors on a token id `≥ vocab_size` (naming its sequence and position in the
+    /// batch), or on the loss asked for sequences shorter than 2.
+    fn check_tokens(&self, tokens: &[u32], shape: Shape, opts: &ForwardOptions<'_>) -> Result<()> {
+        let vocab_size = self.vocab_size();
+        if let Some(i) = tokens.iter().position(|&t| t as usize >= vocab_size) {
+            return Err(Error::Shape(format!(
+                "token id {} at sequence {}, position {} is not below the vocabulary size {}",
+                tokens[i],
+                i / shape.seq_len,
+                i % shape.seq_len,
+                vocab_size
+            )));
+        }
+        if opts.loss && shape.seq_len < 2 {
+            return Err(Error::Shape(
+                "the next-token loss needs sequences of at least 2 tokens".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Final norm (in place on `x`) and unembedding: the logits and the loss asked for.
@@ -440,4 +571,24 @@ impl HookedModel {
         }
         Ok(())
     }
+}
+
+/// The token sequences of a batch, concatenated, and their shape; errors on ragged
+/// input.
+fn flatten<S: AsRef<[u32]>>(tokens: &[S]) -> Result<(Vec<u32>, Shape)> {
+    let batch = tokens.len();
+    let seq_len = tokens.first().map_or(0, |s| s.as_ref().len());
+    let mut flat = Vec::with_capacity(batch * seq_len);
+    for (b, s) in tokens.iter().enumerate() {
+        let s = s.as_ref();
+        if s.len() != seq_len {
+            return Err(Error::Shape(format!(
+                "token sequences must have equal length: sequence 0 has {seq_len}, \
+                 sequence {b} has {}",
+                s.len()
+            )));
+        }
+        flat.extend_from_slice(s);
+    }
+    Ok((flat, Shape { batch, seq_len }))
 }
