@@ -9,14 +9,11 @@
 
 use std::path::PathBuf;
 
-use saelab_core::format::load_sae;
 use saelab_core::{Matrix, Sae};
-use saelab_eval::report::sae_dir;
 use saelab_lm::contexts::{run_contexts, tokenizer_for_model, ContextRef};
 use saelab_lm::text::NOT_IN_DOCUMENT;
 
 use crate::error::{Error, Result};
-use crate::eval::splice_hook;
 use crate::event::OnEvent;
 use crate::inputs;
 
@@ -51,13 +48,7 @@ pub struct EncodedText {
 /// Encodes `req.text`. Errors: an empty text, an SAE whose width is not the hook's (naming
 /// its `cfg.json`), a text longer than the model's context, a missing file.
 pub fn encode_text(req: &EncodeRequest, on: &mut OnEvent) -> Result<EncodedText> {
-    let dir = sae_dir(&req.sae);
-    let sae = load_sae(&dir)?;
-    let hook = inputs::canonical_hook(&splice_hook(
-        req.hook.as_deref(),
-        sae.cfg.metadata.hook_name.as_deref(),
-        &dir,
-    )?);
+    let (sae, dir, hook) = inputs::sae_with_hook(&req.sae, req.hook.as_deref())?;
     let ids = tokenizer_for_model(&req.model)?.encode(&req.text)?;
     if ids.is_empty() {
         return Err(Error::invalid("the text is empty"));

@@ -2,7 +2,7 @@
 //! loads its model and packs its contexts here, so that the model API is called from
 //! one place.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use saelab_core::Sae;
 use saelab_lm::contexts::tokenizer_for_model;
@@ -105,6 +105,20 @@ pub fn packing(
         ))
     })?;
     Ok((tok, PackConfig::new(ctx_len, bos)))
+}
+
+/// The SAE at `path` (an SAE directory or a run directory holding one), the directory
+/// it was loaded from, and the canonical name of its hook: `flag` when given, else its
+/// own `metadata.hook_name` (an error naming the directory when it has none).
+pub fn sae_with_hook(path: &Path, flag: Option<&str>) -> Result<(Sae, PathBuf, String)> {
+    let dir = saelab_eval::report::sae_dir(path);
+    let sae = saelab_core::format::load_sae(&dir)?;
+    let hook = canonical_hook(&crate::eval::splice_hook(
+        flag,
+        sae.cfg.metadata.hook_name.as_deref(),
+        &dir,
+    )?);
+    Ok((sae, dir, hook))
 }
 
 /// Checks that `sae` (loaded from `dir`) reads and writes the width of `hook` in `model`

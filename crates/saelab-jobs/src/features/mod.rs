@@ -17,8 +17,6 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use saelab_core::format::load_sae;
-use saelab_eval::report::sae_dir;
 use saelab_features::manifest::{CorpusInfo, ModelInfo, SaeInfo, TablesConfig};
 use saelab_features::pass::{self, PassInputs, Progress};
 use saelab_features::stats::StatsConfig;
@@ -37,7 +35,6 @@ use saelab_features::Activations;
 use saelab_lm::contexts::ContextRef;
 
 use crate::error::{Error, Result};
-use crate::eval::splice_hook;
 use crate::event::{Event, Loaded, OnEvent, Phase};
 use crate::inputs;
 
@@ -168,13 +165,7 @@ pub fn features(
             "--tokens, contexts per forward, per part and latents per range must be positive",
         ));
     }
-    let dir = sae_dir(&req.sae);
-    let sae = load_sae(&dir)?;
-    let hook = inputs::canonical_hook(&splice_hook(
-        req.hook.as_deref(),
-        sae.cfg.metadata.hook_name.as_deref(),
-        &dir,
-    )?);
+    let (sae, dir, hook) = inputs::sae_with_hook(&req.sae, req.hook.as_deref())?;
     let model_fp = model_fingerprint(&req.model)?;
     // What needs no model: the corpus part's documents, or the cache's contexts (checked
     // against the SAE and the model before the model loads).
