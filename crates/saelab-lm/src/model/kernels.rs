@@ -18,10 +18,21 @@ const ROWS_PER_TASK: usize = 32;
 /// Query rows per attention tile: keys beyond the tile's last query are skipped.
 const QUERY_TILE: usize = 64;
 
+/// Rows up to which [`linear`] takes the matrix–vector path ([`linear_few_rows`]).
+const FEW_ROWS: usize = 8;
+/// Output features per rayon task on the matrix–vector path.
+const FEW_ROWS_OUTPUTS_PER_TASK: usize = 128;
+
 /// `y[N, d_out] = x[N, d_in] · wᵀ`, with `w` stored `[d_out, d_in]` (PyTorch layout).
-/// Runs on all rayon threads through `saelab_core`'s GEMM (one block of `y` per thread).
+/// Runs on all rayon threads through `saelab_core`'s GEMM (one block of `y` per
+/// thread), or, for at most [`FEW_ROWS`] rows (the steps of a generation), through
+/// [`linear_few_rows`], which reads `w` once instead of packing it at every call.
 pub fn linear(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize, y: &mut [f32]) {
     use saelab_core::kernels::{gemm, Transpose};
+    if n <= FEW_ROWS {
+        linear_few_rows(x, n, w, d_in, d_out, y);
+        return;
+    }
     gemm(
         n,
         d_in,
@@ -34,6 +45,37 @@ pub fn linear(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize, y: &mut
         0.0,
         y,
     );
+}
+
+/// [`linear`] for few rows: every output feature `o` is `dot(x[r], w[o])`, each row of
+/// `w` read once from memory for all `n` rows of `x` (which stay in cache), the output
+/// features split between the rayon threads. A matrix–vector product is bound by
+/// reading `w`; GEMM would first copy (pack) all of `w` for one row of output.
+pub fn linear_few_rows(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize, y: &mut [f32]) {
+    use saelab_core::kernels::dot;
+    assert_eq!(x.len(), n * d_in, "linear: x has the wrong size");
+    assert_eq!(w.len(), d_out * d_in, "linear: w has the wrong size");
+    assert_eq!(y.len(), n * d_out, "linear: y has the wrong size");
+    if n == 0 || d_out == 0 {
+        return;
+    }
+    // Output-major `[d_out, n]`, so that each task writes one contiguous block.
+    let mut yt = vec![0f32; d_out * n];
+    let per = FEW_ROWS_OUTPUTS_PER_TASK;
+    yt.par_chunks_mut(per * n)
+        .zip(w.par_chunks(per * d_in.max(1)))
+        .for_each(|(yc, wc)| {
+            for (yo, wo) in yc.chunks_exact_mut(n).zip(wc.chunks_exact(d_in.max(1))) {
+                for (r, v) in yo.iter_mut().enumerate() {
+                    *v = dot(&x[r * d_in..(r + 1) * d_in], wo);
+                }
+            }
+        });
+    for (o, yo) in yt.chunks_exact(n).enumerate() {
+        for (r, &v) in yo.iter().enumerate() {
+            y[r * d_out + o] = v;
+        }
+    }
 }
 
 /// `y[r] = x[r] / sqrt(mean(x[r]²) + eps) · weight` for every row of `x [N, d]`.
@@ -574,6 +616,36 @@ mod tests {
         assert_eq!(exp_f32(0.0), 1.0);
         assert!(exp_f32(-1e4) >= 0.0 && exp_f32(-1e4) < 1e-37);
         assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn the_few_rows_path_matches_gemm() {
+        let (d_in, d_out) = (37, 300);
+        let w = saelab_testkit::lcg_uniform(d_in * d_out, 3, 1.0);
+        for n in [1, 3, 8] {
+            let x = saelab_testkit::lcg_uniform(n * d_in, 5 + n as u64, 1.0);
+            let mut a = vec![0f32; n * d_out];
+            let mut b = vec![0f32; n * d_out];
+            linear_few_rows(&x, n, &w, d_in, d_out, &mut a);
+            saelab_core::kernels::gemm(
+                n,
+                d_in,
+                d_out,
+                1.0,
+                &x,
+                saelab_core::kernels::Transpose::No,
+                &w,
+                saelab_core::kernels::Transpose::Yes,
+                0.0,
+                &mut b,
+            );
+            for (u, v) in a.iter().zip(&b) {
+                assert!(
+                    (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                    "{n} rows: {u} vs {v}"
+                );
+            }
+        }
     }
 
     #[test]

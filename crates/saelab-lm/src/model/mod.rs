@@ -305,6 +305,24 @@ impl HookedModel {
         self.family.unembedding()
     }
 
+    /// The logit lens: `final_norm(x) · W_Uᵀ` for `rows` vectors `x` (`[rows, d_model]`,
+    /// row-major), i.e. the logits the model would give if `x` were its last residual
+    /// stream. Returns `[rows, V]`. Errors if `x` is not `rows × d_model` values.
+    pub fn logit_lens(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let (d, v) = (self.d_model(), self.vocab_size());
+        if x.len() != rows * d {
+            return Err(Error::Shape(format!(
+                "{} values are not {rows} rows of d_model = {d}",
+                x.len()
+            )));
+        }
+        let mut h = x.to_vec();
+        self.family.final_norm(&mut h);
+        let mut logits = vec![0f32; rows * v];
+        kernels::linear(&h, rows, self.family.unembedding(), d, v, &mut logits);
+        Ok(logits)
+    }
+
     /// An empty [`KvCache`] of `batch` streams for [`HookedModel::forward_cached`].
     pub fn kv_cache(&self, batch: usize) -> KvCache {
         KvCache::new(self.n_layers(), self.family.kv_width(), batch)
