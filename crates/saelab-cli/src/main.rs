@@ -61,6 +61,14 @@ enum Command {
     ExportNeuronpedia(cmd::export_neuronpedia::Args),
     /// One latent's value at every token of a text, through the model and the SAE.
     Encode(cmd::encode::Args),
+    /// Continue a prompt with the model (greedy or sampled, KV-cached).
+    Generate(cmd::generate::Args),
+    /// Continue a prompt without and with interventions on SAE latents (add, clamp,
+    /// ablate, …), from the same seed; --measure says what changed.
+    Steer(Box<cmd::steer::Args>),
+    /// The steering study of an SAE: dose–response against a random direction,
+    /// selection by output score, unlearning by negative clamping.
+    SteerEval(Box<cmd::steer_eval::Args>),
     /// Run the main job of a configuration file (extract, train, evaluate, summarise;
     /// resumable), e.g. `saelab run configs/main.toml`.
     Run(cmd::run::Args),
@@ -105,6 +113,9 @@ fn main() -> ExitCode {
         Command::ExportHtml(a) => cmd::export_html::run(a),
         Command::ExportNeuronpedia(a) => cmd::export_neuronpedia::run(a),
         Command::Encode(a) => cmd::encode::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Steer(a) => cmd::steer::run(*a),
+        Command::SteerEval(a) => cmd::steer_eval::run(*a),
         Command::Run(a) => cmd::run::run(a),
     };
     match result {

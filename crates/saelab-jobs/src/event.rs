@@ -29,6 +29,8 @@ pub enum Phase {
     FeatureCache,
     /// The features pass's Stage B: per-latent statistics (latents).
     FeatureStats,
+    /// A part of the steering study (runs: strengths, latents or forwards).
+    SteerEval,
 }
 
 impl Phase {
@@ -40,6 +42,7 @@ impl Phase {
             Phase::FeatureStats => "latents",
             Phase::Validation => "held-out tokens",
             Phase::InModel => "contexts",
+            Phase::SteerEval => "runs",
         }
     }
 }

@@ -10,6 +10,10 @@
 //! - [`encode`]: one text through the model and the SAE, every latent at every token;
 //! - [`features`]: the feature statistics pass (`saelab features`): a latent cache,
 //!   per-latent statistics and weights-only tables in a features folder;
+//! - [`steer`]: generation, and steered against unsteered continuations of a prompt
+//!   with exact interventions on SAE latents, measured;
+//! - [`steer_eval`]: the steering study: dose–response against a random direction,
+//!   selection by output score, unlearning by negative clamping;
 //! - [`pipeline`]: the main job (extract, train, evaluate, summarise) as one resumable
 //!   job;
 //! - [`config`]: run files (TOML) and their overrides;
@@ -31,6 +35,8 @@ pub mod extract;
 pub mod features;
 pub mod inputs;
 pub mod pipeline;
+pub mod steer;
+pub mod steer_eval;
 pub mod sweep;
 pub mod train;
 

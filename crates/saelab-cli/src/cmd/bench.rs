@@ -49,6 +49,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     if let (Some(model), Some(corpus)) = (&a.lm.model, &a.lm.corpus) {
+        if a.lm.generate {
+            return crate::cmd::bench_generate::run(&a.lm, model, corpus, a.json);
+        }
         return crate::cmd::bench_model::run(&a.lm, model, corpus, a.json);
     }
     let workloads = a

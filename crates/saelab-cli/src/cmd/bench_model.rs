@@ -53,6 +53,16 @@ pub struct ModelBenchArgs {
     /// With --model: tokens per context.
     #[arg(long, default_value_t = 128)]
     pub ctx_len: usize,
+    /// With --model: benchmark generation (1 and 8 streams, with --sae also under an
+    /// intervention) instead of the forward; --batches counts the rounds.
+    #[arg(long, requires = "model")]
+    pub generate: bool,
+    /// With --generate: new tokens per stream.
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// With --generate and --sae: the latent the intervention clamps.
+    #[arg(long, default_value_t = 0)]
+    pub latent: usize,
 }
 
 /// One workload's timing.
