@@ -15,8 +15,10 @@
 //! record's value (1e-3), 50 histogram bars summing to the latent's non-zero count, the
 //! 10 + 10 logit rows (ids, values, token texts) equal to the record; in the prompt
 //! explorer, typing a fixed sentence gives per-token values of a latent equal (1e-4) to
-//! `saelab encode --latent I --text …`. It saves a screenshot of the index, the feature
-//! page and the prompt explorer into `$SAELAB_SCREENSHOTS` (default
+//! `saelab encode --latent I --text …`; in the feature page's steering panel, a strong
+//! add (`raw:200`, 8 new tokens) gives an unsteered and a steered continuation, side by
+//! side, that differ. It saves a screenshot of the index, the feature page, the
+//! steering panel and the prompt explorer into `$SAELAB_SCREENSHOTS` (default
 //! `target/screenshots`; the ones in `docs/` were made with
 //! `SAELAB_SCREENSHOTS=docs/screenshots`).
 //!
@@ -303,6 +305,70 @@ fn dashboard_in_headless_chromium_matches_the_stats_and_saelab_encode() {
         client.set_window_size(1280, 2200).await.unwrap();
         save(&shots, "feature.png", &client.screenshot().await.unwrap());
         client.set_window_size(1280, 1000).await.unwrap();
+
+        // The steering panel of the same page: a strong add on this live latent, 8 new
+        // tokens, the unsteered and steered continuations side by side.
+        let t0 = Instant::now();
+        let prompt = client.find(Locator::Css("#steer-prompt")).await.unwrap();
+        prompt.send_keys("The whale rose from the sea, and").await.unwrap();
+        let mode = client.find(Locator::Css("#steer-mode")).await.unwrap();
+        mode.select_by_value("add").await.unwrap();
+        let strength = client.find(Locator::Css("#steer-strength")).await.unwrap();
+        strength.clear().await.unwrap();
+        strength.send_keys("raw:200").await.unwrap();
+        let tokens = client.find(Locator::Css("#steer-tokens")).await.unwrap();
+        tokens.clear().await.unwrap();
+        tokens.send_keys("8").await.unwrap();
+        client.find(Locator::Css("#steer-run")).await.unwrap().click().await.unwrap();
+        client
+            .wait()
+            .at_most(Duration::from_secs(120))
+            .for_element(Locator::Css(
+                "#steer-out[data-state='done'], #steer-out[data-state='error']",
+            ))
+            .await
+            .unwrap();
+        let steered = client
+            .execute(
+                "const c = id => { const b = document.getElementById(id);
+                   return { text: b.querySelector('.gen').textContent, tokens: +b.dataset.tokens,
+                            finish: b.dataset.finish,
+                            shown: b.getBoundingClientRect().height > 0 }; };
+                 const out = document.getElementById('steer-out');
+                 return { state: out.dataset.state,
+                          status: document.getElementById('steer-status').textContent,
+                          edits: document.getElementById('steer-edits').textContent,
+                          unsteered: out.dataset.state === 'done' ? c('steer-unsteered') : null,
+                          steered: out.dataset.state === 'done' ? c('steer-steered') : null };",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(steered["state"], "done", "steering: {}", steered["status"]);
+        for side in ["unsteered", "steered"] {
+            let c = &steered[side];
+            assert!(c["shown"].as_bool().unwrap(), "{side}: not shown");
+            let n = c["tokens"].as_u64().unwrap();
+            assert!(n == 8 || (c["finish"] == "stop" && n < 8), "{side}: {c}");
+            assert!(n == 0 || !c["text"].as_str().unwrap().is_empty(), "{side}: {c}");
+        }
+        assert_ne!(
+            steered["unsteered"]["text"], steered["steered"]["text"],
+            "adding 200 × the decoder row of latent {i} changed nothing"
+        );
+        let edits = steered["edits"].as_str().unwrap();
+        assert!(edits.contains(&format!("latent #{i}: add 200.000")), "{edits}");
+        eprintln!(
+            "steering panel, latent {i} add raw:200: unsteered {} / steered {} in {:.1?}",
+            steered["unsteered"]["text"],
+            steered["steered"]["text"],
+            t0.elapsed()
+        );
+        client
+            .execute("document.getElementById('steer').scrollIntoView();", vec![])
+            .await
+            .unwrap();
+        save(&shots, "steer.png", &client.screenshot().await.unwrap());
 
         // The prompt explorer: the latent most active on the sentence (as the server
         // reports it), then the page, typed into, against `saelab encode`.

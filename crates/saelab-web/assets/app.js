@@ -1,5 +1,6 @@
-// saelab features dashboard: the exported index's sorting and search, and the prompt
-// explorer. Plain browser JavaScript, no libraries, nothing fetched but /api/prompt.
+// saelab features dashboard: the exported index's sorting and search, the prompt
+// explorer and the feature page's steering panel. Plain browser JavaScript, no
+// libraries, nothing fetched but /api/prompt and /api/steer.
 "use strict";
 
 (function index() {
@@ -106,4 +107,79 @@
     }
   });
   if (document.getElementById("prompt-text").value.trim() !== "") form.requestSubmit();
+})();
+
+(function steer() {
+  const form = document.getElementById("steer-form");
+  if (!form) return;
+  const out = document.getElementById("steer-out");
+  const status = document.getElementById("steer-status");
+  const mode = document.getElementById("steer-mode");
+  const strength = document.getElementById("steer-strength");
+  const measures = document.getElementById("steer-measures");
+  const latent = parseInt(form.dataset.latent, 10);
+  // `ablate` takes no strength.
+  const sync = () => { strength.disabled = mode.value === "ablate"; };
+  mode.addEventListener("change", sync);
+  sync();
+  function fill(id, prompt, c) {
+    const box = document.getElementById(id);
+    box.textContent = "";
+    const p = document.createElement("span");
+    p.className = "muted";
+    p.textContent = prompt;
+    const g = document.createElement("span");
+    g.className = "gen";
+    g.textContent = c.text;
+    box.append(p, g);
+    box.dataset.tokens = String(c.tokens.length);
+    box.dataset.finish = c.finish;
+    box.title = `${c.tokens.length} tokens (${c.finish})`;
+  }
+  function renderMeasures(effects) {
+    if (!effects.length) { measures.innerHTML = ""; return; }
+    const f = (x, d) => (Number.isFinite(x) ? x.toFixed(d) : String(x));
+    const rows = effects.map((e) => [
+      ["concept share", f(e.unsteered.concept_share, 3), f(e.steered.concept_share, 3)],
+      ["mean activation", f(e.unsteered.mean_activation, 3), f(e.steered.mean_activation, 3)],
+      ["perplexity", f(e.unsteered.perplexity, 2), f(e.steered.perplexity, 2)],
+    ].map(([name, u, s]) => `<tr data-latent="${e.latent}" data-measure="${name}"><td>#${e.latent}</td><td>${name}</td><td class="num">${u}</td><td class="num">${s}</td></tr>`).join("")).join("");
+    measures.innerHTML = `<table class="measures"><thead><tr><th>latent</th><th>measure (${effects[0].concept_tokens} concept tokens)</th><th class="num">unsteered</th><th class="num">steered</th></tr></thead><tbody>${rows}</tbody></table>`;
+  }
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    out.dataset.state = "running";
+    status.textContent = "generating…";
+    const edit = { latent, mode: mode.value };
+    const s = strength.value.trim();
+    if (mode.value !== "ablate" && s !== "") edit.strength = s;
+    const req = {
+      prompt: document.getElementById("steer-prompt").value,
+      edits: [edit],
+      positions: document.getElementById("steer-positions").value,
+      max_new_tokens: parseInt(document.getElementById("steer-tokens").value, 10) || 0,
+      seed: parseInt(document.getElementById("steer-seed").value, 10) || 0,
+      measure: document.getElementById("steer-measure").checked,
+    };
+    try {
+      const res = await fetch(form.dataset.endpoint, {
+        method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(req),
+      });
+      const data = await res.json();
+      if (!res.ok) throw new Error(data.error || res.statusText);
+      fill("steer-unsteered", req.prompt, data.unsteered);
+      fill("steer-steered", req.prompt, data.steered);
+      document.getElementById("steer-edits").textContent = data.edits.map((a) => {
+        const v = a.op.value === undefined ? "" : ` ${a.op.value.toFixed(3)}`;
+        return `latent #${a.latent}: ${a.op.op}${v} at ${a.positions} positions`;
+      }).join("; ");
+      renderMeasures(data.effects);
+      out.hidden = false;
+      status.textContent = `${data.prompt_tokens} prompt tokens · seed ${req.seed}`;
+      out.dataset.state = "done";
+    } catch (err) {
+      status.textContent = `error: ${err.message}`;
+      out.dataset.state = "error";
+    }
+  });
 })();

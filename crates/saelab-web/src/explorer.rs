@@ -3,14 +3,18 @@
 //! (the forward stops after that block), encoded by the SAE, and answered with each
 //! token's value of a chosen latent and its top latents. The prompt is bounded in bytes
 //! and in tokens so that one request cannot hold the CPU for long.
+//!
+//! The [`Explorer`] is also what steering runs on ([`crate::steer`]): it holds the model
+//! once, as a [`Steerer`], and the SAE with the served features folder, as a
+//! [`SteerSae`].
 
 use std::path::Path;
 
-use saelab_core::{Matrix, Sae};
+use saelab_core::Matrix;
 use saelab_features::Features;
-use saelab_lm::contexts::{model_fingerprint, tokenizer_for_model};
+use saelab_jobs::steer::{SteerSae, Steerer};
+use saelab_lm::contexts::model_fingerprint;
 use saelab_lm::model::{ForwardOptions, HookedModel};
-use saelab_lm::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, WebError};
@@ -22,19 +26,20 @@ pub const MAX_PROMPT_TOKENS: usize = 256;
 /// Most latents listed per token.
 pub const MAX_TOP: usize = 32;
 
-/// The model, its tokenizer and the SAE of a features folder, loaded for the explorer.
+/// The model (with its tokenizer and chat template) and the SAE of a features folder,
+/// loaded once for the prompt explorer and for steering.
 pub struct Explorer {
-    model: HookedModel,
-    tokenizer: Tokenizer,
-    sae: Sae,
-    hook: String,
+    steerer: Steerer,
+    sae: SteerSae,
     bos: u32,
 }
 
 impl std::fmt::Debug for Explorer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Explorer")
-            .field("hook", &self.hook)
+            .field("model", &self.steerer.model_path)
+            .field("sae", &self.sae.dir)
+            .field("hook", &self.sae.hook)
             .field("bos", &self.bos)
             .finish_non_exhaustive()
     }
@@ -96,9 +101,10 @@ pub struct PromptResult {
 impl Explorer {
     /// Loads the SAE at `sae` (a run directory or an SAE directory) and the model at
     /// `model`, and checks both against the folder `features`: the SAE's fingerprint,
-    /// the model's fingerprint and the hook's width. Errors are one line naming the
-    /// file.
-    pub fn load(features: &Features, sae: &Path, model: &Path) -> saelab_lm::Result<Explorer> {
+    /// the model's fingerprint and the hook's width. The folder is kept for steering
+    /// (the latents' maxima behind strengths such as `4x`). Errors are one line naming
+    /// the file.
+    pub fn load(features: &Features, sae: &Path, model: &Path) -> saelab_jobs::Result<Explorer> {
         let sae_dir = saelab_eval::report::sae_dir(sae);
         let sae = saelab_core::format::load_sae(&sae_dir)?;
         features.check_sae(&sae)?;
@@ -112,10 +118,11 @@ impl Explorer {
                     s.model.fingerprint,
                     model.display()
                 ),
-            ));
+            )
+            .into());
         }
         let m = HookedModel::load(model)?;
-        m.hook(&s.hook)?;
+        let hook = m.hook(&s.hook)?.name();
         if sae.cfg.d_in != m.d_model() {
             return Err(saelab_lm::Error::bad_file(
                 sae_dir.join("cfg.json"),
@@ -126,31 +133,41 @@ impl Explorer {
                     model.display(),
                     m.d_model()
                 ),
-            ));
+            )
+            .into());
         }
-        let tokenizer = tokenizer_for_model(model)?;
-        let bos = tokenizer
+        let steerer = Steerer::new(m, model)?;
+        let bos = steerer
+            .tokenizer
             .bos_id()
-            .or(m.bos_token_id())
+            .or(steerer.model.bos_token_id())
             .or(s.model.bos_token_id)
             .ok_or_else(|| saelab_lm::Error::bad_file(model, "names no BOS token"))?;
         Ok(Explorer {
-            model: m,
-            tokenizer,
-            sae,
-            hook: s.hook.clone(),
+            steerer,
+            sae: SteerSae::new(sae, sae_dir, hook, Some(features.clone())),
             bos,
         })
     }
 
     /// The hook the SAE reads.
     pub fn hook(&self) -> &str {
-        &self.hook
+        &self.sae.hook
     }
 
     /// Number of latents of the SAE.
     pub fn n_latents(&self) -> usize {
-        self.sae.cfg.d_sae
+        self.sae.sae.cfg.d_sae
+    }
+
+    /// The model, its tokenizer and chat template, as steering uses them.
+    pub fn steerer(&self) -> &Steerer {
+        &self.steerer
+    }
+
+    /// The SAE with its hook and the served features folder, as steering uses them.
+    pub fn steer_sae(&self) -> &SteerSae {
+        &self.sae
     }
 
     /// Runs `req` (with `latent_max` the chosen latent's max over the pass). A prompt
@@ -178,11 +195,11 @@ impl Explorer {
                 "top={top}: at most {MAX_TOP} latents per token"
             )));
         }
-        let ids = self
-            .tokenizer
+        let (model, tokenizer) = (&self.steerer.model, &self.steerer.tokenizer);
+        let ids = tokenizer
             .encode(&req.text)
             .map_err(|e| WebError::BadRequest(format!("the prompt cannot be tokenised: {e}")))?;
-        let limit = MAX_PROMPT_TOKENS.min(self.model.context_length() - 1);
+        let limit = MAX_PROMPT_TOKENS.min(model.context_length().saturating_sub(1));
         if ids.len() > limit {
             return Err(WebError::BadRequest(format!(
                 "the prompt is {} tokens; the explorer takes at most {limit}",
@@ -192,15 +209,13 @@ impl Explorer {
         let mut seq = Vec::with_capacity(ids.len() + 1);
         seq.push(self.bos);
         seq.extend_from_slice(&ids);
-        let fwd = self.model.forward(
-            &[&seq[..]],
-            &ForwardOptions::new().capture(self.hook.clone()),
-        )?;
-        let acts = fwd.capture(&self.hook)?.as_slice();
-        let d = self.model.d_model();
+        let hook = self.hook();
+        let fwd = model.forward(&[&seq[..]], &ForwardOptions::new().capture(hook))?;
+        let acts = fwd.capture(hook)?.as_slice();
+        let d = model.d_model();
         // Row 0 is BOS, left out as in the features pass.
         let x = Matrix::from_vec(ids.len(), d, acts[d..].to_vec())?;
-        let lat = self.sae.encode(&x)?.latents;
+        let lat = self.sae.sae.encode(&x)?.latents;
         let tokens = ids
             .iter()
             .enumerate()
@@ -221,14 +236,14 @@ impl Explorer {
                 PromptToken {
                     pos,
                     id,
-                    text: self.tokenizer.token_str(id).unwrap_or_default(),
+                    text: tokenizer.token_str(id).unwrap_or_default(),
                     value,
                     top: all,
                 }
             })
             .collect();
         Ok(PromptResult {
-            hook: self.hook.clone(),
+            hook: self.hook().to_string(),
             latent: req.latent,
             latent_max: if req.latent.is_some() {
                 latent_max

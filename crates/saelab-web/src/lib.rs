@@ -1,6 +1,7 @@
 //! `saelab-web`: the features dashboard — a features folder (`saelab features`) served
 //! as pages and a JSON API, a live prompt explorer through the model and the SAE, and
-//! the same pages exported as a static folder.
+//! the same pages exported as a static folder; with the model, steering: a prompt
+//! continued with and without edits of the SAE's latents.
 //!
 //! - [`site`]: the folder opened for the pages (per-latent summaries in memory, full
 //!   records read on demand); [`listing`]: the index as a query (sort, token search,
@@ -8,12 +9,14 @@
 //! - [`html`]: server-side rendering of every page as plain HTML, with exact values in
 //!   `data-*` attributes; [`assets`]: the stylesheet and the small script, embedded;
 //! - [`explorer`]: text → tokens → model forward to the hook → `Sae::encode`, bounded;
+//!   [`steer`]: `/api/steer`'s request, checked whole, then
+//!   `saelab_jobs::steer::Steerer::steer` on the explorer's model and SAE;
 //! - [`server`]: the axum routes, their limits and the path check (loopback by
 //!   default); [`paths`]: that check; [`api`]: the JSON shapes; [`error`]: how a failed
 //!   request is answered;
 //! - [`export`]: `saelab export-html`, written atomically.
 //!
-//! It depends on the libraries (core, lm, eval, features), never on the CLI, which is
+//! It depends on the libraries (core, lm, eval, features, steer, jobs), never on the CLI, which is
 //! a thin skin over [`server::serve`] and [`export::export_html`].
 
 #![warn(missing_docs)]
@@ -28,6 +31,7 @@ pub mod listing;
 pub mod paths;
 pub mod server;
 pub mod site;
+pub mod steer;
 
 pub use error::WebError;
 pub use explorer::Explorer;

@@ -4,11 +4,11 @@
 //! is checked before routing, and one whose segments decode to `..`, `.`, or hold a
 //! `/`, a `\` or a NUL (an absolute or climbing path smuggled into a parameter) is
 //! refused with a 400; request bodies are bounded ([`BODY_LIMIT`], a 413 past it) and
-//! prompts by [`crate::explorer`]'s limits (a 400); an unknown latent is a 404; a bad
-//! query value a 400 naming it. Nothing on the request path panics on input: file
-//! reads and model forwards run on the blocking pool and their errors become 500s
-//! naming the file. Prompts run one at a time (the CPU has two cores), the rest of the
-//! API concurrently.
+//! prompts by [`crate::explorer`]'s limits, steering requests by [`crate::steer`]'s (a
+//! 400); an unknown latent is a 404; a bad query value a 400 naming it. Nothing on the
+//! request path panics on input: file reads and model forwards run on the blocking pool
+//! and their errors become 500s naming the file. Prompts and steering requests run one
+//! at a time (the CPU has two cores), the rest of the API concurrently.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,6 +31,7 @@ use crate::explorer::{Explorer, PromptRequest};
 use crate::html::{self, Links};
 use crate::listing::{list, RawQuery};
 use crate::site::Site;
+use crate::steer::SteerRequest;
 use crate::{assets, paths};
 
 /// Largest request body accepted, in bytes.
@@ -59,7 +60,10 @@ impl Default for ServeOptions {
 pub struct AppState {
     site: Site,
     explorer: Option<Explorer>,
-    forward: tokio::sync::Semaphore,
+    /// The model's turn: one prompt or steering request at a time. The permit moves
+    /// into the blocking task, so a request whose client has gone still holds it until
+    /// its forward ends.
+    forward: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -69,7 +73,7 @@ impl AppState {
         Arc::new(AppState {
             site,
             explorer,
-            forward: tokio::sync::Semaphore::new(1),
+            forward: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -242,42 +246,94 @@ async fn api_latent(
     .map_err(api_failure)
 }
 
-async fn api_prompt(
-    State(st): State<Arc<AppState>>,
+/// A POST body, or a 413 past [`BODY_LIMIT`] (a 400 when it cannot be read).
+fn post_body(
     body: std::result::Result<Bytes, BytesRejection>,
-) -> std::result::Result<Response, Failure> {
-    let body = body.map_err(|e| {
+) -> std::result::Result<Bytes, Failure> {
+    body.map_err(|e| {
         api_failure(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             WebError::TooLarge(format!("the request body is over {BODY_LIMIT} bytes"))
         } else {
             WebError::BadRequest(format!("the request body cannot be read: {e}"))
         })
-    })?;
+    })
+}
+
+/// The 404 of a live route on a server started without a model and an SAE.
+fn no_explorer(what: &str) -> Failure {
+    api_failure(WebError::NotFound(format!(
+        "{what} needs a model and an SAE: start saelab serve with --sae RUN --model M"
+    )))
+}
+
+/// Waits for the model's turn; the permit is to be moved into the blocking task.
+async fn model_turn(
+    st: &AppState,
+) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, Failure> {
+    st.forward
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| api_failure(WebError::Internal("the server is stopping".into())))
+}
+
+async fn api_prompt(
+    State(st): State<Arc<AppState>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> std::result::Result<Response, Failure> {
+    let body = post_body(body)?;
     if st.explorer.is_none() {
-        return Err(api_failure(WebError::NotFound(
-            "the prompt explorer needs a model and an SAE: start saelab serve with --sae RUN \
-             --model M"
-                .into(),
-        )));
+        return Err(no_explorer("the prompt explorer"));
     }
     let req: PromptRequest = serde_json::from_slice(&body).map_err(|e| {
         api_failure(WebError::BadRequest(format!(
             "the body is not a prompt request {{\"text\": …, \"latent\": …, \"top\": …}}: {e}"
         )))
     })?;
-    let _turn = st
-        .forward
-        .acquire()
-        .await
-        .map_err(|_| api_failure(WebError::Internal("the server is stopping".into())))?;
+    let turn = model_turn(&st).await?;
     let s = st.clone();
     blocking(move || {
+        let _turn = turn;
         let latent_max = match req.latent {
             Some(l) if (l as usize) < s.site.n_latents() => s.site.summaries()[l as usize].max,
             _ => 0.0,
         };
-        let ex = s.explorer.as_ref().expect("checked above");
+        let ex = s
+            .explorer
+            .as_ref()
+            .ok_or_else(|| WebError::Internal("the prompt explorer is gone".into()))?;
         ex.run(&req, latent_max)
+    })
+    .await
+    .map(|r| axum::Json(r).into_response())
+    .map_err(api_failure)
+}
+
+async fn api_steer(
+    State(st): State<Arc<AppState>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> std::result::Result<Response, Failure> {
+    let body = post_body(body)?;
+    let req: SteerRequest = serde_json::from_slice(&body).map_err(|e| {
+        api_failure(WebError::BadRequest(format!(
+            "the body is not a steering request {{\"prompt\": …, \"edits\": [{{\"latent\": …, \
+             \"mode\": …, \"strength\": …}}]}}: {e}"
+        )))
+    })?;
+    let Some(ex) = &st.explorer else {
+        return Err(no_explorer("steering"));
+    };
+    // What needs no model is refused before waiting for the model's turn.
+    req.check(ex.n_latents()).map_err(api_failure)?;
+    let turn = model_turn(&st).await?;
+    let s = st.clone();
+    blocking(move || {
+        let _turn = turn;
+        let ex = s
+            .explorer
+            .as_ref()
+            .ok_or_else(|| WebError::Internal("the explorer is gone".into()))?;
+        crate::steer::run(ex, &req)
     })
     .await
     .map(|r| axum::Json(r).into_response())
@@ -317,6 +373,23 @@ async fn check_path(req: Request, next: Next) -> Response {
     }
 }
 
+/// Answers a body refused by the length limit (which sees the `Content-Length` before
+/// any handler) with the API's JSON error, as every other refusal.
+async fn json_too_large(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if res.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return api_failure(WebError::TooLarge(format!(
+            "the request body is over {BODY_LIMIT} bytes"
+        )))
+        .into_response();
+    }
+    res
+}
+
 /// The routes, their limits and the path check, over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -327,9 +400,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/latents", get(api_latents))
         .route("/api/latent/{id}", get(api_latent))
         .route("/api/prompt", post(api_prompt))
+        .route("/api/steer", post(api_steer))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(middleware::from_fn(json_too_large))
         .layer(middleware::from_fn(check_path))
         .with_state(state)
 }

@@ -8,8 +8,10 @@
 //! bodies and prompts bounded with a 4xx, an unknown latent a 404, 200 concurrent
 //! requests all answered — plus the JSON API's numbers against the records, the pages'
 //! `data-*` values against the records, the static export, and one-line errors for a
-//! bad folder or the wrong SAE. Requests are raw HTTP/1.1 over loopback TCP, so the
-//! tests see exactly what a browser would be sent.
+//! bad folder or the wrong SAE; and steering (`POST /api/steer`): its refusals without
+//! the model (404, 413, 400), two continuations of a real prompt from one seed, and
+//! every mistake of a request a 4xx before the model runs. Requests are raw HTTP/1.1
+//! over loopback TCP, so the tests see exactly what a browser would be sent.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -215,6 +217,7 @@ async fn bounds_request_bodies_and_prompts() {
     let big = vec![b'x'; 100_000];
     let r = request(addr, "POST", "/api/prompt", &big).await;
     assert_eq!(r.status, 413, "{}", r.body);
+    assert!(error_of(&r).contains("over 16384 bytes"), "{}", r.body);
 
     let long = serde_json::json!({ "text": "word ".repeat(1000), "latent": 0 }).to_string();
     let r = request(addr, "POST", "/api/prompt", long.as_bytes()).await;
@@ -442,6 +445,11 @@ fn export_writes_every_page_with_relative_links_atomically() {
         assert!(html.contains("href=\"style.css\"") && html.contains("src=\"app.js\""));
     }
     assert!(index.contains("href=\"latent-5.html\""));
+    // No steering without a server.
+    assert!(
+        !page.contains("id=\"steer"),
+        "a steering panel in the export"
+    );
     assert_eq!(index.matches("<tr data-latent=").count(), N_LATENTS);
     // Nothing else beside the export, and a second export replaces the first.
     assert_eq!(names(tmp.path()), vec!["html".to_string()]);
@@ -492,4 +500,218 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(&p, &dst).unwrap();
         }
     }
+}
+
+/// Runs `fut` on a runtime of its own (for the tests that hold [`saelab_testkit::serial`]
+/// across it, which an `async` test cannot do without holding a lock across awaits).
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(fut)
+}
+
+async fn steer(addr: std::net::SocketAddr, body: &serde_json::Value) -> Reply {
+    request(addr, "POST", "/api/steer", body.to_string().as_bytes()).await
+}
+
+fn error_of(r: &Reply) -> String {
+    let v = json(r);
+    assert_eq!(v["status"], r.status, "{}", r.body);
+    let e = v["error"].as_str().unwrap().to_string();
+    assert!(!e.is_empty() && !e.contains('\n'), "{e:?}");
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steer_without_the_model_is_a_404_and_bad_bodies_a_413_or_400() {
+    let Some(f) = fixture() else { return };
+    let addr = start(state(f, false)).await;
+    let r = request(addr, "POST", "/api/steer", &vec![b'x'; 100_000]).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(error_of(&r).contains("over 16384 bytes"));
+    for body in [
+        &b"{not json"[..],
+        b"{\"prompt\": \"Hi\"}",
+        b"{\"prompt\": \"Hi\", \"edits\": [], \"temperatur\": 1}",
+    ] {
+        let r = request(addr, "POST", "/api/steer", body).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            error_of(&r).contains("not a steering request"),
+            "{}",
+            r.body
+        );
+    }
+    let ok = serde_json::json!({
+        "prompt": "The whale", "edits": [{ "latent": 3, "mode": "add", "strength": "4x" }]
+    });
+    let r = steer(addr, &ok).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        error_of(&r),
+        "steering needs a model and an SAE: start saelab serve with --sae RUN --model M"
+    );
+    // The page says so instead of showing the form.
+    let page = get(addr, "/latent/3").await.body;
+    assert!(page.contains("id=\"steer\"") && !page.contains("id=\"steer-form\""));
+    assert!(page.contains("--sae RUN --model M"));
+}
+
+#[test]
+fn steer_continues_a_prompt_twice_from_one_seed() {
+    let Some(f) = fixture() else { return };
+    let _serial = saelab_testkit::serial();
+    let st = state(f, true);
+    let feats = Features::open(&f.features).unwrap();
+    // The most active latent of the pass: a strength of 4x is four times its max.
+    let rec = (0..N_LATENTS)
+        .map(|i| feats.latent(i).unwrap())
+        .max_by(|a, b| a.max.total_cmp(&b.max).then(b.latent.cmp(&a.latent)))
+        .unwrap();
+    assert!(rec.max > 0.0);
+    block_on(async {
+        let addr = start(st).await;
+        let page = get(addr, &format!("/latent/{}", rec.latent)).await.body;
+        assert!(page.contains(&format!("data-latent=\"{}\"", rec.latent)));
+        assert!(page.contains("id=\"steer-form\"") && page.contains("href=\"#steer\""));
+
+        let body = |strength: &str, measure: bool| {
+            serde_json::json!({
+                "prompt": "The whale rose from the sea, and",
+                "edits": [{ "latent": rec.latent, "mode": "add", "strength": strength }],
+                "max_new_tokens": 8, "seed": 5, "measure": measure,
+            })
+        };
+        let t0 = std::time::Instant::now();
+        let a = steer(addr, &body("4x", true)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let b = steer(addr, &body("raw:-3", false)).await;
+        assert_eq!(b.status, 200, "{}", b.body);
+        eprintln!("two steering requests of 8 tokens: {:.1?}", t0.elapsed());
+        let (a, b) = (json(&a), json(&b));
+        for v in [&a, &b] {
+            for side in ["unsteered", "steered"] {
+                let c = &v[side];
+                let n = c["tokens"].as_array().unwrap().len();
+                assert!(
+                    n == 8 || (c["finish"] == "stop" && n < 8),
+                    "{side}: {n} tokens, finish {}",
+                    c["finish"]
+                );
+                assert!(c["text"].is_string());
+            }
+            assert!(v["prompt_tokens"].as_u64().unwrap() > 1);
+        }
+        // The same seed, the same unsteered text whatever the edit.
+        assert_eq!(a["unsteered"], b["unsteered"]);
+        let op = &a["edits"][0]["op"];
+        assert_eq!(op["op"], "add");
+        let want = 4.0 * rec.max;
+        assert!(
+            (op["value"].as_f64().unwrap() as f32 - want).abs() <= 1e-5 * want.abs(),
+            "{op} vs 4 × {}",
+            rec.max
+        );
+        assert_eq!(a["edits"][0]["positions"], "all");
+        // Measured when asked, once per edited latent.
+        let fx = a["effects"].as_array().unwrap();
+        assert_eq!(fx.len(), 1);
+        assert_eq!(fx[0]["latent"], rec.latent);
+        assert!(fx[0]["steered"]["perplexity"].as_f64().unwrap() > 0.0);
+        assert!(b["effects"].as_array().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn steer_refuses_every_mistake_with_a_4xx() {
+    let Some(f) = fixture() else { return };
+    let _serial = saelab_testkit::serial();
+    let st = state(f, true);
+    // A latent that fired, so that only the strength is wrong below.
+    let feats = Features::open(&f.features).unwrap();
+    let live = (0..N_LATENTS)
+        .find(|&i| feats.latent(i).unwrap().max > 0.0)
+        .unwrap();
+    block_on(async {
+        let addr = start(st).await;
+        let edit = serde_json::json!({ "latent": live, "mode": "add", "strength": "4x" });
+        let with = |k: &str, v: serde_json::Value| {
+            let mut b = serde_json::json!({ "prompt": "The whale", "edits": [edit.clone()] });
+            b[k] = v;
+            b
+        };
+        let edit_with = |k: &str, v: serde_json::Value| {
+            let mut e = edit.clone();
+            if v.is_null() {
+                e.as_object_mut().unwrap().remove(k);
+            } else {
+                e[k] = v;
+            }
+            with("edits", serde_json::json!([e]))
+        };
+        let cases = [
+            (
+                edit_with("latent", 192.into()),
+                404,
+                "latent 192 does not exist",
+            ),
+            (edit_with("strength", "NaNx".into()), 400, "finite number"),
+            (
+                edit_with("strength", "1e38x".into()),
+                400,
+                "not a finite number",
+            ),
+            (edit_with("mode", "push".into()), 400, "unknown variant"),
+            (edit_with("mode", "ablate".into()), 400, "takes no strength"),
+            (
+                edit_with("strength", serde_json::Value::Null),
+                400,
+                "needs a strength",
+            ),
+            (
+                with(
+                    "edits",
+                    serde_json::json!([{ "latent": 3, "mode": "scale", "strength": "2x" }]),
+                ),
+                400,
+                "plain factor",
+            ),
+            (
+                with("prompt", "word ".repeat(1000).into()),
+                400,
+                "at most 4096",
+            ),
+            (with("prompt", "a ".repeat(400).into()), 400, "at most 257"),
+            (with("prompt", "  ".into()), 400, "the prompt is empty"),
+            (with("max_new_tokens", 0.into()), 400, "max_new_tokens=0"),
+            (with("max_new_tokens", 129.into()), 400, "1 to 128"),
+            (
+                with("edits", serde_json::json!([])),
+                400,
+                "at least one edit",
+            ),
+            (
+                with("edits", serde_json::json!(vec![edit.clone(); 17])),
+                400,
+                "at most 16",
+            ),
+            (with("temperature", (-1).into()), 400, "temperature=-1"),
+            (with("top_p", 0.into()), 400, "top_p=0"),
+            (
+                with("positions", "middle".into()),
+                400,
+                "positions 'middle'",
+            ),
+            (with("steps", 3.into()), 400, "unknown field `steps`"),
+        ];
+        for (body, status, want) in cases {
+            let r = steer(addr, &body).await;
+            assert_eq!(r.status, status, "{body}: {}", r.body);
+            let e = error_of(&r);
+            assert!(e.contains(want), "{body}: {e}");
+        }
+    });
 }

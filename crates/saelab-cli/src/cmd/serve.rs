@@ -1,6 +1,7 @@
 //! `saelab serve`: the features dashboard (`saelab_web`) on 127.0.0.1 unless `--host`
-//! says otherwise; with `--sae` and `--model` also the prompt explorer. Prints the
-//! address to open; Ctrl-C stops it.
+//! says otherwise; with `--sae` and `--model` also the prompt explorer and steering
+//! (`POST /api/steer`, the panel on each feature page), over one loaded model. Prints
+//! the address to open; Ctrl-C stops it.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ pub struct Args {
     #[arg(long)]
     features: PathBuf,
     /// The SAE the folder was made from (run or SAE directory): enables the prompt
-    /// explorer, with --model.
+    /// explorer and steering, with --model.
     #[arg(long, requires = "model")]
     sae: Option<PathBuf>,
     /// The model the folder was made with (GGUF file or Hugging Face directory).
@@ -57,7 +58,7 @@ pub fn run(a: Args) -> Result<()> {
             "saelab: serving {} ({n} latents{}) at http://{addr}/ (Ctrl-C to stop)",
             a.features.display(),
             if with_explorer {
-                ", prompt explorer at /prompt"
+                ", prompt explorer at /prompt, steering on the latent pages"
             } else {
                 ""
             }

@@ -1,12 +1,13 @@
 //! The feature page of one latent: its numbers, the histogram, the logit tables, the
-//! top contexts, the interval groups, and its neighbours.
+//! top contexts, the interval groups, its neighbours, and (served with the model) the
+//! steering panel.
 
 use std::fmt::Write;
 
 use saelab_features::LatentRecord;
 
 use super::parts::{context_row, cooccurrence_list, decoder_list, histogram_svg, logit_table};
-use super::{frame, num, percent, Links};
+use super::{frame, num, percent, steer, Links};
 use crate::site::Site;
 
 /// The whole page of `r`.
@@ -35,6 +36,9 @@ pub fn page(site: &Site, links: Links, r: &LatentRecord) -> String {
     }
     if let Some(p) = links.prompt() {
         let _ = write!(b, "<a href=\"{p}?latent={i}\">Try it on a prompt</a>");
+    }
+    if links.steer().is_some() {
+        b.push_str("<a href=\"#steer\">Steer with it</a>");
     }
     b.push_str("</div></div>");
 
@@ -137,5 +141,6 @@ pub fn page(site: &Site, links: Links, r: &LatentRecord) -> String {
     );
     cooccurrence_list(&mut b, links, &r.cooccurrence_neighbours);
     b.push_str("</section></div>");
+    steer::panel(&mut b, links, i, r.max);
     frame(site, links, &format!("Latent {i}"), &b)
 }

@@ -7,6 +7,7 @@ pub mod index;
 pub mod latent;
 pub mod parts;
 pub mod prompt;
+pub mod steer;
 
 use std::fmt::Write;
 
@@ -54,6 +55,14 @@ impl Links {
     pub fn prompt(self) -> Option<String> {
         match self {
             Links::Server { explorer: true } => Some("/prompt".into()),
+            _ => None,
+        }
+    }
+
+    /// The steering endpoint, when there is one (a server with the model and the SAE).
+    pub fn steer(self) -> Option<String> {
+        match self {
+            Links::Server { explorer: true } => Some("/api/steer".into()),
             _ => None,
         }
     }
@@ -163,5 +172,11 @@ mod tests {
         assert_eq!(Links::Static.latent(3), "latent-3.html");
         assert_eq!(Links::Server { explorer: false }.latent(3), "/latent/3");
         assert_eq!(Links::Server { explorer: false }.prompt(), None);
+        assert_eq!(Links::Server { explorer: false }.steer(), None);
+        assert_eq!(Links::Static.steer(), None);
+        assert_eq!(
+            Links::Server { explorer: true }.steer().as_deref(),
+            Some("/api/steer")
+        );
     }
 }
