@@ -18,21 +18,15 @@ const ROWS_PER_TASK: usize = 32;
 /// Query rows per attention tile: keys beyond the tile's last query are skipped.
 const QUERY_TILE: usize = 64;
 
-/// Rows up to which [`linear`] takes the matrix–vector path ([`linear_few_rows`]).
-const FEW_ROWS: usize = 8;
+/// Rows of `x` per pass over the weights in [`linear_few_rows`] (they stay in cache).
+const FEW_ROWS: usize = 16;
 /// Output features per rayon task on the matrix–vector path.
 const FEW_ROWS_OUTPUTS_PER_TASK: usize = 128;
 
 /// `y[N, d_out] = x[N, d_in] · wᵀ`, with `w` stored `[d_out, d_in]` (PyTorch layout).
-/// Runs on all rayon threads through `saelab_core`'s GEMM (one block of `y` per
-/// thread), or, for at most [`FEW_ROWS`] rows (the steps of a generation), through
-/// [`linear_few_rows`], which reads `w` once instead of packing it at every call.
+/// Runs on all rayon threads through `saelab_core`'s GEMM (one block of `y` per thread).
 pub fn linear(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize, y: &mut [f32]) {
     use saelab_core::kernels::{gemm, Transpose};
-    if n <= FEW_ROWS {
-        linear_few_rows(x, n, w, d_in, d_out, y);
-        return;
-    }
     gemm(
         n,
         d_in,
@@ -47,33 +41,72 @@ pub fn linear(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize, y: &mut
     );
 }
 
-/// [`linear`] for few rows: every output feature `o` is `dot(x[r], w[o])`, each row of
-/// `w` read once from memory for all `n` rows of `x` (which stay in cache), the output
-/// features split between the rayon threads. A matrix–vector product is bound by
-/// reading `w`; GEMM would first copy (pack) all of `w` for one row of output.
+/// Which kernel a forward's products take: GEMM for whole sequences and prompts, the
+/// matrix–vector kernel for the one-token steps of a generation. The choice depends on
+/// the kind of forward only, never on how many rows it has, so that every row's values
+/// are the same whatever else runs in its batch (the same tokens alone or in a batch;
+/// an extraction resumed at another batch boundary, bit for bit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Product {
+    /// [`linear`].
+    Gemm,
+    /// [`linear_few_rows`].
+    FewRows,
+}
+
+impl Product {
+    /// [`Product::FewRows`] for an incremental forward of one new token per stream,
+    /// else [`Product::Gemm`].
+    pub fn for_forward(incremental: bool, seq_len: usize) -> Self {
+        if incremental && seq_len == 1 {
+            Product::FewRows
+        } else {
+            Product::Gemm
+        }
+    }
+
+    /// [`linear`] or [`linear_few_rows`].
+    pub fn linear(self, x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize, y: &mut [f32]) {
+        match self {
+            Product::Gemm => linear(x, n, w, d_in, d_out, y),
+            Product::FewRows => linear_few_rows(x, n, w, d_in, d_out, y),
+        }
+    }
+}
+
+/// [`linear`] for the few rows of a generation step: every output feature `o` is
+/// `dot(x[r], w[o])`, each row of `w` read once per [`FEW_ROWS`] rows of `x` (which stay
+/// in cache), the output features split between the rayon threads. A matrix–vector
+/// product is bound by reading `w`; GEMM would first copy (pack) all of `w` for one row
+/// of output. Each value depends on its own row of `x` only.
 pub fn linear_few_rows(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize, y: &mut [f32]) {
     use saelab_core::kernels::dot;
     assert_eq!(x.len(), n * d_in, "linear: x has the wrong size");
     assert_eq!(w.len(), d_out * d_in, "linear: w has the wrong size");
     assert_eq!(y.len(), n * d_out, "linear: y has the wrong size");
-    if n == 0 || d_out == 0 {
+    if n == 0 || d_out == 0 || d_in == 0 {
+        y.fill(0.0);
         return;
     }
-    // Output-major `[d_out, n]`, so that each task writes one contiguous block.
-    let mut yt = vec![0f32; d_out * n];
     let per = FEW_ROWS_OUTPUTS_PER_TASK;
-    yt.par_chunks_mut(per * n)
-        .zip(w.par_chunks(per * d_in.max(1)))
-        .for_each(|(yc, wc)| {
-            for (yo, wo) in yc.chunks_exact_mut(n).zip(wc.chunks_exact(d_in.max(1))) {
-                for (r, v) in yo.iter_mut().enumerate() {
-                    *v = dot(&x[r * d_in..(r + 1) * d_in], wo);
+    for r0 in (0..n).step_by(FEW_ROWS) {
+        let m = FEW_ROWS.min(n - r0);
+        let xs = &x[r0 * d_in..(r0 + m) * d_in];
+        // Output-major `[d_out, m]`, so that each task writes one contiguous block.
+        let mut yt = vec![0f32; d_out * m];
+        yt.par_chunks_mut(per * m)
+            .zip(w.par_chunks(per * d_in))
+            .for_each(|(yc, wc)| {
+                for (yo, wo) in yc.chunks_exact_mut(m).zip(wc.chunks_exact(d_in)) {
+                    for (r, v) in yo.iter_mut().enumerate() {
+                        *v = dot(&xs[r * d_in..(r + 1) * d_in], wo);
+                    }
                 }
+            });
+        for (o, yo) in yt.chunks_exact(m).enumerate() {
+            for (r, &v) in yo.iter().enumerate() {
+                y[(r0 + r) * d_out + o] = v;
             }
-        });
-    for (o, yo) in yt.chunks_exact(n).enumerate() {
-        for (r, &v) in yo.iter().enumerate() {
-            y[r * d_out + o] = v;
         }
     }
 }
@@ -622,7 +655,7 @@ mod tests {
     fn the_few_rows_path_matches_gemm() {
         let (d_in, d_out) = (37, 300);
         let w = saelab_testkit::lcg_uniform(d_in * d_out, 3, 1.0);
-        for n in [1, 3, 8] {
+        for n in [1, 3, 16, 21] {
             let x = saelab_testkit::lcg_uniform(n * d_in, 5 + n as u64, 1.0);
             let mut a = vec![0f32; n * d_out];
             let mut b = vec![0f32; n * d_out];

@@ -604,6 +604,7 @@ impl Family for Llama {
         let (d, n) = (cfg.d_model, batch * seq_len);
         let (hq, hkv, hd, f) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ffn);
         let qkv_dim = cfg.qkv_dim();
+        let product = kernels::Product::for_forward(matches!(past, Past::Cached { .. }), seq_len);
         let mut h = vec![0f32; n * d];
         let mut qkv = vec![0f32; n * qkv_dim];
         let mut attn = vec![0f32; n * hq * hd];
@@ -614,7 +615,7 @@ impl Family for Llama {
             hooks.visit(layer, HookKind::ResidPre, x)?;
             // Attention.
             kernels::rms_norm(x, &bw.attn_norm, cfg.rms_eps, &mut h);
-            kernels::linear(&h, n, &bw.wqkv, d, qkv_dim, &mut qkv);
+            product.linear(&h, n, &bw.wqkv, d, qkv_dim, &mut qkv);
             let attn_shape = AttnShape {
                 batch,
                 seq_len,
@@ -632,7 +633,7 @@ impl Family for Llama {
                     self.attend_cached(layer, &mut qkv, attn_shape, places, cache, &mut attn);
                 }
             }
-            kernels::linear(&attn, n, &bw.wo, hq * hd, d, &mut branch);
+            product.linear(&attn, n, &bw.wo, hq * hd, d, &mut branch);
             hooks.visit(layer, HookKind::AttnOut, &mut branch)?;
             kernels::add_assign(x, &branch);
             hooks.visit(layer, HookKind::ResidMid, x)?;
@@ -645,9 +646,9 @@ impl Family for Llama {
             } else {
                 kernels::rms_norm(x, &bw.mlp_norm, cfg.rms_eps, &mut h);
             }
-            kernels::linear(&h, n, &bw.w_gate_up, d, 2 * f, &mut gu);
+            product.linear(&h, n, &bw.w_gate_up, d, 2 * f, &mut gu);
             kernels::swiglu(&gu, f, &mut act);
-            kernels::linear(&act, n, &bw.w_down, f, d, &mut branch);
+            product.linear(&act, n, &bw.w_down, f, d, &mut branch);
             hooks.visit(layer, HookKind::MlpOut, &mut branch)?;
             kernels::add_assign(x, &branch);
             hooks.visit(layer, HookKind::ResidPost, x)?;

@@ -319,7 +319,7 @@ impl HookedModel {
         let mut h = x.to_vec();
         self.family.final_norm(&mut h);
         let mut logits = vec![0f32; rows * v];
-        kernels::linear(&h, rows, self.family.unembedding(), d, v, &mut logits);
+        kernels::linear_few_rows(&h, rows, self.family.unembedding(), d, v, &mut logits);
         Ok(logits)
     }
 
@@ -430,7 +430,8 @@ impl HookedModel {
         }
         cache.commit(streams, seq_len);
         if opts.needs_head() {
-            self.head(&mut x, &flat, shape, opts, &mut out)?;
+            let product = kernels::Product::for_forward(true, shape.seq_len);
+            self.head(&mut x, &flat, shape, product, opts, &mut out)?;
         }
         Ok(out)
     }
@@ -489,7 +490,14 @@ impl HookedModel {
         self.family
             .blocks(&mut x, shape, plan.n_blocks, Past::None, &mut hooks)?;
         if opts.needs_head() {
-            self.head(&mut x, tokens, shape, opts, &mut out)?;
+            self.head(
+                &mut x,
+                tokens,
+                shape,
+                kernels::Product::Gemm,
+                opts,
+                &mut out,
+            )?;
         }
         Ok(out)
     }
@@ -515,12 +523,14 @@ impl HookedModel {
         Ok(())
     }
 
-    /// Final norm (in place on `x`) and unembedding: the logits and the loss asked for.
+    /// Final norm (in place on `x`) and unembedding (by `product`'s kernel): the logits
+    /// and the loss asked for.
     fn head(
         &self,
         x: &mut [f32],
         tokens: &[u32],
         shape: Shape,
+        product: kernels::Product,
         opts: &ForwardOptions<'_>,
         out: &mut ForwardOutput,
     ) -> Result<()> {
@@ -537,7 +547,7 @@ impl HookedModel {
             Vec::new()
         };
         if all_logits {
-            kernels::linear(h, n, w_u, d, v, &mut logits_all);
+            product.linear(h, n, w_u, d, v, &mut logits_all);
         }
         if opts.logits == Logits::Last {
             let mut last = vec![0f32; batch * d];
@@ -546,7 +556,7 @@ impl HookedModel {
                 last[b * d..(b + 1) * d].copy_from_slice(&h[r * d..(r + 1) * d]);
             }
             let mut logits = vec![0f32; batch * v];
-            kernels::linear(&last, batch, w_u, d, v, &mut logits);
+            product.linear(&last, batch, w_u, d, v, &mut logits);
             out.logits = Some(Activation::new(batch, 1, v, logits)?);
         }
         if opts.loss {
@@ -577,7 +587,7 @@ impl HookedModel {
                 while r0 < n {
                     let rows = LOSS_CHUNK_ROWS.min(n - r0);
                     let c = &mut chunk[..rows * v];
-                    kernels::linear(&h[r0 * d..(r0 + rows) * d], rows, w_u, d, v, c);
+                    product.linear(&h[r0 * d..(r0 + rows) * d], rows, w_u, d, v, c);
                     score(c, r0, &mut loss);
                     r0 += rows;
                 }
