@@ -35,6 +35,7 @@ pub const CONCEPT_TOKENS: usize = 20;
 
 /// One edit as the user writes it: a latent, a mode and a strength still to resolve.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EditSpec {
     /// The latent.
     pub latent: usize,
@@ -67,7 +68,10 @@ mod strength_text {
         match Option::<Raw>::deserialize(d)? {
             None => Ok(None),
             Some(Raw::Text(t)) => t.parse().map(Some).map_err(serde::de::Error::custom),
-            Some(Raw::Number(n)) => Ok(Some(Strength::Raw(n as f32))),
+            Some(Raw::Number(n)) if (n as f32).is_finite() => Ok(Some(Strength::Raw(n as f32))),
+            Some(Raw::Number(n)) => Err(serde::de::Error::custom(format!(
+                "strength {n} is not a finite 32-bit number"
+            ))),
         }
     }
 }
@@ -84,9 +88,22 @@ pub struct SteerSae {
     pub hook: String,
     /// Its features folder, for the latents' maxima and top tokens.
     pub features: Option<Features>,
+    /// The features folder's token matrix, read once when first needed.
+    tokens: std::sync::OnceLock<Vec<u32>>,
 }
 
 impl SteerSae {
+    /// An SAE loaded by the caller (from `dir`, for `hook`), with its features folder.
+    pub fn new(sae: Sae, dir: PathBuf, hook: String, features: Option<Features>) -> Self {
+        SteerSae {
+            sae,
+            dir,
+            hook,
+            features,
+            tokens: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Loads the SAE at `path` (an SAE or run directory) with its hook (`hook`, else its
     /// own) and checks it against `model`; opens `features` (default: the run's
     /// `features` folder, when it exists; a folder made from another SAE is an error).
@@ -105,12 +122,7 @@ impl SteerSae {
                 .map(|f| Features::open_for(&f, &sae))
                 .transpose()?,
         };
-        Ok(SteerSae {
-            sae,
-            dir,
-            hook,
-            features,
-        })
+        Ok(SteerSae::new(sae, dir, hook, features))
     }
 
     /// The largest activation of `latent` in the features pass, if there is one.
@@ -192,7 +204,13 @@ impl SteerSae {
             return Ok(Vec::new());
         };
         let rec = f.latent(latent)?;
-        let tokens = f.tokens()?;
+        let tokens = match self.tokens.get() {
+            Some(t) => t,
+            None => {
+                let t = f.tokens()?;
+                self.tokens.get_or_init(|| t)
+            }
+        };
         let ctx = f.manifest().settings.ctx_len;
         Ok(rec
             .top
@@ -216,6 +234,7 @@ fn default_features_dir(path: &Path, dir: &Path) -> Option<PathBuf> {
 
 /// Interventions of one SAE, as the user writes them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InterventionSpec {
     /// Index of the SAE in the list the request's SAEs were loaded from.
     #[serde(default)]
@@ -319,6 +338,13 @@ pub struct SteerOutput {
     pub effects: Vec<LatentEffect>,
 }
 
+/// The one generation of a one-prompt batch.
+fn one(g: Vec<Generation>) -> Result<Generation> {
+    g.into_iter()
+        .next()
+        .ok_or_else(|| Error::invalid("the model returned no generation for the prompt"))
+}
+
 /// A model ready to generate: the model, its tokenizer and its chat template.
 pub struct Steerer {
     /// The model.
@@ -328,6 +354,15 @@ pub struct Steerer {
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
     chat: Option<ChatTemplate>,
+}
+
+impl std::fmt::Debug for Steerer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steerer")
+            .field("model_path", &self.model_path)
+            .field("chat", &self.chat.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Steerer {
@@ -367,8 +402,17 @@ impl Steerer {
             })?;
             t.encode(&self.tokenizer, &[Message::user(text)], true)?
         } else {
-            let bos = self.model.bos_token_id().or(self.tokenizer.bos_id());
-            bos.into_iter()
+            let bos = self
+                .tokenizer
+                .bos_id()
+                .or(self.model.bos_token_id())
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{}: names no BOS token; saelab starts every prompt with BOS",
+                        self.model_path.display()
+                    ))
+                })?;
+            std::iter::once(bos)
                 .chain(self.tokenizer.encode(text)?)
                 .collect()
         };
@@ -403,7 +447,7 @@ impl Steerer {
             &self.options(req),
             &ForwardOptions::new(),
         )?;
-        self.continuation(g.into_iter().next().expect("one prompt, one generation"))
+        self.continuation(one(g)?)
     }
 
     fn continuation(&self, g: Generation) -> Result<Continuation> {
@@ -468,8 +512,8 @@ impl Steerer {
             .generate(&[ids.as_slice()], &gen, &ForwardOptions::new())?;
         let opts = with_interventions(ForwardOptions::new(), &set, &prompts);
         let steered = self.model.generate(&[ids.as_slice()], &gen, &opts)?;
-        let unsteered = self.continuation(plain.into_iter().next().expect("one"))?;
-        let steered = self.continuation(steered.into_iter().next().expect("one"))?;
+        let unsteered = self.continuation(one(plain)?)?;
+        let steered = self.continuation(one(steered)?)?;
         let mut effects = Vec::new();
         if measure {
             let mut seen = BTreeSet::new();

@@ -240,6 +240,8 @@ pub struct Verdict {
     pub alpha: f32,
     /// Prompts whose concept share rose over the unsteered continuation.
     pub prompts_gaining: usize,
+    /// Prompts whose re-encoded activation rose over the unsteered continuation.
+    pub prompts_gaining_activation: usize,
     /// Prompts.
     pub prompts: usize,
     /// One-sided sign-flip p that the latent's concept-share gain beats the random
@@ -266,8 +268,8 @@ pub struct LatentDose {
     pub rows: Vec<DoseRow>,
     /// At the verdict's α.
     pub verdict: Option<Verdict>,
-    /// One steered continuation at the verdict's α (of the first prompt), to read.
-    pub example: Option<String>,
+    /// The steered continuations at the verdict's α, one per prompt, to read.
+    pub examples: Vec<String>,
 }
 
 /// Part 2 for one latent.
@@ -457,13 +459,16 @@ impl<'a> Study<'a> {
         })
     }
 
+    /// Every continuation runs the full length (no stop token), as AxBench's do: the
+    /// measures then compare texts of equal length, and a steering that makes the
+    /// model stop early is not scored on an empty text.
     fn gen(&self, max_new: usize) -> GenerateOptions {
         GenerateOptions {
             max_new_tokens: max_new,
             temperature: self.req.temperature,
             top_p: 1.0,
             seed: self.req.seed,
-            stop_tokens: None,
+            stop_tokens: Some(Vec::new()),
         }
     }
 
@@ -541,7 +546,7 @@ impl<'a> Study<'a> {
         let unsteered = Summary::of(&plain);
         let mut rows = Vec::new();
         let mut verdict = None;
-        let mut example = None;
+        let mut examples = Vec::new();
         for (k, &alpha) in alphas.iter().enumerate() {
             let strength = alpha * max;
             let steer = [self.add(latent, strength)?];
@@ -578,6 +583,13 @@ impl<'a> Study<'a> {
                         .zip(&unsteered.shares)
                         .filter(|(s, u)| s > u)
                         .count(),
+                    prompts_gaining_activation: row
+                        .steered
+                        .activations
+                        .iter()
+                        .zip(&unsteered.activations)
+                        .filter(|(s, u)| s > u)
+                        .count(),
                     prompts: self.prompts.len(),
                     p_share_vs_random: sign_flip_p(&pair(&row.steered.shares, &row.random.shares)),
                     p_activation_vs_random: sign_flip_p(&pair(
@@ -585,7 +597,9 @@ impl<'a> Study<'a> {
                         &row.random.activations,
                     )),
                 });
-                example = Some(self.st.tokenizer.decode(&s_toks[0])?);
+                for t in &s_toks {
+                    examples.push(self.st.tokenizer.decode(t)?);
+                }
             }
             rows.push(row);
             on(Event::Advance { done: k as u64 + 2 });
@@ -602,7 +616,7 @@ impl<'a> Study<'a> {
             unsteered,
             rows,
             verdict,
-            example,
+            examples,
         })
     }
 
@@ -973,18 +987,20 @@ pub fn markdown(s: &SteerEval) -> String {
         if let Some(v) = &d.verdict {
             let _ = writeln!(
                 m,
-                "\nAt α = {}: concept share up on {} of {} prompts; latent vs random \
-                 direction (paired sign-flip, one-sided): p = {:.4} (share), p = {:.4} \
-                 (re-encoded activation).",
+                "\nAt α = {}: concept share up on {} of {} prompts, re-encoded activation \
+                 up on {} of {}; latent vs random direction (paired sign-flip, one-sided): \
+                 p = {:.4} (share), p = {:.4} (re-encoded activation).",
                 v.alpha,
                 v.prompts_gaining,
+                v.prompts,
+                v.prompts_gaining_activation,
                 v.prompts,
                 v.p_share_vs_random,
                 v.p_activation_vs_random
             );
         }
-        if let Some(e) = &d.example {
-            let _ = writeln!(m, "\nExample (first prompt, steered): {:?}", e);
+        for (p, e) in s.prompts.iter().zip(&d.examples).take(3) {
+            let _ = writeln!(m, "\nSteered, {p:?} → {e:?}");
         }
         m.push('\n');
     }

@@ -38,15 +38,15 @@ pub struct Args {
     latents: Vec<usize>,
     /// add, clamp, clamp-min, scale, ablate or neg-clamp.
     #[arg(long, default_value = "add")]
-    mode: Mode,
+    mode: String,
     /// 4x (times the latent's largest activation in the features pass), raw:30 or 30;
     /// a plain factor for scale; none for ablate.
     #[arg(long)]
-    strength: Option<Strength>,
+    strength: Option<String>,
     /// Positions to edit: all (prompt and generated), prompt, last (the prompt's last),
     /// or a list such as 1,4,7.
     #[arg(long, default_value = "all")]
-    positions: Positions,
+    positions: String,
     /// A TOML plan of several SAEs and edits instead of --sae/--latent.
     #[arg(long, conflicts_with_all = ["sae", "latents"])]
     plan: Option<PathBuf>,
@@ -101,19 +101,23 @@ pub fn run(a: Args) -> Result<()> {
             if a.latents.is_empty() {
                 bail!("give at least one --latent");
             }
+            // Parsed here, not by clap, so that a bad value is a one-line error.
+            let mode: Mode = a.mode.parse()?;
+            let strength: Option<Strength> = a.strength.as_deref().map(str::parse).transpose()?;
+            let positions: Positions = a.positions.parse()?;
             let s = SteerSae::load(sae, a.hook.as_deref(), a.features.as_deref(), &steerer)?;
             let edits = a
                 .latents
                 .iter()
                 .map(|&latent| EditSpec {
                     latent,
-                    mode: a.mode,
-                    strength: a.strength,
+                    mode,
+                    strength,
                 })
                 .collect();
             let spec = InterventionSpec {
                 sae: 0,
-                positions: a.positions.clone(),
+                positions,
                 edits,
             };
             (vec![s], vec![spec])
