@@ -42,38 +42,8 @@ pub struct EditSpec {
     /// What to do to it.
     pub mode: Mode,
     /// How strongly (`4x`, `raw:30`); none for `ablate`.
-    #[serde(default, with = "strength_text")]
+    #[serde(default)]
     pub strength: Option<Strength>,
-}
-
-/// Strengths are written as text (`"4x"`, `"raw:30"`) in TOML and JSON.
-mod strength_text {
-    use saelab_steer::Strength;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<Strength>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(st) => s.serialize_str(&st.to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Strength>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Number(f64),
-        }
-        match Option::<Raw>::deserialize(d)? {
-            None => Ok(None),
-            Some(Raw::Text(t)) => t.parse().map(Some).map_err(serde::de::Error::custom),
-            Some(Raw::Number(n)) if (n as f32).is_finite() => Ok(Some(Strength::Raw(n as f32))),
-            Some(Raw::Number(n)) => Err(serde::de::Error::custom(format!(
-                "strength {n} is not a finite 32-bit number"
-            ))),
-        }
-    }
 }
 
 /// An SAE loaded for steering: the SAE, where it came from, its hook, and its features

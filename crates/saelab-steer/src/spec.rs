@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::intervention::Op;
 
 /// How strong an edit is: a raw latent value, or a multiple of the latent's largest
-/// activation in the features pass.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// activation in the features pass. In TOML and JSON it is its text (`"4x"`,
+/// `"raw:30"`), or a number for a raw value; not finite as an `f32` is an error.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Strength {
     /// The value itself, in the latent's units.
     Raw(f32),
@@ -77,6 +77,30 @@ impl fmt::Display for Strength {
         match self {
             Strength::Raw(v) => write!(f, "raw:{v}"),
             Strength::TimesMax(v) => write!(f, "{v}x"),
+        }
+    }
+}
+
+impl Serialize for Strength {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Strength {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Number(f64),
+        }
+        match Form::deserialize(d)? {
+            Form::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            Form::Number(n) if (n as f32).is_finite() => Ok(Strength::Raw(n as f32)),
+            Form::Number(n) => Err(serde::de::Error::custom(format!(
+                "strength {n} is not a finite number (as a 32-bit float)"
+            ))),
         }
     }
 }
@@ -219,5 +243,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("clamp-min"));
+    }
+
+    #[test]
+    fn strengths_read_and_write_as_text_or_numbers() {
+        #[derive(Deserialize, Serialize)]
+        struct S {
+            s: Strength,
+        }
+        let r: S = serde_json::from_str(r#"{"s": "4x"}"#).unwrap();
+        assert_eq!(r.s, Strength::TimesMax(4.0));
+        let r: S = serde_json::from_str(r#"{"s": 30}"#).unwrap();
+        assert_eq!(r.s, Strength::Raw(30.0));
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"s":"raw:30"}"#);
+        for bad in [r#"{"s": "NaNx"}"#, r#"{"s": 1e39}"#, r#"{"s": true}"#] {
+            assert!(serde_json::from_str::<S>(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -13,7 +13,7 @@
 use saelab_jobs::steer::{EditSpec, InterventionSpec, PromptRequest, SteerOutput};
 use saelab_lm::generate::{GenerateOptions, Sampler};
 use saelab_steer::{Edit, Intervention, Mode, Positions, Strength};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::error::{Result, WebError};
 use crate::explorer::{Explorer, MAX_PROMPT_BYTES, MAX_PROMPT_TOKENS};
@@ -78,26 +78,8 @@ pub struct SteerEdit {
     pub mode: Mode,
     /// `4x` (times the latent's maximum), `raw:30`, or a number (raw); none for
     /// `ablate`, a plain factor for `scale`. Finite only.
-    #[serde(default, deserialize_with = "strength")]
+    #[serde(default)]
     pub strength: Option<Strength>,
-}
-
-/// A strength as text (`"4x"`, `"raw:30"`) or as a JSON number, finite as an `f32`.
-fn strength<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Strength>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        Number(f64),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::Text(t)) => t.parse().map(Some).map_err(serde::de::Error::custom),
-        Some(Raw::Number(n)) if (n as f32).is_finite() => Ok(Some(Strength::Raw(n as f32))),
-        Some(Raw::Number(n)) => Err(serde::de::Error::custom(format!(
-            "strength {n} must be a finite number"
-        ))),
-    }
 }
 
 impl SteerRequest {
