@@ -75,7 +75,7 @@ impl Product {
 }
 
 /// [`linear`] for the few rows of a generation step: every output feature `o` is
-/// `dot(x[r], w[o])`, each row of `w` read once per [`FEW_ROWS`] rows of `x` (which stay
+/// `dot(x[r], w[o])`, each row of `w` read once per 16 rows of `x` (which stay
 /// in cache), the output features split between the rayon threads. A matrix–vector
 /// product is bound by reading `w`; GEMM would first copy (pack) all of `w` for one row
 /// of output. Each value depends on its own row of `x` only.
