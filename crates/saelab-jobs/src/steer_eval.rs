@@ -428,6 +428,9 @@ struct Study<'a> {
     heldout: Vec<Vec<u32>>,
     clean_ce: f64,
     stop: &'a AtomicBool,
+    /// The unsteered continuation of each prompt, generated once (every stream has its
+    /// own seeded generator, so a prefix of the prompts continues the same way).
+    plain: Vec<Vec<u32>>,
 }
 
 impl<'a> Study<'a> {
@@ -448,7 +451,7 @@ impl<'a> Study<'a> {
             .take(req.heldout_contexts)
             .collect::<Vec<_>>();
         let clean_ce = mean_ce(&st.model, &heldout, &[], 8)?;
-        Ok(Study {
+        let mut study = Study {
             st,
             ss,
             req,
@@ -456,7 +459,10 @@ impl<'a> Study<'a> {
             heldout,
             clean_ce,
             stop,
-        })
+            plain: Vec::new(),
+        };
+        study.plain = study.generate(&study.prompts, &[], req.max_new_tokens)?;
+        Ok(study)
     }
 
     /// Every continuation runs the full length (no stop token), as AxBench's do: the
@@ -472,6 +478,47 @@ impl<'a> Study<'a> {
         }
     }
 
+    /// Continues `prompts` under `set`.
+    fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        set: &[Intervention<'_>],
+        max_new: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(saelab_core::Error::Interrupted.into());
+        }
+        let pr = Prompts::new(prompts, self.st.model.bos_token_id());
+        let opts = with_interventions(ForwardOptions::new(), set, &pr);
+        let gens = self.st.model.generate(prompts, &self.gen(max_new), &opts)?;
+        Ok(gens.into_iter().map(|g| g.tokens).collect())
+    }
+
+    /// Measures each continuation of `prompts` for `latent`.
+    fn measure(
+        &self,
+        prompts: &[Vec<u32>],
+        continuations: &[Vec<u32>],
+        latent: usize,
+        concept: &BTreeSet<u32>,
+    ) -> Result<Vec<TextMeasure>> {
+        prompts
+            .iter()
+            .zip(continuations)
+            .map(|(p, c)| {
+                Ok(measure_text(
+                    &self.st.model,
+                    &self.ss.sae,
+                    &self.ss.hook,
+                    latent,
+                    concept,
+                    p,
+                    c,
+                )?)
+            })
+            .collect()
+    }
+
     /// Continues `prompts` under `set` and measures each continuation for `latent`.
     fn run(
         &self,
@@ -481,25 +528,8 @@ impl<'a> Study<'a> {
         concept: &BTreeSet<u32>,
         max_new: usize,
     ) -> Result<(Vec<TextMeasure>, Vec<Vec<u32>>)> {
-        if self.stop.load(Ordering::SeqCst) {
-            return Err(saelab_core::Error::Interrupted.into());
-        }
-        let pr = Prompts::new(prompts, self.st.model.bos_token_id());
-        let opts = with_interventions(ForwardOptions::new(), set, &pr);
-        let gens = self.st.model.generate(prompts, &self.gen(max_new), &opts)?;
-        let mut ms = Vec::with_capacity(prompts.len());
-        for (p, g) in prompts.iter().zip(&gens) {
-            ms.push(measure_text(
-                &self.st.model,
-                &self.ss.sae,
-                &self.ss.hook,
-                latent,
-                concept,
-                p,
-                &g.tokens,
-            )?);
-        }
-        Ok((ms, gens.into_iter().map(|g| g.tokens).collect()))
+        let toks = self.generate(prompts, set, max_new)?;
+        Ok((self.measure(prompts, &toks, latent, concept)?, toks))
     }
 
     fn add(&self, latent: usize, value: f32) -> Result<Intervention<'a>> {
@@ -541,7 +571,7 @@ impl<'a> Study<'a> {
             total: Some(alphas.len() as u64 + 1),
             done: 0,
         });
-        let (plain, _) = self.run(&self.prompts, &[], latent, &concept, n_new)?;
+        let plain = self.measure(&self.prompts, &self.plain, latent, &concept)?;
         on(Event::Advance { done: 1 });
         let unsteered = Summary::of(&plain);
         let mut rows = Vec::new();
@@ -644,7 +674,8 @@ impl<'a> Study<'a> {
             .cloned()
             .collect();
         let n_new = self.req.max_new_tokens;
-        let (plain, plain_toks) = self.run(&prompts, &[], 0, &BTreeSet::new(), n_new)?;
+        let plain_toks = &self.plain[..prompts.len()];
+        let plain = self.measure(&prompts, plain_toks, 0, &BTreeSet::new())?;
         let unsteered_ppl = Summary::of(&plain).perplexity;
         let limit = unsteered_ppl * s.perplexity_budget;
         let score_prompt = self.st.prompt_ids(OUTPUT_SCORE_PROMPT, false, 1)?;
@@ -670,23 +701,8 @@ impl<'a> Study<'a> {
             let in_score = input_score(&examples, &lens);
             let concept = self.ss.concept_tokens(&self.st.model, latent)?;
             // The unsteered share for this latent's concept set, from the same texts.
-            let base: f64 = prompts
-                .iter()
-                .zip(&plain_toks)
-                .map(|(p, t)| {
-                    measure_text(
-                        &self.st.model,
-                        &self.ss.sae,
-                        &self.ss.hook,
-                        latent,
-                        &concept,
-                        p,
-                        t,
-                    )
-                    .map(|m| m.concept_share)
-                })
-                .sum::<saelab_core::Result<f64>>()?
-                / prompts.len() as f64;
+            let base =
+                Summary::of(&self.measure(&prompts, plain_toks, latent, &concept)?).concept_share;
             let max = self.ss.max_activation(latent)?.unwrap_or(0.0);
             let (mut gain, mut best) = (0.0f64, None);
             for &alpha in &s.alphas {
