@@ -269,6 +269,8 @@ thread_local! {
 
 /// The dense product `out = x · w + bias` (`x [B, d]`, `w [d, n]`, `bias [n]`,
 /// `out [B, n]`) with the encoder's engine, packing included: the benchmark's peak.
+/// Up to [`FEW_ROWS`] rows skip the packing (bit-identical values, see
+/// [`FEW_ROWS`]).
 pub fn dense_product(x: &Matrix, w: &[f32], bias: &[f32], out: &mut Matrix) {
     let n = bias.len();
     assert_eq!(
@@ -276,6 +278,11 @@ pub fn dense_product(x: &Matrix, w: &[f32], bias: &[f32], out: &mut Matrix) {
         (x.rows, n),
         "dense_product: out is not [B, n]"
     );
+    #[cfg(target_arch = "x86_64")]
+    if avx512() && x.rows <= FEW_ROWS {
+        few_rows_product(x, w, bias, &mut out.data);
+        return;
+    }
     let mut enc = Encoder::new();
     enc.load(w, x.cols, n);
     let rows = SharedMut::new(&mut out.data);
@@ -288,6 +295,121 @@ pub fn dense_product(x: &Matrix, w: &[f32], bias: &[f32], out: &mut Matrix) {
         // SAFETY: each row r is visited exactly once, so the writes do not overlap.
         |_, r, pre| unsafe { rows.slice(r * n, n) }.copy_from_slice(pre),
     );
+}
+
+/// Rows up to which [`dense_product`] reads `W_enc` as it is instead of packing it: for a
+/// handful of rows (one generation step of a steered model) packing the whole matrix
+/// costs more than the product, and a block of 96 rows would run on one core.
+pub const FEW_ROWS: usize = 16;
+
+/// Columns per task of the few-rows product.
+#[cfg(target_arch = "x86_64")]
+const FEW_TASK_COLS: usize = 512;
+
+/// `out[r, :] = x_r · w + bias` for at most [`FEW_ROWS`] rows with the AVX-512
+/// engine, `w` read in place and the columns split over threads. Every output is the
+/// same chain of fused multiply-adds as the packed kernel (start from the bias, then
+/// `i = 0..d` in order), so the two engines give bit-identical values and a row's
+/// pre-activations do not depend on how many rows came with it.
+#[cfg(target_arch = "x86_64")]
+fn few_rows_product(x: &Matrix, w: &[f32], bias: &[f32], out: &mut [f32]) {
+    let (rows, d, n) = (x.rows, x.cols, bias.len());
+    debug_assert!(avx512() && rows <= FEW_ROWS && out.len() == rows * n);
+    let shared = SharedMut::new(out);
+    (0..n.div_ceil(FEW_TASK_COLS))
+        .into_par_iter()
+        .for_each(|t| {
+            let c0 = t * FEW_TASK_COLS;
+            let c1 = (c0 + FEW_TASK_COLS).min(n);
+            // SAFETY: AVX-512F was detected; this task reads rows·d values of `x`, d·n of
+            // `w`, n of `bias`, and writes only columns c0..c1 of each output row, which no
+            // other task writes.
+            unsafe { few_rows::columns(&x.data, rows, d, n, w, bias, &shared, c0, c1) }
+        });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod few_rows {
+    use super::SharedMut;
+    use crate::kernels::simd::tail_mask;
+    use std::arch::x86_64::*;
+
+    /// Columns per register tile (four 16-lane vectors).
+    const TILE: usize = 64;
+
+    /// Columns `c0..c1` of every row, in tiles of 64 columns and up to 4 rows.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn columns(
+        x: &[f32],
+        rows: usize,
+        d: usize,
+        n: usize,
+        w: &[f32],
+        bias: &[f32],
+        out: &SharedMut<'_, f32>,
+        c0: usize,
+        c1: usize,
+    ) {
+        let mut c = c0;
+        while c < c1 {
+            let width = (c1 - c).min(TILE);
+            let mut r = 0;
+            while r < rows {
+                let xr = x.as_ptr().add(r * d);
+                let o = out.ptr_at(r * n + c);
+                match (rows - r).min(4) {
+                    4 => tile::<4>(xr, d, n, w.as_ptr().add(c), bias.as_ptr().add(c), o, width),
+                    3 => tile::<3>(xr, d, n, w.as_ptr().add(c), bias.as_ptr().add(c), o, width),
+                    2 => tile::<2>(xr, d, n, w.as_ptr().add(c), bias.as_ptr().add(c), o, width),
+                    _ => tile::<1>(xr, d, n, w.as_ptr().add(c), bias.as_ptr().add(c), o, width),
+                }
+                r += 4;
+            }
+            c += TILE;
+        }
+    }
+
+    /// `R` rows × `width` (≤ 64) columns: `acc = bias; acc = fma(x[r, i], w[i, :], acc)`
+    /// for `i = 0..d`; `x` rows are `d` apart, `w` and `out` rows `n` apart.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize>(
+        x: *const f32,
+        d: usize,
+        n: usize,
+        w: *const f32,
+        bias: *const f32,
+        out: *mut f32,
+        width: usize,
+    ) {
+        let mut masks = [0u16; 4];
+        let mut b = [_mm512_setzero_ps(); 4];
+        for j in 0..4 {
+            masks[j] = tail_mask(width.saturating_sub(16 * j));
+            // Lanes past `width` are masked off, so nothing beyond the row is read.
+            b[j] = _mm512_maskz_loadu_ps(masks[j], bias.wrapping_add(16 * j));
+        }
+        let mut acc = [b; R];
+        for i in 0..d {
+            let wi = w.add(i * n);
+            let mut wv = [_mm512_setzero_ps(); 4];
+            for j in 0..4 {
+                wv[j] = _mm512_maskz_loadu_ps(masks[j], wi.wrapping_add(16 * j));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*x.add(r * d + i));
+                for j in 0..4 {
+                    a[j] = _mm512_fmadd_ps(xv, wv[j], a[j]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for j in 0..4 {
+                _mm512_mask_storeu_ps(out.wrapping_add(r * n + 16 * j), masks[j], a[j]);
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -502,6 +624,46 @@ mod tests {
                 for (g, e) in out.data.iter().zip(&want0) {
                     assert!((*g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn few_rows_are_bit_identical_to_the_packed_kernel() {
+        let mut rng = Rng::new(11);
+        for &(rows, d, n) in &[
+            (1, 5, 7),
+            (3, 17, 33),
+            (4, 9, 70),
+            (7, 40, 130),
+            (13, 576, 200),
+            (FEW_ROWS, 33, 577),
+        ] {
+            let x = Matrix::from_vec(
+                rows,
+                d,
+                (0..rows * d).map(|_| rng.normal() as f32).collect(),
+            )
+            .unwrap();
+            let w: Vec<f32> = (0..d * n).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            let mut enc = Encoder::new();
+            enc.load(&w, d, n);
+            let packed: Vec<f32> = enc
+                .run(&w, &x, None, &b, Vec::new, |s: &mut Vec<f32>, _, pre| {
+                    s.extend_from_slice(pre)
+                })
+                .concat();
+            let mut out = Matrix::zeros(rows, n);
+            dense_product(&x, &w, &b, &mut out);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out.data), bits(&packed), "[{rows},{d},{n}]");
+            // A row alone gets the values it gets in a batch.
+            for r in 0..rows {
+                let one = Matrix::from_vec(1, d, x.row(r).to_vec()).unwrap();
+                let mut o = Matrix::zeros(1, n);
+                dense_product(&one, &w, &b, &mut o);
+                assert_eq!(bits(&o.data), bits(out.row(r)), "[{rows},{d},{n}] row {r}");
             }
         }
     }
