@@ -33,6 +33,35 @@ use crate::inputs;
 /// How many logit-lens tokens and top activating tokens make a latent's concept set.
 pub const CONCEPT_TOKENS: usize = 20;
 
+/// Which tokens make a latent's concept set (what the concept share counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConceptSet {
+    /// Its logit-lens tokens and the tokens of its top activating examples.
+    #[default]
+    Both,
+    /// The tokens of its top activating examples only (what the latent reads; the
+    /// logit lens is noisy at middle layers).
+    Examples,
+    /// Its logit-lens tokens only (what the latent writes, read through the unembedding).
+    Lens,
+}
+
+impl std::str::FromStr for ConceptSet {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "both" => Ok(ConceptSet::Both),
+            "examples" => Ok(ConceptSet::Examples),
+            "lens" => Ok(ConceptSet::Lens),
+            _ => Err(format!(
+                "unknown concept set {s:?}: expected both, examples or lens"
+            )),
+        }
+    }
+}
+
 /// One edit as the user writes it: a latent, a mode and a strength still to resolve.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,14 +167,27 @@ impl SteerSae {
             .collect()
     }
 
-    /// The latent's concept set: its logit-lens tokens and, with a features folder, the
-    /// tokens of its top activating examples (distinct, best first), `CONCEPT_TOKENS`
-    /// of each.
+    /// The latent's concept set ([`ConceptSet::Both`]): its logit-lens tokens and, with
+    /// a features folder, the tokens of its top activating examples (distinct, best
+    /// first), `CONCEPT_TOKENS` of each.
     pub fn concept_tokens(&self, model: &HookedModel, latent: usize) -> Result<BTreeSet<u32>> {
-        let mut set: BTreeSet<u32> = logit_lens_tokens(model, &self.sae, latent, CONCEPT_TOKENS)?
-            .into_iter()
-            .collect();
-        set.extend(self.top_tokens(latent, CONCEPT_TOKENS)?);
+        self.concept_set(model, latent, ConceptSet::Both)
+    }
+
+    /// The latent's concept set of the given kind, `CONCEPT_TOKENS` of each part.
+    pub fn concept_set(
+        &self,
+        model: &HookedModel,
+        latent: usize,
+        kind: ConceptSet,
+    ) -> Result<BTreeSet<u32>> {
+        let mut set = BTreeSet::new();
+        if kind != ConceptSet::Examples {
+            set.extend(logit_lens_tokens(model, &self.sae, latent, CONCEPT_TOKENS)?);
+        }
+        if kind != ConceptSet::Lens {
+            set.extend(self.top_tokens(latent, CONCEPT_TOKENS)?);
+        }
         Ok(set)
     }
 

@@ -44,7 +44,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, OnEvent, Phase};
-use crate::steer::{SteerSae, Steerer, CONCEPT_TOKENS};
+use crate::steer::{ConceptSet, SteerSae, Steerer, CONCEPT_TOKENS};
 
 /// Neutral prompts: openings that favour no topic.
 pub const NEUTRAL_PROMPTS: [&str; 10] = [
@@ -88,6 +88,8 @@ pub struct SteerEvalRequest {
     pub ctx_len: usize,
     /// Held-out contexts for ΔCE.
     pub heldout_contexts: usize,
+    /// The tokens the concept share counts (parts 1 and 2).
+    pub concept: ConceptSet,
     /// Part 1: the latents, the multiples of their maximum, and the α of the verdict.
     pub dose: Option<DoseRequest>,
     /// Part 2.
@@ -161,6 +163,7 @@ impl SteerEvalRequest {
             seed: 16,
             ctx_len: 128,
             heldout_contexts: 16,
+            concept: ConceptSet::Both,
             dose: None,
             selection: Some(SelectionRequest {
                 latents: 100,
@@ -360,6 +363,8 @@ pub struct SteerEval {
     pub seed: u64,
     /// Held-out contexts of ΔCE.
     pub heldout_contexts: usize,
+    /// The tokens the concept share counted.
+    pub concept: ConceptSet,
     /// Part 1.
     pub dose: Vec<LatentDose>,
     /// Part 2.
@@ -400,6 +405,7 @@ pub fn steer_eval(
         temperature: req.temperature,
         seed: req.seed,
         heldout_contexts: study.heldout.len(),
+        concept: req.concept,
         dose: Vec::new(),
         selection: None,
         unlearning: None,
@@ -561,7 +567,9 @@ impl<'a> Study<'a> {
                 "latent {latent} never fired in the features pass: nothing to steer with"
             )));
         }
-        let concept = self.ss.concept_tokens(&self.st.model, latent)?;
+        let concept = self
+            .ss
+            .concept_set(&self.st.model, latent, self.req.concept)?;
         let norm = self.decoder_norm(latent);
         let n_new = self.req.max_new_tokens;
         let alphas: Vec<f32> = d.alphas.iter().copied().filter(|&a| a != 0.0).collect();
@@ -699,7 +707,9 @@ impl<'a> Study<'a> {
             )?;
             let examples = self.ss.example_tokens(latent)?;
             let in_score = input_score(&examples, &lens);
-            let concept = self.ss.concept_tokens(&self.st.model, latent)?;
+            let concept = self
+                .ss
+                .concept_set(&self.st.model, latent, self.req.concept)?;
             // The unsteered share for this latent's concept set, from the same texts.
             let base =
                 Summary::of(&self.measure(&prompts, plain_toks, latent, &concept)?).concept_share;
@@ -945,7 +955,7 @@ pub fn markdown(s: &SteerEval) -> String {
     let _ = writeln!(
         m,
         "# Steering study\n\nSAE `{}` at `{}`; model `{}`; {} prompts, {} new tokens each, \
-         temperature {}, seed {}; ΔCE over {} held-out contexts.\n",
+         temperature {}, seed {}; ΔCE over {} held-out contexts; concept sets: {}.\n",
         s.sae,
         s.hook,
         s.model,
@@ -953,7 +963,12 @@ pub fn markdown(s: &SteerEval) -> String {
         s.max_new_tokens,
         s.temperature,
         s.seed,
-        s.heldout_contexts
+        s.heldout_contexts,
+        match s.concept {
+            ConceptSet::Both => "logit-lens and top-example tokens",
+            ConceptSet::Examples => "top-example tokens",
+            ConceptSet::Lens => "logit-lens tokens",
+        }
     );
     for d in &s.dose {
         let _ = writeln!(

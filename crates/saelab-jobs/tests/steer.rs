@@ -9,7 +9,9 @@ use std::path::Path;
 use saelab_core::config::SaeMetadata;
 use saelab_core::format::save_sae;
 use saelab_core::{ArchConfig, ParamSet, Sae, SaeConfig, Tensor};
-use saelab_jobs::steer::{EditSpec, InterventionSpec, PromptRequest, SteerSae, Steerer};
+use saelab_jobs::steer::{
+    ConceptSet, EditSpec, InterventionSpec, PromptRequest, SteerSae, Steerer,
+};
 use saelab_lm::generate::GenerateOptions;
 use saelab_steer::{Mode, Positions, Strength};
 use saelab_testkit::{real_data, serial, tied_random_weights};
@@ -103,6 +105,22 @@ fn steering_runs_from_the_same_seed_and_is_measured() {
             "20 logit-lens tokens, no features folder"
         );
     }
+    // Without a features folder the concept set is the logit lens alone.
+    let both = saes[0].concept_tokens(&st.model, 3).unwrap();
+    assert_eq!(both.len(), 20);
+    assert_eq!(
+        saes[0].concept_set(&st.model, 3, ConceptSet::Lens).unwrap(),
+        both
+    );
+    assert!(saes[0]
+        .concept_set(&st.model, 3, ConceptSet::Examples)
+        .unwrap()
+        .is_empty());
+    assert_eq!("examples".parse::<ConceptSet>(), Ok(ConceptSet::Examples));
+    assert!("top"
+        .parse::<ConceptSet>()
+        .unwrap_err()
+        .contains("both, examples or lens"));
     // Same request, same output: nothing in the job is unseeded.
     assert_eq!(
         st.steer(&saes, &specs, &req, false).unwrap().steered,

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use saelab_jobs::steer::ConceptSet;
 use saelab_jobs::steer_eval::{steer_eval, DoseRequest, SteerEvalRequest};
 
 use crate::progress::Reporter;
@@ -48,6 +49,10 @@ pub struct Args {
     /// Seed of every generation.
     #[arg(long, default_value_t = 16)]
     seed: u64,
+    /// The tokens the concept share counts: `both` (the latent's 20 logit-lens tokens and
+    /// the tokens of its 20 top activating examples), `examples` or `lens`.
+    #[arg(long, default_value = "both")]
+    concept: ConceptSet,
     /// Held-out contexts (128 tokens) for ΔCE.
     #[arg(long, default_value_t = 16)]
     heldout_contexts: usize,
@@ -90,6 +95,7 @@ pub fn run(a: Args) -> Result<()> {
     req.temperature = a.temperature;
     req.seed = a.seed;
     req.heldout_contexts = a.heldout_contexts;
+    req.concept = a.concept;
     if !a.latents.is_empty() {
         req.dose = Some(DoseRequest {
             latents: a.latents,
