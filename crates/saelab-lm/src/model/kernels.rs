@@ -612,6 +612,18 @@ pub fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(bits)
 }
 
+/// `y[r, j] += bias[j]` for every row `r` of `y [N, bias.len()]`: a projection's bias.
+pub fn add_row_bias(y: &mut [f32], bias: &[f32]) {
+    y.par_chunks_mut(ROWS_PER_TASK * bias.len())
+        .for_each(|rows| {
+            for row in rows.chunks_exact_mut(bias.len()) {
+                for (u, &b) in row.iter_mut().zip(bias) {
+                    *u += b;
+                }
+            }
+        });
+}
+
 /// `y[r] += x[r]` elementwise.
 pub fn add_assign(y: &mut [f32], x: &[f32]) {
     y.par_chunks_mut(1 << 14)

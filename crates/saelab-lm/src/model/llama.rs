@@ -1,11 +1,16 @@
 //! The LLaMA family (SmolLM2, LLaMA 2/3 without RoPE scaling, TinyLlama, …): its
 //! hyperparameters, its tensor names in GGUF and Hugging Face checkpoints, and its block.
 //!
+//! The block is shared with families that differ from LLaMA only in what a [`Variant`]
+//! says (biases on the query, key and value projections; the row order of the query
+//! and key projections in GGUF): `qwen2.rs` is such a family, and runs this file's
+//! forward, cache and export.
+//!
 //! A block, on the residual stream `x [B·T, d]`, with its hook points:
 //!
 //! ```text
 //! resid_pre = x
-//! attn_out  = W_o · attention(rope(W_qkv · rms_norm(x) · g_attn))   (causal, grouped-query)
+//! attn_out  = W_o · attention(rope(W_qkv · rms_norm(x) · g_attn + b_qkv))   (causal, grouped-query)
 //! resid_mid = resid_pre + attn_out
 //! ln2.hook_normalized = resid_mid / √(mean(resid_mid²) + ε)
 //! mlp_out   = W_down · (silu(W_gate · n) ⊙ (W_up · n)),  n = ln2.hook_normalized · g_mlp
@@ -22,7 +27,12 @@
 //! order each query/key head for the "rotate half" RoPE (pairs `i, i + hd/2`);
 //! llama.cpp's converter permutes those rows when writing GGUF. Loading HF weights
 //! applies the same permutation ([`hf_rows_to_interleaved`]) and exporting undoes it
-//! ([`interleaved_rows_to_hf`]), so both sources give the same attention.
+//! ([`interleaved_rows_to_hf`]), so both sources give the same attention. Families
+//! whose GGUF keeps the Hugging Face order (llama.cpp's "NEOX" RoPE, e.g. Qwen2) get the
+//! same permutation on GGUF loading too ([`Variant::gguf_rotate_half`]). Permuting the
+//! rows of both queries and keys alike leaves every attention score `q · k` unchanged,
+//! so one RoPE kernel serves both conventions. The bias `b_qkv` (`None` for LLaMA, then
+//! no addition is done) is permuted with its rows.
 
 use std::path::Path;
 
@@ -38,10 +48,37 @@ use super::{Family, Loader, Shape};
 
 /// The registry entry of the family (see [`super::FAMILIES`]).
 pub(crate) const LOADER: Loader = Loader {
-    gguf_architecture: "llama",
-    hf_model_types: &["llama"],
-    from_gguf: load_gguf,
-    from_hf: load_hf,
+    gguf_architecture: LLAMA.arch,
+    hf_model_types: &[LLAMA.hf_model_type],
+    from_gguf: |f| load_gguf(f, &LLAMA),
+    from_hf: |c, dir| load_hf(c, dir, &LLAMA),
+};
+
+/// What a family built on this file's block differs in from LLaMA.
+#[derive(Debug)]
+pub(crate) struct Variant {
+    /// GGUF `general.architecture`, the prefix of its hyperparameter keys
+    /// (`{arch}.block_count`, …) and [`ModelInfo::family`].
+    pub arch: &'static str,
+    /// Hugging Face `model_type`, read and written.
+    pub hf_model_type: &'static str,
+    /// Hugging Face `architectures` entry written on export.
+    pub hf_architecture: &'static str,
+    /// Whether the query, key and value projections carry biases (`attn_q.bias`, …,
+    /// `q_proj.bias`, …), required then.
+    pub qkv_bias: bool,
+    /// Whether the GGUF stores query and key rows in the Hugging Face "rotate half"
+    /// order (llama.cpp's NEOX RoPE) rather than the interleaved one.
+    pub gguf_rotate_half: bool,
+}
+
+/// LLaMA itself.
+const LLAMA: Variant = Variant {
+    arch: "llama",
+    hf_model_type: "llama",
+    hf_architecture: "LlamaForCausalLM",
+    qkv_bias: false,
+    gguf_rotate_half: false,
 };
 
 /// The hook points of every LLaMA block, in forward order.
@@ -132,12 +169,13 @@ impl LlamaConfig {
         (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
     }
 
-    /// The hyperparameters from GGUF metadata (`llama.*` keys). `vocab_rows` is the
-    /// number of rows of `token_embd.weight`, used when the metadata has no
-    /// `llama.vocab_size`.
-    fn from_gguf(f: &GgufFile, vocab_rows: usize) -> Result<Self> {
+    /// The hyperparameters from GGUF metadata (`{arch}.*` keys, `llama.*` for LLaMA).
+    /// `vocab_rows` is the number of rows of `token_embd.weight`, used when the
+    /// metadata has no `{arch}.vocab_size`.
+    fn from_gguf(f: &GgufFile, vocab_rows: usize, arch: &str) -> Result<Self> {
         let path = f.path();
-        if let Some(kind) = f.string("llama.rope.scaling.type") {
+        let key = |k: &str| format!("{arch}.{k}");
+        if let Some(kind) = f.string(&key("rope.scaling.type")) {
             if kind != "none" {
                 return Err(Error::bad_file(
                     path,
@@ -145,20 +183,20 @@ impl LlamaConfig {
                 ));
             }
         }
-        if f.int("llama.expert_count")?.unwrap_or(0) > 1 {
+        if f.int(&key("expert_count"))?.unwrap_or(0) > 1 {
             return Err(Error::bad_file(
                 path,
                 "mixture-of-experts models are not supported",
             ));
         }
-        let d_model = f.need("llama.embedding_length")?;
-        let n_heads = f.need("llama.attention.head_count")?;
+        let d_model = f.need(&key("embedding_length"))?;
+        let n_heads = f.need(&key("attention.head_count"))?;
         let n_kv_heads = f
-            .int("llama.attention.head_count_kv")?
+            .int(&key("attention.head_count_kv"))?
             .map(|v| v as usize)
             .unwrap_or(n_heads);
         let head_dim = d_model.checked_div(n_heads).unwrap_or(0);
-        if let Some(rope_dim) = f.int("llama.rope.dimension_count")? {
+        if let Some(rope_dim) = f.int(&key("rope.dimension_count"))? {
             if rope_dim as usize != head_dim {
                 return Err(Error::bad_file(
                     path,
@@ -167,22 +205,22 @@ impl LlamaConfig {
             }
         }
         let cfg = LlamaConfig {
-            n_layers: f.need("llama.block_count")?,
+            n_layers: f.need(&key("block_count"))?,
             d_model,
             n_heads,
             n_kv_heads,
             head_dim,
-            d_ffn: f.need("llama.feed_forward_length")?,
-            rope_base: f.float("llama.rope.freq_base")?.unwrap_or(10_000.0),
+            d_ffn: f.need(&key("feed_forward_length"))?,
+            rope_base: f.float(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rms_eps: f
-                .float("llama.attention.layer_norm_rms_epsilon")?
+                .float(&key("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-5) as f32,
             vocab_size: f
-                .int("llama.vocab_size")?
+                .int(&key("vocab_size"))?
                 .map(|v| v as usize)
                 .unwrap_or(vocab_rows),
             context_length: f
-                .int("llama.context_length")?
+                .int(&key("context_length"))?
                 .map(|v| v as usize)
                 .unwrap_or(4096),
             bos_token_id: f.int("tokenizer.ggml.bos_token_id")?.map(|v| v as u32),
@@ -198,8 +236,9 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
-    /// The hyperparameters from a Hugging Face `config.json` (LLaMA naming).
-    fn from_hf(c: &HfConfig) -> Result<Self> {
+    /// The hyperparameters from a Hugging Face `config.json` (LLaMA naming, which
+    /// Qwen2 shares). `attention_bias` is refused unless the variant has the biases.
+    fn from_hf(c: &HfConfig, variant: &Variant) -> Result<Self> {
         let path = c.path();
         if let Some(scaling) = c.get("rope_scaling") {
             if !scaling.is_null() {
@@ -216,8 +255,14 @@ impl LlamaConfig {
                 }
             }
         }
+        if c.flag("use_sliding_window") == Some(true) {
+            return Err(Error::bad_file(
+                path,
+                "use_sliding_window = true is not supported",
+            ));
+        }
         for flag in ["attention_bias", "mlp_bias"] {
-            if c.flag(flag) == Some(true) {
+            if c.flag(flag) == Some(true) && !(flag == "attention_bias" && variant.qkv_bias) {
                 return Err(Error::bad_file(
                     path,
                     format!("{flag} = true is not supported"),
@@ -254,13 +299,13 @@ impl LlamaConfig {
         })
     }
 
-    /// A Hugging Face `config.json` object describing this model (LLaMA naming), with
-    /// `name` as `_name_or_path`.
-    fn to_hf(&self, name: &str) -> serde_json::Value {
+    /// A Hugging Face `config.json` object describing this model (LLaMA naming, the
+    /// variant's `model_type`), with `name` as `_name_or_path`.
+    fn to_hf(&self, name: &str, variant: &Variant) -> serde_json::Value {
         serde_json::json!({
             "_name_or_path": name,
-            "model_type": "llama",
-            "architectures": ["LlamaForCausalLM"],
+            "model_type": variant.hf_model_type,
+            "architectures": [variant.hf_architecture],
             "hidden_size": self.d_model,
             "intermediate_size": self.d_ffn,
             "num_hidden_layers": self.n_layers,
@@ -323,7 +368,18 @@ impl Layout {
         }
     }
 
+    /// The name of a block's weight.
     fn block(self, layer: usize, p: Part) -> String {
+        format!("{}.weight", self.block_stem(layer, p))
+    }
+
+    /// The name of a block's bias (query, key and value of variants with biases).
+    fn block_bias(self, layer: usize, p: Part) -> String {
+        format!("{}.bias", self.block_stem(layer, p))
+    }
+
+    /// A block tensor's name without its `.weight` / `.bias` suffix.
+    fn block_stem(self, layer: usize, p: Part) -> String {
         let (prefix, name) = match self {
             Layout::Gguf => (
                 "blk",
@@ -354,7 +410,7 @@ impl Layout {
                 },
             ),
         };
-        format!("{prefix}.{layer}.{name}.weight")
+        format!("{prefix}.{layer}.{name}")
     }
 }
 
@@ -365,6 +421,8 @@ struct BlockWeights {
     attn_norm: Vec<f32>,
     /// Fused Q/K/V projection, `[(H + 2·KV)·hd, d]`, Q/K rows in interleaved-RoPE order.
     wqkv: Vec<f32>,
+    /// Fused Q/K/V bias, `[(H + 2·KV)·hd]` in the rows' order; `None` without biases.
+    bqkv: Option<Vec<f32>>,
     /// Attention output projection, `[d, H·hd]`.
     wo: Vec<f32>,
     /// RMSNorm gain before the MLP, `[d]`.
@@ -375,9 +433,10 @@ struct BlockWeights {
     w_down: Vec<f32>,
 }
 
-/// A loaded LLaMA-family model.
+/// A loaded model of this block: LLaMA, or a [`Variant`] of it.
 struct Llama {
     cfg: LlamaConfig,
+    variant: &'static Variant,
     info: ModelInfo,
     /// Token embedding, `[V, d]`.
     embed: Vec<f32>,
@@ -436,6 +495,7 @@ impl Llama {
         cfg: LlamaConfig,
         name: String,
         layout: Layout,
+        variant: &'static Variant,
     ) -> Result<Self> {
         let (d, v, f) = (cfg.d_model, cfg.vocab_size, cfg.d_ffn);
         let (hq, hkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
@@ -447,7 +507,7 @@ impl Llama {
         } else {
             None
         };
-        let permute_qk_from_hf = matches!(layout, Layout::Hf);
+        let permute_qk_from_hf = matches!(layout, Layout::Hf) || variant.gguf_rotate_half;
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let n = |p: Part| layout.block(l, p);
@@ -461,11 +521,28 @@ impl Llama {
             let mut wqkv = q;
             wqkv.extend_from_slice(&k);
             wqkv.extend_from_slice(&vw);
+            let bqkv = if variant.qkv_bias {
+                let mut bias = |p: Part, heads: usize| -> Result<Vec<f32>> {
+                    let b = src.get(&layout.block_bias(l, p), &[heads * hd])?;
+                    Ok(if permute_qk_from_hf && !matches!(p, Part::V) {
+                        hf_rows_to_interleaved(&b, heads, hd, 1)
+                    } else {
+                        b
+                    })
+                };
+                let mut b = bias(Part::Q, hq)?;
+                b.extend(bias(Part::K, hkv)?);
+                b.extend(bias(Part::V, hkv)?);
+                Some(b)
+            } else {
+                None
+            };
             let mut w_gate_up = src.get(&n(Part::Gate), &[f, d])?;
             w_gate_up.extend_from_slice(&src.get(&n(Part::Up), &[f, d])?);
             blocks.push(BlockWeights {
                 attn_norm: src.get(&n(Part::AttnNorm), &[d])?,
                 wqkv,
+                bqkv,
                 wo: src.get(&n(Part::O), &[d, hq * hd])?,
                 mlp_norm: src.get(&n(Part::MlpNorm), &[d])?,
                 w_gate_up,
@@ -473,7 +550,7 @@ impl Llama {
             });
         }
         let info = ModelInfo {
-            family: LOADER.gguf_architecture,
+            family: variant.arch,
             name,
             d_model: d,
             n_layers: cfg.n_layers,
@@ -486,6 +563,7 @@ impl Llama {
         let rope = RopeTable::new(cfg.head_dim, cfg.rope_base, cfg.context_length);
         Ok(Llama {
             cfg,
+            variant,
             info,
             embed,
             blocks,
@@ -507,25 +585,36 @@ fn path_name(path: &Path, stem: bool) -> String {
         .unwrap_or_default()
 }
 
-/// Loads a GGUF `llama` model: hyperparameters from the metadata, every weight
-/// dequantised to f32.
-fn load_gguf(mut f: GgufFile) -> Result<Box<dyn Family>> {
+/// Loads a GGUF model of `variant` (`general.architecture` = `variant.arch`):
+/// hyperparameters from the metadata, every weight dequantised to f32.
+pub(crate) fn load_gguf(mut f: GgufFile, variant: &'static Variant) -> Result<Box<dyn Family>> {
     let vocab_rows = f
         .dims(Layout::Gguf.global(Global::Embed))
         .map(|dims| dims[0])
         .ok_or_else(|| Error::bad_file(f.path(), "tensor token_embd.weight is missing"))?;
-    let cfg = LlamaConfig::from_gguf(&f, vocab_rows)?;
+    let cfg = LlamaConfig::from_gguf(&f, vocab_rows, variant.arch)?;
     cfg.validate(f.path())?;
     let name = f
         .string("general.name")
         .map(str::to_string)
         .unwrap_or_else(|| path_name(f.path(), true));
-    Ok(Box::new(Llama::assemble(&mut f, cfg, name, Layout::Gguf)?))
+    Ok(Box::new(Llama::assemble(
+        &mut f,
+        cfg,
+        name,
+        Layout::Gguf,
+        variant,
+    )?))
 }
 
-/// Loads a Hugging Face LLaMA checkpoint directory (`config.json` + safetensors).
-fn load_hf(c: &HfConfig, dir: &Path) -> Result<Box<dyn Family>> {
-    let mut cfg = LlamaConfig::from_hf(c)?;
+/// Loads a Hugging Face checkpoint directory (`config.json` + safetensors) of
+/// `variant`.
+pub(crate) fn load_hf(
+    c: &HfConfig,
+    dir: &Path,
+    variant: &'static Variant,
+) -> Result<Box<dyn Family>> {
+    let mut cfg = LlamaConfig::from_hf(c, variant)?;
     cfg.validate(c.path())?;
     let mut src = HfTensors::open(dir)?;
     if !cfg.tie_embeddings && !src.has(Layout::Hf.global(Global::Unembed)) {
@@ -537,7 +626,13 @@ fn load_hf(c: &HfConfig, dir: &Path) -> Result<Box<dyn Family>> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .unwrap_or_else(|| path_name(dir, false));
-    Ok(Box::new(Llama::assemble(&mut src, cfg, name, Layout::Hf)?))
+    Ok(Box::new(Llama::assemble(
+        &mut src,
+        cfg,
+        name,
+        Layout::Hf,
+        variant,
+    )?))
 }
 
 impl Llama {
@@ -616,6 +711,9 @@ impl Family for Llama {
             // Attention.
             kernels::rms_norm(x, &bw.attn_norm, cfg.rms_eps, &mut h);
             product.linear(&h, n, &bw.wqkv, d, qkv_dim, &mut qkv);
+            if let Some(b) = &bw.bqkv {
+                kernels::add_row_bias(&mut qkv, b);
+            }
             let attn_shape = AttnShape {
                 batch,
                 seq_len,
@@ -669,7 +767,7 @@ impl Family for Llama {
     }
 
     fn hf_config(&self) -> serde_json::Value {
-        self.cfg.to_hf(&self.info.name)
+        self.cfg.to_hf(&self.info.name, self.variant)
     }
 
     fn save_hf(&self, dir: &Path) -> Result<()> {
@@ -717,6 +815,22 @@ impl Family for Llama {
                 interleaved_rows_to_hf(k, hkv, hd, d),
             ));
             tensors.push((n(Part::V), vec![hkv * hd, d], v.to_vec()));
+            if let Some(bias) = &b.bqkv {
+                let nb = |p: Part| hf.block_bias(l, p);
+                let (q, rest) = bias.split_at(hq * hd);
+                let (k, v) = rest.split_at(hkv * hd);
+                tensors.push((
+                    nb(Part::Q),
+                    vec![hq * hd],
+                    interleaved_rows_to_hf(q, hq, hd, 1),
+                ));
+                tensors.push((
+                    nb(Part::K),
+                    vec![hkv * hd],
+                    interleaved_rows_to_hf(k, hkv, hd, 1),
+                ));
+                tensors.push((nb(Part::V), vec![hkv * hd], v.to_vec()));
+            }
             tensors.push((n(Part::O), vec![d, hq * hd], b.wo.clone()));
             tensors.push((n(Part::Gate), vec![f, d], gate.to_vec()));
             tensors.push((n(Part::Up), vec![f, d], up.to_vec()));

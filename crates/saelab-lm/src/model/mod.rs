@@ -2,7 +2,7 @@
 //!
 //! [`HookedModel`] loads a checkpoint — a GGUF file with every weight dequantised to
 //! f32, or a Hugging Face directory (`config.json` + safetensors) — of a family in the
-//! registry (`FAMILIES`: LLaMA, including SmolLM2, for now) and runs a batched causal
+//! registry (`FAMILIES`: LLaMA, including SmolLM2, and Qwen2) and runs a batched causal
 //! forward with TransformerLens hook points. Callers see a [`ModelInfo`] (dimensions,
 //! special tokens, the hook points of the family); what a block computes stays in the
 //! family's file.
@@ -50,7 +50,9 @@
 //! Face export), lists its hook kinds, and one `Loader` line in `FAMILIES`. Token
 //! checks, hook planning, capture and patch, stopping early, logits and the loss are
 //! written once, here and in `hooks.rs`; the KV cache and its commit / rollback in
-//! `kv_cache.rs` (the family appends to it and attends over it).
+//! `kv_cache.rs` (the family appends to it and attends over it). A family whose block
+//! is LLaMA's up to what `llama::Variant` says (Q/K/V biases, the GGUF's RoPE row
+//! order) is smaller still: its `Variant` and `Loader`, as `qwen2.rs`.
 
 mod activation;
 mod checkpoint;
@@ -59,6 +61,7 @@ mod info;
 pub mod kernels;
 mod kv_cache;
 mod llama;
+mod qwen2;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -151,7 +154,7 @@ pub(crate) struct Loader {
 }
 
 /// The families saelab runs.
-pub(crate) const FAMILIES: &[Loader] = &[llama::LOADER];
+pub(crate) const FAMILIES: &[Loader] = &[llama::LOADER, qwen2::LOADER];
 
 /// The families, as `'llama', …`, for error messages.
 fn supported() -> String {
