@@ -1,16 +1,22 @@
-//! Chat prompts: the ChatML template of SmolLM2's instruct models, recognised from the
-//! Jinja template a checkpoint carries (GGUF `tokenizer.chat_template`, or
-//! `tokenizer_config.json`'s `chat_template`), and turned into token ids.
+//! Chat prompts: the ChatML templates of SmolLM2's and Qwen2.5's instruct models,
+//! recognised from the Jinja template a checkpoint carries (GGUF
+//! `tokenizer.chat_template`, or `tokenizer_config.json`'s `chat_template`), and turned
+//! into token ids.
 //!
 //! ChatML writes each message as `<|im_start|>{role}\n{content}<|im_end|>\n` and asks
 //! for a reply with `<|im_start|>assistant\n`. SmolLM2's template also starts a
 //! conversation whose first message is not a system message with a default one
-//! (`You are a helpful AI assistant named SmolLM, trained by Hugging Face`).
+//! (`You are a helpful AI assistant named SmolLM, trained by Hugging Face`). Qwen2.5's
+//! does the same (`You are Qwen, created by Alibaba Cloud. You are a helpful
+//! assistant.`) and has branches for tools and tool calls, which saelab's messages
+//! never reach (they have no tools, tool calls or `tool` role), so it writes what
+//! SmolLM2's form writes.
 //!
 //! saelab does not run Jinja: [`ChatTemplate::parse`] compares the template, with the
 //! whitespace inside its tags and the spelling of its string literals normalised, with
 //! the ChatML forms it implements (plain, or with a default system message, whose text
-//! it reads from the template), and refuses any other template with an error.
+//! it reads from the template, as SmolLM2's or Qwen2.5's), and refuses any other
+//! template with an error.
 //!
 //! Token ids: `<|im_start|>` and `<|im_end|>` are single control-token ids; the text
 //! between them (`{role}\n{content}`, and the `\n` after each message) is encoded as
@@ -39,6 +45,64 @@ const CHATML_DEFAULT_SYSTEM: &str = "{% for message in messages %}{% if loop.fir
     endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' \
     + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% \
     endif %}";
+
+/// Qwen2.5's instruct template (as its GGUF stores it), ChatML with a default system
+/// message (`@SYSTEM@`, at both places it appears) and branches for tools.
+const QWEN25_CHATML: &str = r#"{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- '@SYSTEM@' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\n@SYSTEM@<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"#;
 
 /// Who speaks a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,17 +178,12 @@ impl ChatTemplate {
                 default_system: None,
             });
         }
-        let canon = normalize(CHATML_DEFAULT_SYSTEM).expect("the built-in template parses");
-        let (head, tail) = canon.split_once("@SYSTEM@").expect("it has a placeholder");
-        if let Some(system) = norm
-            .as_deref()
-            .and_then(|n| n.strip_prefix(head))
-            .and_then(|n| n.strip_suffix(tail))
-            .and_then(unescape)
-        {
-            return Ok(ChatTemplate {
-                default_system: Some(system),
-            });
+        for form in [CHATML_DEFAULT_SYSTEM, QWEN25_CHATML] {
+            if let Some(system) = norm.as_deref().and_then(|n| default_system_of(n, form)) {
+                return Ok(ChatTemplate {
+                    default_system: Some(system),
+                });
+            }
         }
         let start: String = template.chars().take(60).collect();
         Err(Error::config(format!(
@@ -217,6 +276,16 @@ impl ChatTemplate {
             .into_iter()
             .chain(messages.iter().map(|m| (m.role.name(), m.content.as_str())))
     }
+}
+
+/// The default system message of the normalised template `norm` when it is `form` with
+/// one and the same text at every `@SYSTEM@` placeholder; `None` otherwise.
+fn default_system_of(norm: &str, form: &str) -> Option<String> {
+    let canon = normalize(form)?;
+    let pieces: Vec<&str> = canon.split("@SYSTEM@").collect();
+    let rest = norm.strip_prefix(pieces[0])?;
+    let text = &rest[..rest.find(pieces.get(1)?)?];
+    (pieces.join(text) == norm).then(|| unescape(text))?
 }
 
 /// A template in a canonical spelling, for comparing templates: text outside the
@@ -378,6 +447,23 @@ mod tests {
             t.render(&[Message::system("S"), Message::user("U"), Message::assistant("A")], false),
             "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
         );
+    }
+
+    #[test]
+    fn qwen25_template_is_chatml_with_its_default_system_message() {
+        let sys = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
+        let stored = QWEN25_CHATML.replace("@SYSTEM@", sys);
+        let t = ChatTemplate::parse(&stored).unwrap();
+        assert_eq!(t.default_system(), Some(sys));
+        assert_eq!(
+            t.render(&[Message::user("Hi")], true),
+            format!("<|im_start|>system\n{sys}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        );
+        // The two places of the default message must agree.
+        let one = QWEN25_CHATML
+            .replacen("@SYSTEM@", sys, 1)
+            .replace("@SYSTEM@", "Other.");
+        assert!(ChatTemplate::parse(&one).is_err());
     }
 
     #[test]

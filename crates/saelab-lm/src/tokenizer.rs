@@ -14,9 +14,19 @@
 //!     splits the rest; this is `Sequence[Digits(individual), ByteLevel]`, the
 //!     pre-tokenizer of SmolLM2's own `tokenizer.json`;
 //!   - `gpt2` (and `mpt`, `olmo`, `jais`): the GPT-2 regex alone;
+//!   - `qwen2` (Qwen2, Qwen2.5): Qwen2's own split regex, [`QWEN2_SPLIT`], whose
+//!     pieces are then mapped to bytes: contractions in any case, letters with at most
+//!     one leading non-letter non-digit (not a newline), each digit alone,
+//!     punctuation runs with their trailing newlines, newline runs with the whitespace
+//!     before them, then whitespace as GPT-2's; this is
+//!     `Sequence[Split(regex, isolated), ByteLevel(no regex)]`, the pre-tokenizer of
+//!     Qwen2's own `tokenizer.json` and of llama.cpp's `qwen2` type;
 //!   - anything else is refused with an error naming the type;
 //! - byte-level mapping without a prefix space (`tokenizer.ggml.add_space_prefix`,
-//!   false for SmolLM2), and the byte-level decoder.
+//!   false for SmolLM2), and the byte-level decoder;
+//! - whether prompts start with BOS (`tokenizer.ggml.add_bos_token`, true when absent;
+//!   false for Qwen2, whose BOS id `<|endoftext|>` then only separates documents):
+//!   [`Tokenizer::add_bos`].
 //!
 //! # Special tokens in text
 //!
@@ -40,8 +50,9 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::AddedToken;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
 
@@ -49,6 +60,11 @@ use crate::error::{Error, Result};
 const GGUF_TOKEN_CONTROL: i64 = 3;
 /// GGUF token type of a user-defined token (always matched as a whole in text).
 const GGUF_TOKEN_USER_DEFINED: i64 = 4;
+
+/// The split regex of Qwen2's pre-tokenizer (`tokenizer.ggml.pre = "qwen2"`), as
+/// Qwen2's `tokenizer.json` and llama.cpp's `llama-vocab.cpp` give it. Unlike GPT-2's
+/// it splits digits one at a time and keeps a single non-letter before a word.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Words kept in the BPE cache. The default (10 000) is smaller than the number of
 /// distinct words of a few-megabyte English corpus.
@@ -65,6 +81,8 @@ pub struct Tokenizer {
     special: tokenizers::Tokenizer,
     bos: Option<u32>,
     eos: Option<u32>,
+    /// Whether prompts start with BOS (see [`Tokenizer::add_bos`]).
+    add_bos: bool,
     vocab_size: usize,
     special_ids: Vec<u32>,
     /// Bytes the vocabulary has no symbol for (`None`: all representable).
@@ -92,6 +110,8 @@ enum PreKind {
     DigitsThenGpt2,
     /// The GPT-2 regex alone.
     Gpt2,
+    /// Qwen2's split regex ([`QWEN2_SPLIT`]).
+    Qwen2,
 }
 
 fn pre_kind(pre: &str) -> Option<PreKind> {
@@ -100,6 +120,7 @@ fn pre_kind(pre: &str) -> Option<PreKind> {
             Some(PreKind::DigitsThenGpt2)
         }
         "gpt2" | "mpt" | "olmo" | "jais" => Some(PreKind::Gpt2),
+        "qwen2" => Some(PreKind::Qwen2),
         _ => None,
     }
 }
@@ -196,15 +217,19 @@ impl Tokenizer {
         let pre = pre_kind(pre_name).ok_or_else(|| {
             bad(format!(
                 "pre-tokenizer `{pre_name}` is not supported (supported: smollm, starcoder, \
-                 refact, command-r, codeshell, exaone, minerva, gpt2, mpt, olmo, jais)"
+                 refact, command-r, codeshell, exaone, minerva, gpt2, mpt, olmo, jais, qwen2)"
             ))
         })?;
-        let add_prefix_space = match md.get("tokenizer.ggml.add_space_prefix") {
-            None => false,
-            Some(v) => v.to_bool().map_err(|_| {
-                bad("metadata `tokenizer.ggml.add_space_prefix` is not a bool".into())
-            })?,
+        let get_bool = |key: &str, default: bool| -> Result<bool> {
+            match md.get(key) {
+                None => Ok(default),
+                Some(v) => v
+                    .to_bool()
+                    .map_err(|_| bad(format!("metadata `{key}` is not a bool"))),
+            }
         };
+        let add_prefix_space = get_bool("tokenizer.ggml.add_space_prefix", false)?;
+        let add_bos = get_bool("tokenizer.ggml.add_bos_token", true)?;
 
         let tokens: Vec<&String> = get_array("tokenizer.ggml.tokens")?
             .iter()
@@ -279,6 +304,19 @@ impl Tokenizer {
             ])
             .into(),
             PreKind::Gpt2 => byte_level.into(),
+            PreKind::Qwen2 => {
+                let split = Split::new(
+                    SplitPattern::Regex(QWEN2_SPLIT.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| bad(format!("the qwen2 split regex: {e}")))?;
+                Sequence::new(vec![
+                    PreTokenizerWrapper::Split(split),
+                    PreTokenizerWrapper::ByteLevel(ByteLevel::new(add_prefix_space, true, false)),
+                ])
+                .into()
+            }
         };
         let mut hf = tokenizers::Tokenizer::new(bpe);
         hf.with_pre_tokenizer(Some(pre_tokenizer));
@@ -313,6 +351,7 @@ impl Tokenizer {
             .filter(|&i| types[i as usize] == GGUF_TOKEN_CONTROL)
             .collect();
         let mut tok = Self::assemble(hf, bos, eos, tokens.len(), special_ids, path);
+        tok.add_bos = add_bos;
         tok.unrepresentable = unrepresentable
             .iter()
             .any(|&m| m)
@@ -410,6 +449,7 @@ impl Tokenizer {
             special,
             bos,
             eos,
+            add_bos: true,
             vocab_size,
             special_ids,
             unrepresentable: None,
@@ -520,6 +560,14 @@ impl Tokenizer {
     /// SmolLM2-Instruct GGUF this is `<|im_start|>` (1).
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
+    }
+
+    /// Whether a prompt is meant to start with [`Tokenizer::bos_id`]: GGUF
+    /// `tokenizer.ggml.add_bos_token`, true when the file does not say (and for a
+    /// `tokenizer.json`). False for Qwen2, whose BOS id (`<|endoftext|>`) still
+    /// separates packed documents.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
     }
 
     /// Id of the end-of-sequence token, if the model files name one (SmolLM2-Instruct:

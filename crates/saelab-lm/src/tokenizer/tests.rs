@@ -283,8 +283,11 @@ fn unsupported_gguf_tokenizers_are_refused() {
     assert_mentions(&refusal(&md), &["m.gguf", "`llama`"]);
 
     md.insert("tokenizer.ggml.model".into(), V::String("gpt2".into()));
-    md.insert("tokenizer.ggml.pre".into(), V::String("qwen2".into()));
-    assert_mentions(&refusal(&md), &["`qwen2`"]);
+    // An unknown pre-tokenizer is one line naming it, never a guess.
+    md.insert("tokenizer.ggml.pre".into(), V::String("llama-bpe".into()));
+    let e = refusal(&md);
+    assert_mentions(&e, &["m.gguf", "`llama-bpe`", "qwen2"]);
+    assert!(!e.contains('\n'), "{e}");
 
     // A vocabulary without the 256 byte symbols would silently drop characters.
     md.insert("tokenizer.ggml.pre".into(), V::String("smollm".into()));
