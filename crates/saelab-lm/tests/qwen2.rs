@@ -1,0 +1,546 @@
+//! Tests of the Qwen2 family and its tokenizer on Qwen2.5-Coder-0.5B-Instruct, the
+//! opt-in model of `scripts/setup.sh --model qwen2.5-0.5b`.
+//!
+//! The model is not part of the default setup, so these tests skip with a message when
+//! its GGUF is absent, under CI too; the corpus they read is the default one
+//! (`saelab_testkit::real_data`, whose CI rule applies once the model is there).
+//!
+//! References are independent implementations: candle-transformers'
+//! `quantized_qwen2` on the same GGUF with every weight dequantised to f32 (so both
+//! sides compute in f32), llama.cpp's tokenizer through node-llama-cpp (the oracle of
+//! `tokenizer_oracle.rs`) and token ids it gave for a fixed set of strings.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{MutexGuard, OnceLock};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_qwen2;
+use saelab_lm::chat::{ChatTemplate, Message};
+use saelab_lm::generate::GenerateOptions;
+use saelab_lm::model::{ForwardOptions, HookedModel, Logits};
+use saelab_lm::text::{Corpus, HeldOut, LoadOptions, Part};
+use saelab_lm::tokenizer::Tokenizer;
+use saelab_testkit::{real_data, serial, tokenizer_oracle};
+
+/// File name of the model under `$SAELAB_DATA/models/`.
+const QWEN_GGUF: &str = "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf";
+
+/// The Qwen GGUF, or `None` (with a message) when it was not set up.
+fn qwen_path() -> Option<PathBuf> {
+    let p = saelab_testkit::data::data_dir()
+        .join("models")
+        .join(QWEN_GGUF);
+    if p.is_file() {
+        return Some(p);
+    }
+    eprintln!(
+        "skipping: {} is absent (opt-in: scripts/setup.sh --model qwen2.5-0.5b)",
+        p.display()
+    );
+    None
+}
+
+/// The model (loaded once per test binary), its tokenizer and the lock that runs the
+/// real-model tests one at a time, or `None` without the model.
+fn qwen() -> Option<(
+    &'static HookedModel,
+    &'static Tokenizer,
+    MutexGuard<'static, ()>,
+)> {
+    static M: OnceLock<(HookedModel, Tokenizer)> = OnceLock::new();
+    let p = qwen_path()?;
+    let guard = serial();
+    let (m, t) = M.get_or_init(|| {
+        (
+            HookedModel::from_gguf(&p).expect("load the Qwen GGUF"),
+            Tokenizer::from_gguf(&p).expect("the Qwen tokenizer"),
+        )
+    });
+    Some((m, t, guard))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len())
+        .max_by(|&i, &j| row[i].total_cmp(&row[j]).then(j.cmp(&i)))
+        .unwrap()
+}
+
+/// candle's `quantized_qwen2` on the GGUF at `path` with every tensor dequantised and
+/// stored as an F32 QTensor (so its matmuls are plain f32 products).
+fn candle_qwen2_f32(path: &Path) -> quantized_qwen2::ModelWeights {
+    let mut f = std::fs::File::open(path).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let q: Vec<(&str, QTensor)> = names
+        .iter()
+        .map(|n| {
+            let t = content.tensor(&mut f, n, &Device::Cpu).unwrap();
+            let t = t.dequantize(&Device::Cpu).unwrap();
+            (n.as_str(), QTensor::quantize(&t, GgmlDType::F32).unwrap())
+        })
+        .collect();
+    let md: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tref: Vec<(&str, &QTensor)> = q.iter().map(|(n, t)| (*n, t)).collect();
+    let mut buf = Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &md, &tref).unwrap();
+    drop(tref);
+    drop(q);
+    buf.set_position(0);
+    let ct32 = gguf_file::Content::read(&mut buf).unwrap();
+    quantized_qwen2::ModelWeights::from_gguf(ct32, &mut buf, &Device::Cpu).unwrap()
+}
+
+/// Held-out documents of the default corpus (every 20th), or `None` without it.
+fn held_out_texts() -> Option<Vec<String>> {
+    let data = real_data()?;
+    let corpus = Corpus::load(&data.corpus, &LoadOptions::default()).unwrap();
+    Some(
+        corpus
+            .part(Part::HeldOut, HeldOut::default())
+            .iter()
+            .map(|d| d.text.clone())
+            .collect(),
+    )
+}
+
+#[test]
+fn last_position_logits_match_candle_quantized_qwen2_in_f32() {
+    let Some((model, tok, _g)) = qwen() else {
+        return;
+    };
+    let info = model.info();
+    assert_eq!(info.family, "qwen2");
+    assert_eq!(
+        (info.n_layers, info.d_model, info.vocab_size),
+        (24, 896, 151_936)
+    );
+    let mut reference = candle_qwen2_f32(model.source());
+    let chat = ChatTemplate::from_tokenizer(tok).unwrap();
+    let mut prompts: Vec<Vec<u32>> = [
+        "The capital of France is",
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+        "In 1492, Columbus sailed the ocean blue; 3 ships, 90 men and",
+    ]
+    .iter()
+    .map(|t| tok.encode(t).unwrap())
+    .collect();
+    prompts.push(
+        chat.encode(tok, &[Message::user("What is 17 + 25?")], true)
+            .unwrap(),
+    );
+    if let Some(texts) = held_out_texts() {
+        let ids = tok.encode(&texts[0]).unwrap();
+        prompts.push(ids[..ids.len().min(200)].to_vec());
+    }
+    let mut worst = 0f32;
+    for p in &prompts {
+        let ours = model
+            .forward(&[p], &ForwardOptions::new().logits(Logits::Last))
+            .unwrap()
+            .logits
+            .unwrap();
+        let ids = Tensor::new(p.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        reference.clear_kv_cache();
+        let theirs: Vec<f32> = reference
+            .forward(&ids, 0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let diff = max_abs_diff(ours.as_slice(), &theirs);
+        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!(
+            "prompt of {} tokens: last position max |Δlogit| = {diff:.2e} (max |logit| \
+             {scale:.1}), argmax {} {:?}",
+            p.len(),
+            argmax(&theirs),
+            tok.token_str(argmax(&theirs) as u32).unwrap_or_default()
+        );
+        assert_eq!(argmax(ours.as_slice()), argmax(&theirs));
+        worst = worst.max(diff);
+    }
+    eprintln!(
+        "worst last-position max |Δlogit| over {} prompts: {worst:.2e}",
+        prompts.len()
+    );
+    assert!(
+        worst <= 1e-3,
+        "last-position logit difference {worst} > 1e-3"
+    );
+}
+
+#[test]
+fn kv_cached_greedy_generation_equals_recomputation() {
+    let Some((model, tok, _g)) = qwen() else {
+        return;
+    };
+    let prompts = [
+        tok.encode("The three primary colours are").unwrap(),
+        tok.encode("fn main() {\n    let x = 5;\n").unwrap(),
+    ];
+    let gen = GenerateOptions {
+        max_new_tokens: 12,
+        stop_tokens: Some(Vec::new()),
+        ..Default::default()
+    };
+    let cached = model
+        .generate(&prompts, &gen, &ForwardOptions::new())
+        .unwrap();
+    for (p, g) in prompts.iter().zip(&cached) {
+        // Recompute: a full forward over the prompt and the tokens so far, each step.
+        let mut seq = p.clone();
+        for _ in 0..gen.max_new_tokens {
+            let out = model
+                .forward(&[&seq], &ForwardOptions::new().logits(Logits::Last))
+                .unwrap();
+            seq.push(argmax(out.logits.unwrap().as_slice()) as u32);
+        }
+        eprintln!("{:?}", tok.decode(&seq).unwrap());
+        assert_eq!(
+            g.tokens,
+            seq[p.len()..],
+            "cached vs recomputed greedy tokens"
+        );
+    }
+}
+
+#[test]
+fn next_token_cross_entropy_on_held_out_text_is_plausible() {
+    let Some((model, tok, _g)) = qwen() else {
+        return;
+    };
+    let Some(texts) = held_out_texts() else {
+        return;
+    };
+    // Windows of 256 tokens from inside held-out documents, after the document
+    // separator `<|endoftext|>` (the GGUF's BOS id), as Qwen2 saw text in training.
+    let sep = model.bos_token_id().unwrap();
+    let batch: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| tok.encode(t).unwrap())
+        .filter(|ids| ids.len() >= 512)
+        .take(8)
+        .map(|ids| {
+            std::iter::once(sep)
+                .chain(ids[256..511].iter().copied())
+                .collect()
+        })
+        .collect();
+    assert_eq!(batch.len(), 8);
+    let out = model
+        .forward(&batch, &ForwardOptions::new().loss(true))
+        .unwrap();
+    let loss = out.loss.unwrap();
+    let per: Vec<f64> = loss
+        .data
+        .chunks(loss.cols)
+        .map(|r| r.iter().map(|&v| v as f64).sum::<f64>() / r.len() as f64)
+        .collect();
+    let ce = per.iter().sum::<f64>() / per.len() as f64;
+    eprintln!(
+        "next-token CE on {} held-out windows of 256 tokens: {ce:.4} nats (per window {:.2?})",
+        batch.len(),
+        per
+    );
+    // The model is a coder: its own domain, Rust source (this file, past its doc
+    // comment, which is prose), is much easier.
+    let code: Vec<u32> = std::iter::once(sep)
+        .chain(
+            tok.encode(include_str!("qwen2.rs")).unwrap()[256..767]
+                .iter()
+                .copied(),
+        )
+        .collect();
+    let loss = model
+        .forward(&[code], &ForwardOptions::new().loss(true))
+        .unwrap()
+        .loss
+        .unwrap();
+    let ce_code = loss.data.iter().map(|&v| v as f64).sum::<f64>() / loss.data.len() as f64;
+    eprintln!("next-token CE on 511 tokens of Rust source: {ce_code:.4} nats");
+    assert!(
+        (1.5..5.5).contains(&ce),
+        "cross-entropy {ce} nats is not plausible"
+    );
+    assert!(ce_code < ce - 1.0, "code CE {ce_code} vs prose CE {ce}");
+}
+
+#[test]
+fn identity_patch_leaves_logits_unchanged() {
+    let Some((model, tok, _g)) = qwen() else {
+        return;
+    };
+    let batch = [tok
+        .encode("Sparse autoencoders split activations into features")
+        .unwrap()];
+    let clean = model
+        .forward(&batch, &ForwardOptions::new().logits(Logits::All))
+        .unwrap();
+    for hook in [
+        "blocks.0.hook_resid_pre",
+        "blocks.11.ln2.hook_normalized",
+        "blocks.11.hook_mlp_out",
+        "blocks.23.hook_resid_post",
+    ] {
+        let patched = model
+            .forward(
+                &batch,
+                &ForwardOptions::new()
+                    .patch(hook, |a| {
+                        a.as_mut_slice().iter_mut().for_each(|v| *v += 0.0);
+                        Ok(())
+                    })
+                    .logits(Logits::All),
+            )
+            .unwrap();
+        assert_eq!(
+            clean.logits.as_ref().unwrap().as_slice(),
+            patched.logits.as_ref().unwrap().as_slice(),
+            "{hook}"
+        );
+    }
+}
+
+#[test]
+fn chatml_greedy_answers_are_coherent() {
+    let Some((model, tok, _g)) = qwen() else {
+        return;
+    };
+    let chat = ChatTemplate::from_tokenizer(tok).unwrap();
+    assert_eq!(
+        chat.default_system(),
+        Some("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
+    );
+    let im_end = tok.token_to_id("<|im_end|>").unwrap();
+    assert_eq!(model.eos_token_id(), Some(im_end));
+    let questions = [
+        (
+            "What is the capital of France? Answer in one sentence.",
+            "Paris",
+        ),
+        (
+            "Write a Python function that returns the square of a number.",
+            "def ",
+        ),
+        ("How many days are there in a week?", "7"),
+    ];
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|(q, _)| chat.encode(tok, &[Message::user(*q)], true).unwrap())
+        .collect();
+    // Without BOS, as the GGUF says (`add_bos_token = false`).
+    assert!(!tok.add_bos());
+    let gen = GenerateOptions {
+        max_new_tokens: 80,
+        ..Default::default()
+    };
+    let answers = model
+        .generate(&prompts, &gen, &ForwardOptions::new())
+        .unwrap();
+    for ((q, want), a) in questions.iter().zip(&answers) {
+        let text = tok.decode(&a.tokens).unwrap();
+        eprintln!("Q: {q}\nA ({:?}): {text}\n", a.finish);
+        assert!(
+            text.contains(want),
+            "answer to {q:?} lacks {want:?}: {text:?}"
+        );
+    }
+}
+
+/// Strings with digits, whitespace runs, Unicode, contractions, code and control-token
+/// text, and their ids by llama.cpp (node-llama-cpp 3.21.1) on this GGUF: as data
+/// (`encode`), and where they differ, with control tokens (`encode_with_special`).
+const FIXED: &[(&str, &[u32], Option<&[u32]>)] = &[
+    ("Hello world", &[9707, 1879], None),
+    (
+        "In 1999, 12345678 people paid $3.14.",
+        &[
+            641, 220, 16, 24, 24, 24, 11, 220, 16, 17, 18, 19, 20, 21, 22, 23, 1251, 7171, 400, 18,
+            13, 16, 19, 13,
+        ],
+        None,
+    ),
+    (
+        "  two  spaces\tand\ttabs\n\n\nthree newlines   \n  end  ",
+        &[
+            220, 1378, 220, 12621, 52477, 3244, 3435, 1406, 27856, 501, 7969, 5872, 220, 835, 256,
+        ],
+        None,
+    ),
+    (
+        "Größe naïve café 日本語のテキスト 🙂👍🏽 Ελληνικά привет",
+        &[
+            6464, 78940, 94880, 586, 51950, 75402, 21894, 102819, 15767, 56833, 61803, 70534,
+            27484, 144349, 145375, 7851, 243, 33486, 33486, 41424, 33269, 29762, 67337, 74134,
+            12281, 26991, 8178,
+        ],
+        None,
+    ),
+    (
+        "don't I'LL we've SHE'S",
+        &[15007, 944, 358, 6, 4086, 582, 3003, 53595, 13272],
+        None,
+    ),
+    (
+        "def f(x):\n    return x**2  # square\n",
+        &[
+            750, 282, 2075, 982, 262, 470, 856, 334, 17, 220, 671, 9334, 198,
+        ],
+        None,
+    ),
+    (
+        "<|im_start|>user\nHi<|im_end|>\n<|endoftext|>",
+        &[
+            27, 91, 318, 4906, 91, 29, 872, 198, 13048, 27, 91, 318, 6213, 91, 397, 27, 91, 8691,
+            723, 427, 91, 29,
+        ],
+        Some(&[151644, 872, 198, 13048, 151645, 198, 151643]),
+    ),
+    ("a<tool_call>b</tool_call>", &[64, 151657, 65, 151658], None),
+    ("x\r\ny\r\n\r\nz", &[87, 319, 88, 871, 89], None),
+    ("   ", &[262], None),
+    (
+        "1 2 3 4.5e-10 0x1F",
+        &[
+            16, 220, 17, 220, 18, 220, 19, 13, 20, 68, 12, 16, 15, 220, 15, 87, 16, 37,
+        ],
+        None,
+    ),
+];
+
+#[test]
+fn tokenizer_ids_of_fixed_strings_match_llama_cpp() {
+    let Some(path) = qwen_path() else { return };
+    let tok = Tokenizer::from_gguf(&path).unwrap();
+    assert!(tok.represents_all_bytes());
+    assert!(!tok.add_bos());
+    assert_eq!(tok.bos_id(), tok.token_to_id("<|endoftext|>"));
+    assert_eq!(tok.eos_id(), tok.token_to_id("<|im_end|>"));
+    for (text, plain, special) in FIXED {
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(&ids, plain, "encode({text:?})");
+        assert_eq!(&tok.decode(&ids).unwrap(), text);
+        let want = special.unwrap_or(plain);
+        assert_eq!(
+            &tok.encode_with_special(text).unwrap(),
+            want,
+            "encode_with_special({text:?})"
+        );
+    }
+}
+
+/// Token ids of every line of `docs` (one JSON string each) by the oracle.
+fn oracle_ids(oracle: &Path, model: &Path, docs: &Path, out: &Path) -> Vec<Vec<u32>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/llama_cpp_tokenize.mjs");
+    let o = Command::new("node")
+        .arg(&script)
+        .args([oracle, model, docs, out])
+        .output()
+        .expect("run node");
+    assert!(
+        o.status.success(),
+        "the tokenizer oracle failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let words: Vec<u32> = std::fs::read(out)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let mut docs = Vec::new();
+    let mut at = 0;
+    while at < words.len() {
+        let n = words[at] as usize;
+        docs.push(words[at + 1..at + 1 + n].to_vec());
+        at += 1 + n;
+    }
+    docs
+}
+
+#[test]
+fn every_corpus_document_round_trips_and_tokenizes_as_llama_cpp_does() {
+    let Some(path) = qwen_path() else { return };
+    let Some(data) = real_data() else { return };
+    let tok = Tokenizer::from_gguf(&path).unwrap();
+    let corpus = Corpus::load(&data.corpus, &LoadOptions::default()).unwrap();
+    let texts: Vec<&str> = corpus.documents().iter().map(|d| d.text.as_str()).collect();
+    let ours = tok.encode_batch(&texts).unwrap();
+    let tokens: usize = ours.iter().map(Vec::len).sum();
+    for (doc, ids) in corpus.documents().iter().zip(&ours) {
+        assert_eq!(
+            tok.decode(ids).unwrap(),
+            doc.text,
+            "{}: round trip",
+            doc.source
+        );
+    }
+    eprintln!(
+        "{} documents, {tokens} tokens: exact round trip",
+        texts.len()
+    );
+    assert!(tokens > 2_000_000, "{tokens} tokens");
+
+    let Some(oracle) = tokenizer_oracle() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs.jsonl");
+    let jsonl: String = texts
+        .iter()
+        .map(|t| serde_json::to_string(t).unwrap() + "\n")
+        .collect();
+    std::fs::write(&docs, jsonl).unwrap();
+    let theirs = oracle_ids(&oracle, &path, &docs, &tmp.path().join("ids.bin"));
+    assert_eq!(theirs.len(), ours.len(), "one token list per document");
+    let differ: Vec<String> = corpus
+        .documents()
+        .iter()
+        .zip(&ours)
+        .zip(&theirs)
+        .filter(|((_, a), b)| a != b)
+        .map(|((doc, a), b)| {
+            let at = a
+                .iter()
+                .zip(b)
+                .position(|(x, y)| x != y)
+                .unwrap_or(a.len().min(b.len()));
+            format!(
+                "{}: token {at}: saelab {:?}, llama.cpp {:?}",
+                doc.source,
+                &a[at..(at + 3).min(a.len())],
+                &b[at..(at + 3).min(b.len())]
+            )
+        })
+        .collect();
+    eprintln!(
+        "llama.cpp: {} of {} documents differ",
+        differ.len(),
+        texts.len()
+    );
+    assert!(
+        differ.is_empty(),
+        "{} documents tokenize differently, e.g.\n{}",
+        differ.len(),
+        differ[..differ.len().min(10)].join("\n")
+    );
+}
