@@ -367,6 +367,28 @@ fn chatml_greedy_answers_are_coherent() {
     }
 }
 
+#[test]
+fn hf_export_reloads_to_the_same_logits() {
+    let Some((model, tok, _g)) = qwen() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    model.save_hf_dir(dir.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "qwen2");
+    let reloaded = HookedModel::load(dir.path()).unwrap();
+    assert_eq!(reloaded.info().family, "qwen2");
+    let batch = [tok
+        .encode("Biases on Q, K and V survive the export.")
+        .unwrap()];
+    let opts = ForwardOptions::new().logits(Logits::All);
+    let a = model.forward(&batch, &opts).unwrap().logits.unwrap();
+    let b = reloaded.forward(&batch, &opts).unwrap().logits.unwrap();
+    // The row permutations of the export and the reload are exact inverses.
+    assert_eq!(a.as_slice(), b.as_slice());
+}
+
 /// Strings with digits, whitespace runs, Unicode, contractions, code and control-token
 /// text, and their ids by llama.cpp (node-llama-cpp 3.21.1) on this GGUF: as data
 /// (`encode`), and where they differ, with control tokens (`encode_with_special`).
