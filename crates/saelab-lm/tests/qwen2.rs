@@ -389,10 +389,13 @@ fn hf_export_reloads_to_the_same_logits() {
     assert_eq!(a.as_slice(), b.as_slice());
 }
 
+/// A string, its ids by `encode`, and by `encode_with_special` when they differ.
+type Fixed = (&'static str, &'static [u32], Option<&'static [u32]>);
+
 /// Strings with digits, whitespace runs, Unicode, contractions, code and control-token
 /// text, and their ids by llama.cpp (node-llama-cpp 3.21.1) on this GGUF: as data
 /// (`encode`), and where they differ, with control tokens (`encode_with_special`).
-const FIXED: &[(&str, &[u32], Option<&[u32]>)] = &[
+const FIXED: &[Fixed] = &[
     ("Hello world", &[9707, 1879], None),
     (
         "In 1999, 12345678 people paid $3.14.",
