@@ -23,6 +23,10 @@
 #   FEATURES_TOKENS [262144]    training tokens of the features pass (features.tokens)
 #   EVAL_EVERY      [50]        steps between validation evaluations (train.eval_every)
 #   RUN_DIR         [runs/main] where caches, the SAE and the summary go (out)
+#   MODEL           [smollm2]   the model: smollm2, or a model scripts/setup.sh fetches on
+#                               request (qwen2.5-0.5b: Qwen2.5-Coder-0.5B-Instruct, with
+#                               HOOK blocks.12.hook_resid_post and RUN_DIR
+#                               runs/main-qwen2.5-0.5b unless they are set)
 #   SAELAB_DATA     [data]      where setup.sh put the model and corpus (model, corpus)
 #   SAELAB_THREADS  [all cores] threads for the model and the trainer
 #   CHECK           [unset]     if set, fail unless the figures are within the bounds of
@@ -40,7 +44,18 @@ export RAYON_NUM_THREADS="${SAELAB_THREADS:-${RAYON_NUM_THREADS:-$(nproc)}}"
 data="${SAELAB_DATA:-$root/data}"
 SAELAB="${CARGO_TARGET_DIR:-$root/target}/release/saelab"
 
-args=(--set "model=\"$data/models/SmolLM2-135M-Instruct.Q4_1.gguf\"" --set "corpus=\"$data/corpus\"")
+setup_args=()
+case "${MODEL:-smollm2}" in
+  smollm2) gguf=SmolLM2-135M-Instruct.Q4_1.gguf ;;
+  qwen2.5-0.5b)
+    gguf=Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
+    setup_args=(--model qwen2.5-0.5b)
+    HOOK="${HOOK:-blocks.12.hook_resid_post}"
+    RUN_DIR="${RUN_DIR:-runs/main-qwen2.5-0.5b}" ;;
+  *) echo "main.sh: unknown MODEL ${MODEL} (expected smollm2 or qwen2.5-0.5b)" >&2; exit 2 ;;
+esac
+
+args=(--set "model=\"$data/models/$gguf\"" --set "corpus=\"$data/corpus\"")
 set_from() { # ENV_VAR config.key [quoted]
   local v="${!1:-}"
   [ -n "$v" ] || return 0
@@ -64,7 +79,7 @@ set_from RUN_DIR out quoted
 if [ -n "${CHECK:-}" ]; then args+=(--check); fi
 
 echo "== setup: model and corpus"
-./scripts/setup.sh
+./scripts/setup.sh "${setup_args[@]+"${setup_args[@]}"}"
 
 echo
 echo "== build"

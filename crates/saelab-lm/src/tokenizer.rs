@@ -23,10 +23,11 @@
 //!     Qwen2's own `tokenizer.json` and of llama.cpp's `qwen2` type;
 //!   - anything else is refused with an error naming the type;
 //! - byte-level mapping without a prefix space (`tokenizer.ggml.add_space_prefix`,
-//!   false for SmolLM2), and the byte-level decoder;
-//! - whether prompts start with BOS (`tokenizer.ggml.add_bos_token`, true when absent;
-//!   false for Qwen2, whose BOS id `<|endoftext|>` then only separates documents):
-//!   [`Tokenizer::add_bos`].
+//!   false for SmolLM2), and the byte-level decoder.
+//!
+//! `tokenizer.ggml.add_bos_token` is not read: saelab starts every context and prompt
+//! with BOS whatever the file says (false for SmolLM2 and Qwen2 alike), as
+//! TransformerLens does; for Qwen2 that BOS is `<|endoftext|>`.
 //!
 //! # Special tokens in text
 //!
@@ -81,8 +82,6 @@ pub struct Tokenizer {
     special: tokenizers::Tokenizer,
     bos: Option<u32>,
     eos: Option<u32>,
-    /// Whether prompts start with BOS (see [`Tokenizer::add_bos`]).
-    add_bos: bool,
     vocab_size: usize,
     special_ids: Vec<u32>,
     /// Bytes the vocabulary has no symbol for (`None`: all representable).
@@ -229,7 +228,6 @@ impl Tokenizer {
             }
         };
         let add_prefix_space = get_bool("tokenizer.ggml.add_space_prefix", false)?;
-        let add_bos = get_bool("tokenizer.ggml.add_bos_token", true)?;
 
         let tokens: Vec<&String> = get_array("tokenizer.ggml.tokens")?
             .iter()
@@ -351,7 +349,6 @@ impl Tokenizer {
             .filter(|&i| types[i as usize] == GGUF_TOKEN_CONTROL)
             .collect();
         let mut tok = Self::assemble(hf, bos, eos, tokens.len(), special_ids, path);
-        tok.add_bos = add_bos;
         tok.unrepresentable = unrepresentable
             .iter()
             .any(|&m| m)
@@ -449,7 +446,6 @@ impl Tokenizer {
             special,
             bos,
             eos,
-            add_bos: true,
             vocab_size,
             special_ids,
             unrepresentable: None,
@@ -560,14 +556,6 @@ impl Tokenizer {
     /// SmolLM2-Instruct GGUF this is `<|im_start|>` (1).
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
-    }
-
-    /// Whether a prompt is meant to start with [`Tokenizer::bos_id`]: GGUF
-    /// `tokenizer.ggml.add_bos_token`, true when the file does not say (and for a
-    /// `tokenizer.json`). False for Qwen2, whose BOS id (`<|endoftext|>`) still
-    /// separates packed documents.
-    pub fn add_bos(&self) -> bool {
-        self.add_bos
     }
 
     /// Id of the end-of-sequence token, if the model files name one (SmolLM2-Instruct:

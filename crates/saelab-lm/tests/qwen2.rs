@@ -25,22 +25,9 @@ use saelab_lm::text::{Corpus, HeldOut, LoadOptions, Part};
 use saelab_lm::tokenizer::Tokenizer;
 use saelab_testkit::{real_data, serial, tokenizer_oracle};
 
-/// File name of the model under `$SAELAB_DATA/models/`.
-const QWEN_GGUF: &str = "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf";
-
 /// The Qwen GGUF, or `None` (with a message) when it was not set up.
 fn qwen_path() -> Option<PathBuf> {
-    let p = saelab_testkit::data::data_dir()
-        .join("models")
-        .join(QWEN_GGUF);
-    if p.is_file() {
-        return Some(p);
-    }
-    eprintln!(
-        "skipping: {} is absent (opt-in: scripts/setup.sh --model qwen2.5-0.5b)",
-        p.display()
-    );
-    None
+    saelab_testkit::data::opt_in_model("qwen2.5-0.5b")
 }
 
 /// The model (loaded once per test binary), its tokenizer and the lock that runs the
@@ -348,8 +335,6 @@ fn chatml_greedy_answers_are_coherent() {
         .iter()
         .map(|(q, _)| chat.encode(tok, &[Message::user(*q)], true).unwrap())
         .collect();
-    // Without BOS, as the GGUF says (`add_bos_token = false`).
-    assert!(!tok.add_bos());
     let gen = GenerateOptions {
         max_new_tokens: 80,
         ..Default::default()
@@ -458,7 +443,6 @@ fn tokenizer_ids_of_fixed_strings_match_llama_cpp() {
     let Some(path) = qwen_path() else { return };
     let tok = Tokenizer::from_gguf(&path).unwrap();
     assert!(tok.represents_all_bytes());
-    assert!(!tok.add_bos());
     assert_eq!(tok.bos_id(), tok.token_to_id("<|endoftext|>"));
     assert_eq!(tok.eos_id(), tok.token_to_id("<|im_end|>"));
     for (text, plain, special) in FIXED {

@@ -76,6 +76,30 @@ pub fn real_data() -> Option<RealData> {
     None
 }
 
+/// The opt-in models `scripts/setup.sh --model NAME` fetches, as (`NAME`, file name
+/// under `$SAELAB_DATA/models/`).
+pub const OPT_IN_MODELS: &[(&str, &str)] =
+    &[("qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf")];
+
+/// The GGUF of an opt-in model ([`OPT_IN_MODELS`]), or `None` (after a `skipping:`
+/// message) when it was not set up. Never required, CI included: these models are not
+/// part of the default setup.
+pub fn opt_in_model(name: &str) -> Option<PathBuf> {
+    let (_, file) = OPT_IN_MODELS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("{name} is not an opt-in model of scripts/setup.sh"));
+    let p = data_dir().join("models").join(file);
+    if p.is_file() {
+        return Some(p);
+    }
+    eprintln!(
+        "skipping: {} is absent (opt-in: scripts/setup.sh --model {name})",
+        p.display()
+    );
+    None
+}
+
 /// The vendored SAE fixtures (`$SAELAB_FIXTURES`, default
 /// `crates/saelab-core/tests/fixtures`). They are part of the repository, so they are
 /// always required: panics if their `README.md` is missing.
