@@ -1,8 +1,12 @@
-//! Tokenizers: GPT-2-style byte-level BPE built from GGUF metadata, or any Hugging Face
-//! `tokenizer.json`.
+//! Tokenizers: GPT-2-style byte-level BPE or SentencePiece built from GGUF metadata, or
+//! any Hugging Face `tokenizer.json`.
 //!
-//! Both are run by the Hugging Face `tokenizers` crate; for a GGUF file this module
-//! assembles the pipeline from the metadata instead of hand-writing BPE:
+//! All are run by the Hugging Face `tokenizers` crate; for a GGUF file this module
+//! assembles the pipeline from the metadata instead of hand-writing BPE. A
+//! SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`: tokens and scores, no
+//! merges; Gemma 3) becomes a BPE that reproduces llama.cpp's score-driven merging
+//! with byte fallback (see [`spm_tokenizer`]; its spaces are `▁`, so text holding
+//! U+2581 itself decodes with a space there). For `tokenizer.ggml.model = "gpt2"`:
 //!
 //! - model: BPE over `tokenizer.ggml.tokens` (id = index) and `tokenizer.ggml.merges`
 //!   (rank = index, so earlier merges win), no unknown token, no dropout;
@@ -157,6 +161,94 @@ fn gguf_int(v: &gguf_file::Value) -> Option<i64> {
     })
 }
 
+/// The SentencePiece pipeline of a GGUF vocabulary with `tokenizer.ggml.model =
+/// "llama"` (Gemma 3, LLaMA 2), written to reproduce llama.cpp's SPM tokenizer, which is
+/// not SentencePiece's Viterbi but a greedy merge: the text's spaces become `▁`, every
+/// character starts as a symbol, and the adjacent pair whose concatenation is a
+/// vocabulary entry of the highest score is merged first (the leftmost among equal
+/// scores), until no pair is an entry; a character left that is not an entry becomes
+/// its UTF-8 bytes' `<0xXX>` tokens.
+///
+/// That is a BPE of the `tokenizers` crate: the vocabulary as it is, one merge `(a, b)`
+/// for every entry `a + b` split at a character boundary into two entries, ranked by
+/// the score of `a + b` (highest first; equal scores by id), and byte fallback; the
+/// normalizer `' ' → '▁'`, no pre-tokenizer (the whole text between added tokens is
+/// one word, as in llama.cpp), the decoder `'▁' → ' '`, byte fallback, fuse. Control
+/// tokens (type 3) are special added tokens and user-defined tokens (type 4: Gemma's
+/// runs of newlines, spaces and tabs, `<start_of_image>`, ...) plain added tokens, both
+/// matched on the raw text (not normalised), as llama.cpp partitions text on them
+/// before tokenizing the rest. Errors are the one-line reason.
+fn spm_tokenizer(
+    tokens: &[&String],
+    types: &[i64],
+    scores: &[f32],
+) -> std::result::Result<tokenizers::Tokenizer, String> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::normalizers::replace::Replace;
+
+    let mut vocab = Vocab::with_capacity(tokens.len());
+    for (id, tok) in tokens.iter().enumerate() {
+        vocab.entry((*tok).clone()).or_insert(id as u32);
+    }
+    for b in 0..=255u8 {
+        let piece = format!("<0x{b:02X}>");
+        if !vocab.contains_key(&piece) {
+            return Err(format!(
+                "SentencePiece vocabulary lacks the byte token `{piece}`; byte fallback \
+                 needs all 256"
+            ));
+        }
+    }
+    // (score, id, left, right) for every split of every entry into two entries.
+    let mut ranked: Vec<(f32, u32, &str, &str)> = Vec::new();
+    for (id, tok) in tokens.iter().enumerate() {
+        if vocab.get(tok.as_str()) != Some(&(id as u32)) {
+            continue; // a duplicate string: llama.cpp looks up the first id
+        }
+        for (at, _) in tok.char_indices().skip(1) {
+            let (a, b) = tok.split_at(at);
+            if vocab.contains_key(a) && vocab.contains_key(b) {
+                ranked.push((scores[id], id as u32, a, b));
+            }
+        }
+    }
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges: Vec<(String, String)> = ranked
+        .into_iter()
+        .map(|(_, _, a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .cache_capacity(BPE_CACHE_WORDS)
+        .build()
+        .map_err(|e| format!("invalid SentencePiece vocabulary: {e}"))?;
+    let mut hf = tokenizers::Tokenizer::new(bpe);
+    let space = Replace::new(" ", "▁").map_err(|e| e.to_string())?;
+    hf.with_normalizer(Some(space)).map_err(|e| e.to_string())?;
+    let unspace = Replace::new("▁", " ").map_err(|e| e.to_string())?;
+    hf.with_decoder(Some(DecoderSequence::new(vec![
+        unspace.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ])));
+    let added = |kind: i64, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(types)
+            .filter(|(_, &t)| t == kind)
+            .map(|(s, _)| AddedToken::from((*s).clone(), special).normalized(false))
+            .collect()
+    };
+    hf.add_special_tokens(added(GGUF_TOKEN_CONTROL, true))
+        .map_err(|e| format!("control tokens: {e}"))?;
+    hf.add_tokens(added(GGUF_TOKEN_USER_DEFINED, false))
+        .map_err(|e| format!("user-defined tokens: {e}"))?;
+    Ok(hf)
+}
+
 impl Tokenizer {
     /// Builds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`).
     ///
@@ -188,14 +280,6 @@ impl Tokenizer {
                     .map_err(|_| bad(format!("metadata `{key}` is not a string"))),
             }
         };
-        let get_int = |key: &str| -> Result<Option<i64>> {
-            match md.get(key) {
-                None => Ok(None),
-                Some(v) => gguf_int(v)
-                    .map(Some)
-                    .ok_or_else(|| bad(format!("metadata `{key}` is not an integer"))),
-            }
-        };
         let get_array = |key: &str| -> Result<&Vec<gguf_file::Value>> {
             md.get(key)
                 .ok_or_else(|| bad(format!("no `{key}` in the GGUF metadata")))?
@@ -205,20 +289,28 @@ impl Tokenizer {
 
         let model = get_str("tokenizer.ggml.model")?
             .ok_or_else(|| bad("no `tokenizer.ggml.model` in the GGUF metadata".into()))?;
-        if model != "gpt2" {
-            return Err(bad(format!(
-                "tokenizer model `{model}` is not supported (only `gpt2`, byte-level BPE)"
-            )));
-        }
-        let pre_name = get_str("tokenizer.ggml.pre")?
-            .map(String::as_str)
-            .unwrap_or("gpt2");
-        let pre = pre_kind(pre_name).ok_or_else(|| {
-            bad(format!(
-                "pre-tokenizer `{pre_name}` is not supported (supported: smollm, starcoder, \
-                 refact, command-r, codeshell, exaone, minerva, gpt2, mpt, olmo, jais, qwen2)"
-            ))
-        })?;
+        // `None`: SentencePiece; `Some`: byte-level BPE with this pre-tokenizer.
+        let pre = match model.as_str() {
+            "llama" => None,
+            "gpt2" => {
+                let pre_name = get_str("tokenizer.ggml.pre")?
+                    .map(String::as_str)
+                    .unwrap_or("gpt2");
+                Some(pre_kind(pre_name).ok_or_else(|| {
+                    bad(format!(
+                        "pre-tokenizer `{pre_name}` is not supported (supported: smollm, \
+                         starcoder, refact, command-r, codeshell, exaone, minerva, gpt2, mpt, \
+                         olmo, jais, qwen2)"
+                    ))
+                })?)
+            }
+            _ => {
+                return Err(bad(format!(
+                    "tokenizer model `{model}` is not supported (only `gpt2`, byte-level BPE, \
+                     and `llama`, SentencePiece)"
+                )))
+            }
+        };
         let get_bool = |key: &str, default: bool| -> Result<bool> {
             match md.get(key) {
                 None => Ok(default),
@@ -252,6 +344,32 @@ impl Tokenizer {
                 tokens.len()
             )));
         }
+        let finish = |hf, unrepresentable| {
+            Self::from_gguf_parts(hf, md, path, tokens.len(), &types, unrepresentable)
+        };
+        let Some(pre) = pre else {
+            let scores: Vec<f32> = get_array("tokenizer.ggml.scores")?
+                .iter()
+                .map(|v| v.to_f32())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| bad("`tokenizer.ggml.scores` holds a non-f32".into()))?;
+            if scores.len() != tokens.len() {
+                return Err(bad(format!(
+                    "{} token scores for {} tokens",
+                    scores.len(),
+                    tokens.len()
+                )));
+            }
+            if add_prefix_space {
+                return Err(bad(
+                    "`tokenizer.ggml.add_space_prefix` = true is not supported for \
+                     SentencePiece vocabularies"
+                        .into(),
+                ));
+            }
+            let hf = spm_tokenizer(&tokens, &types, &scores).map_err(bad)?;
+            return finish(hf, None);
+        };
         let merges: Vec<(String, String)> = get_array("tokenizer.ggml.merges")?
             .iter()
             .enumerate()
@@ -332,28 +450,59 @@ impl Tokenizer {
             .map_err(|e| bad(format!("control tokens: {e}")))?;
         hf.add_tokens(added(GGUF_TOKEN_USER_DEFINED, false))
             .map_err(|e| bad(format!("user-defined tokens: {e}")))?;
+        finish(
+            hf,
+            unrepresentable
+                .iter()
+                .any(|&m| m)
+                .then_some(unrepresentable),
+        )
+    }
 
+    /// Puts a tokenizer built from GGUF metadata together: BOS / EOS ids checked
+    /// against the vocabulary, the control tokens, the bytes `encode` refuses, the chat
+    /// template.
+    fn from_gguf_parts(
+        hf: tokenizers::Tokenizer,
+        md: &HashMap<String, gguf_file::Value>,
+        path: &Path,
+        n_tokens: usize,
+        types: &[i64],
+        unrepresentable: Option<[bool; 256]>,
+    ) -> Result<Self> {
+        let bad = |msg: String| Error::bad_file(path, msg);
+        let get_int = |key: &str| -> Result<Option<i64>> {
+            match md.get(key) {
+                None => Ok(None),
+                Some(v) => gguf_int(v)
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("metadata `{key}` is not an integer"))),
+            }
+        };
         let id_in_range = |key: &str| -> Result<Option<u32>> {
             match get_int(key)? {
                 None => Ok(None),
-                Some(id) if id >= 0 && (id as usize) < tokens.len() => Ok(Some(id as u32)),
+                Some(id) if id >= 0 && (id as usize) < n_tokens => Ok(Some(id as u32)),
                 Some(id) => Err(bad(format!(
-                    "`{key}` = {id} is outside the vocabulary of {} tokens",
-                    tokens.len()
+                    "`{key}` = {id} is outside the vocabulary of {n_tokens} tokens"
                 ))),
             }
         };
         let bos = id_in_range("tokenizer.ggml.bos_token_id")?;
         let eos = id_in_range("tokenizer.ggml.eos_token_id")?;
-        let special_ids = (0..tokens.len() as u32)
+        let special_ids = (0..n_tokens as u32)
             .filter(|&i| types[i as usize] == GGUF_TOKEN_CONTROL)
             .collect();
-        let mut tok = Self::assemble(hf, bos, eos, tokens.len(), special_ids, path);
-        tok.unrepresentable = unrepresentable
-            .iter()
-            .any(|&m| m)
-            .then_some(unrepresentable);
-        tok.chat_template = get_str("tokenizer.chat_template")?.cloned();
+        let mut tok = Self::assemble(hf, bos, eos, n_tokens, special_ids, path);
+        tok.unrepresentable = unrepresentable;
+        tok.chat_template = match md.get("tokenizer.chat_template") {
+            None => None,
+            Some(v) => Some(
+                v.to_string()
+                    .map_err(|_| bad("metadata `tokenizer.chat_template` is not a string".into()))?
+                    .clone(),
+            ),
+        };
         Ok(tok)
     }
 

@@ -277,10 +277,21 @@ fn unsupported_gguf_tokenizers_are_refused() {
             .to_string()
     };
     let mut md: HashMap<String, V> = HashMap::new();
-    md.insert("tokenizer.ggml.model".into(), V::String("llama".into()));
+    md.insert("tokenizer.ggml.model".into(), V::String("bert".into()));
     md.insert("tokenizer.ggml.tokens".into(), strs(&["a", "b"]));
     md.insert("tokenizer.ggml.merges".into(), strs(&[]));
-    assert_mentions(&refusal(&md), &["m.gguf", "`llama`"]);
+    let e = refusal(&md);
+    assert_mentions(&e, &["m.gguf", "`bert`", "`gpt2`", "`llama`"]);
+    assert!(!e.contains('\n'), "{e}");
+
+    // SentencePiece needs scores, and byte tokens for its byte fallback.
+    md.insert("tokenizer.ggml.model".into(), V::String("llama".into()));
+    assert_mentions(&refusal(&md), &["m.gguf", "tokenizer.ggml.scores"]);
+    md.insert(
+        "tokenizer.ggml.scores".into(),
+        V::Array(vec![V::F32(0.0), V::F32(-1.0)]),
+    );
+    assert_mentions(&refusal(&md), &["m.gguf", "`<0x00>`"]);
 
     md.insert("tokenizer.ggml.model".into(), V::String("gpt2".into()));
     // An unknown pre-tokenizer is one line naming it, never a guess.
