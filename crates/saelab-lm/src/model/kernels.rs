@@ -1,6 +1,7 @@
 //! CPU kernels of the transformer forwards on plain row-major `f32` buffers: linear
-//! layers, RMSNorm, embedding lookup, rotary embeddings, causal grouped-query
-//! attention, SwiGLU and the cross-entropy of logits; and, beside the full-sequence
+//! layers, RMSNorm (over rows, or over the heads of query/key rows), embedding lookup,
+//! rotary embeddings, causal grouped-query attention (optionally within a sliding
+//! window), SwiGLU, GeGLU and the cross-entropy of logits; and, beside the full-sequence
 //! RoPE and attention, their incremental variants (positions from an offset, attention
 //! over cached keys and values: [`RopeTable::apply_interleaved_at`],
 //! [`cached_attention`]), so that the full forward's kernels stay as they are.
@@ -304,13 +305,24 @@ pub struct AttnShape {
     pub n_kv_heads: usize,
     /// Head width.
     pub head_dim: usize,
+    /// Sliding window: with `Some(w)`, position `i` attends only to positions `j` with
+    /// `i − w < j ≤ i` (its last `w` positions, itself included); `None` attends to
+    /// every earlier position.
+    pub window: Option<usize>,
+}
+
+/// The first key position that query position `p` attends to.
+#[inline(always)]
+fn first_key(p: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (p + 1).saturating_sub(w))
 }
 
 /// Causal grouped-query attention.
 ///
 /// `qkv [B·T, (H + 2·KV)·hd]` holds, per row, the (already rotated) query heads, then the
 /// key heads, then the value heads. Writes `out [B·T, H·hd]`, head `h` reading key/value
-/// head `h / (H / KV)`, with scores scaled by `1/√hd` and softmax over positions `≤ t`.
+/// head `h / (H / KV)`, with scores scaled by `1/√hd` and softmax over positions `≤ t`
+/// (and within `s.window` of `t`). Keys before a tile's window are not computed at all.
 pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
     let AttnShape {
         batch,
@@ -318,6 +330,7 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
         n_heads,
         n_kv_heads,
         head_dim: hd,
+        window,
     } = s;
     let stride = (n_heads + 2 * n_kv_heads) * hd;
     let out_stride = n_heads * hd;
@@ -339,9 +352,11 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
             while i0 < t {
                 let i1 = (i0 + QUERY_TILE).min(t);
                 let rows = i1 - i0;
-                let keys = i1;
+                // Keys k0..i1: from the first one the tile's first query attends to.
+                let k0 = first_key(i0, window);
+                let keys = i1 - k0;
                 let sc = &mut scores[..rows * keys];
-                // SAFETY: q rows i0..i1, k rows 0..i1 and v rows 0..i1 lie inside this
+                // SAFETY: q rows i0..i1, k rows k0..i1 and v rows k0..i1 lie inside this
                 // sequence's part of `qkv`; the output rows i0..i1 of head h are written
                 // by this task only.
                 unsafe {
@@ -353,7 +368,7 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
                         q.as_ptr().add(i0 * stride),
                         stride as isize,
                         1,
-                        k.as_ptr(),
+                        k.as_ptr().add(k0 * stride),
                         1,
                         stride as isize,
                         0.0,
@@ -364,7 +379,7 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
                 }
                 for (r, row) in sc.chunks_exact_mut(keys).enumerate() {
                     let last = i0 + r;
-                    softmax_prefix(row, last + 1);
+                    softmax_window(row, first_key(last, window) - k0, last + 1 - k0);
                 }
                 unsafe {
                     matrixmultiply::sgemm(
@@ -375,7 +390,7 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
                         sc.as_ptr(),
                         keys as isize,
                         1,
-                        v.as_ptr(),
+                        v.as_ptr().add(k0 * stride),
                         stride as isize,
                         1,
                         0.0,
@@ -408,8 +423,9 @@ pub struct KvRows<'a> {
 /// (rotated) query heads are read: the keys and values of sequence `b` come from
 /// `kv[b]`, whose last `T` rows are the new positions' own. With `len_b` the rows of
 /// `kv[b]`, new row `t` is position `p = len_b − T + t` and attends to positions `≤ p`
-/// (every cached one, and the new ones up to itself). Writes `out [B·T, H·hd]`, scores
-/// scaled by `1/√hd`, exactly as [`causal_attention`] computes each row.
+/// (every cached one, and the new ones up to itself), or, with `s.window = Some(w)`,
+/// to positions `p − w < j ≤ p` only. Writes `out [B·T, H·hd]`, scores scaled by
+/// `1/√hd`, exactly as [`causal_attention`] computes each row.
 pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut [f32]) {
     let AttnShape {
         batch,
@@ -417,6 +433,7 @@ pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut 
         n_heads,
         n_kv_heads,
         head_dim: hd,
+        window,
     } = s;
     let stride = (n_heads + 2 * n_kv_heads) * hd;
     let kv_stride = n_kv_heads * hd;
@@ -448,12 +465,14 @@ pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut 
             while i0 < t {
                 let i1 = (i0 + QUERY_TILE).min(t);
                 let rows = i1 - i0;
-                let keys = start + i1;
+                // Keys k0..start + i1: from the first one the tile's first query sees.
+                let k0 = first_key(start + i0, window);
+                let keys = start + i1 - k0;
                 let sc = &mut scores[..rows * keys];
                 // SAFETY: q rows i0..i1 lie inside this sequence's part of `qkv`; k and v
-                // rows 0..keys lie inside `kv[b]` (keys ≤ len_b, and head g's columns end
-                // at (g + 1)·hd ≤ kv_stride); the output rows i0..i1 of head h of
-                // sequence b are written by this task only.
+                // rows k0..k0 + keys lie inside `kv[b]` (k0 + keys ≤ len_b, and head g's
+                // columns end at (g + 1)·hd ≤ kv_stride); the output rows i0..i1 of head
+                // h of sequence b are written by this task only.
                 unsafe {
                     matrixmultiply::sgemm(
                         rows,
@@ -463,7 +482,7 @@ pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut 
                         q.as_ptr().add(i0 * stride),
                         stride as isize,
                         1,
-                        k.as_ptr(),
+                        k.as_ptr().add(k0 * kv_stride),
                         1,
                         kv_stride as isize,
                         0.0,
@@ -473,7 +492,8 @@ pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut 
                     );
                 }
                 for (r, row) in sc.chunks_exact_mut(keys).enumerate() {
-                    softmax_prefix(row, start + i0 + r + 1);
+                    let p = start + i0 + r;
+                    softmax_window(row, first_key(p, window) - k0, p + 1 - k0);
                 }
                 unsafe {
                     matrixmultiply::sgemm(
@@ -484,7 +504,7 @@ pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut 
                         sc.as_ptr(),
                         keys as isize,
                         1,
-                        v.as_ptr(),
+                        v.as_ptr().add(k0 * kv_stride),
                         kv_stride as isize,
                         1,
                         0.0,
@@ -497,6 +517,14 @@ pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut 
             }
         },
     );
+}
+
+/// Softmax over `row[lo..hi]` in place; the entries outside it are set to 0. With
+/// `lo = 0` this is [`softmax_prefix`] of `hi`.
+fn softmax_window(row: &mut [f32], lo: usize, hi: usize) {
+    let (dead, live) = row.split_at_mut(lo);
+    dead.fill(0.0);
+    softmax_prefix(live, hi - lo);
 }
 
 /// Softmax over `row[..len]` in place; entries from `len` on are set to 0.
@@ -583,6 +611,83 @@ fn silu_mul_generic(g: &[f32], u: &[f32], out: &mut [f32]) {
     for ((o, &gv), &uv) in out.iter_mut().zip(g).zip(u) {
         *o = gv / (1.0 + exp_f32(-gv)) * uv;
     }
+}
+
+/// GeGLU with the tanh GELU: `act[r][j] = gelu_tanh(gu[r][j]) · gu[r][F + j]` for
+/// `gu [N, 2F]`, `act [N, F]`, where
+/// `gelu_tanh(x) = x/2 · (1 + tanh(√(2/π) · (x + 0.044715·x³)))`, computed as the equal
+/// `x · σ(2·√(2/π) · (x + 0.044715·x³))` with [`exp_f32`] (so that it vectorises).
+pub fn geglu_tanh(gu: &[f32], f: usize, act: &mut [f32]) {
+    gu.par_chunks(ROWS_PER_TASK * 2 * f)
+        .zip(act.par_chunks_mut(ROWS_PER_TASK * f))
+        .for_each(|(gus, acts)| {
+            for (row, a) in gus.chunks_exact(2 * f).zip(acts.chunks_exact_mut(f)) {
+                let (g, u) = row.split_at(f);
+                gelu_tanh_mul(g, u, a);
+            }
+        });
+}
+
+fn gelu_tanh_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { gelu_tanh_mul_avx2(g, u, out) };
+        }
+    }
+    gelu_tanh_mul_generic(g, u, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_tanh_mul_avx2(g: &[f32], u: &[f32], out: &mut [f32]) {
+    gelu_tanh_mul_generic(g, u, out)
+}
+
+#[inline(always)]
+fn gelu_tanh_mul_generic(g: &[f32], u: &[f32], out: &mut [f32]) {
+    // 2·√(2/π)
+    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769;
+    for ((o, &x), &uv) in out.iter_mut().zip(g).zip(u) {
+        let z = TWO_SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+        *o = x / (1.0 + exp_f32(-z)) * uv;
+    }
+}
+
+/// RMSNorm of every head of the heads `first..first + n` of each row of
+/// `x [N, stride]` (heads `head_dim = weight.len()` wide, head `h` at columns
+/// `h·head_dim..`), in place: `v = v / √(mean(v²) + eps) · weight` per head. Gemma 3's
+/// query and key norms, on the fused query/key/value rows.
+pub fn rms_norm_heads(
+    x: &mut [f32],
+    stride: usize,
+    first: usize,
+    n: usize,
+    weight: &[f32],
+    eps: f32,
+) {
+    let hd = weight.len();
+    x.par_chunks_mut(ROWS_PER_TASK * stride).for_each(|rows| {
+        for row in rows.chunks_exact_mut(stride) {
+            for head in row[first * hd..(first + n) * hd].chunks_exact_mut(hd) {
+                let s = 1.0 / (mean_square(head) + eps).sqrt();
+                for (v, &w) in head.iter_mut().zip(weight) {
+                    *v = *v * s * w;
+                }
+            }
+        }
+    });
+}
+
+/// `x[i] *= c` for every value of `x`.
+pub fn scale_all(x: &mut [f32], c: f32) {
+    x.par_chunks_mut(1 << 14).for_each(|xs| {
+        for v in xs {
+            *v *= c;
+        }
+    });
 }
 
 /// `exp(x)` in f32 within about 2 ulp, written so that loops over it vectorise:
@@ -738,6 +843,7 @@ mod tests {
             n_heads,
             n_kv_heads,
             head_dim: hd,
+            window,
         } = s;
         let stride = (n_heads + 2 * n_kv_heads) * hd;
         let mut out = vec![0f32; batch * t * n_heads * hd];
@@ -746,7 +852,8 @@ mod tests {
                 let g = h / (n_heads / n_kv_heads);
                 for i in 0..t {
                     let qi = &qkv[(b * t + i) * stride + h * hd..][..hd];
-                    let scores: Vec<f64> = (0..=i)
+                    let lo = window.map_or(0, |w| (i + 1).saturating_sub(w));
+                    let scores: Vec<f64> = (lo..=i)
                         .map(|j| {
                             let kj = &qkv[(b * t + j) * stride + (n_heads + g) * hd..][..hd];
                             qi.iter()
@@ -760,7 +867,7 @@ mod tests {
                     let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
                     for c in 0..hd {
                         let mut acc = 0f64;
-                        for (j, s) in scores.iter().enumerate() {
+                        for (s, j) in scores.iter().zip(lo..) {
                             let vj =
                                 qkv[(b * t + j) * stride + (n_heads + n_kv_heads + g) * hd + c];
                             acc += (s - m).exp() / z * vj as f64;
@@ -775,39 +882,78 @@ mod tests {
 
     #[test]
     fn attention_matches_naive_definition_across_tiles() {
-        // seq_len 150 spans three query tiles; 6 query heads share 2 kv heads.
+        // seq_len 150 spans three query tiles; 6 query heads share 2 kv heads. Windows
+        // shorter than a tile, longer than one, and longer than the sequence.
+        for window in [None, Some(1), Some(20), Some(100), Some(500)] {
+            let s = AttnShape {
+                batch: 2,
+                seq_len: 150,
+                n_heads: 6,
+                n_kv_heads: 2,
+                head_dim: 8,
+                window,
+            };
+            let stride = (s.n_heads + 2 * s.n_kv_heads) * s.head_dim;
+            let n = s.batch * s.seq_len * stride;
+            let qkv: Vec<f32> = (0..n)
+                .map(|i| (((i as u64 * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0) * 2.0)
+                .collect();
+            let mut out = vec![0f32; s.batch * s.seq_len * s.n_heads * s.head_dim];
+            causal_attention(&qkv, s, &mut out);
+            let want = naive_attention(&qkv, s);
+            let worst = out
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "window {window:?}: max abs diff {worst}");
+        }
+    }
+
+    #[test]
+    fn a_window_longer_than_the_sequence_changes_no_bit() {
         let s = AttnShape {
-            batch: 2,
-            seq_len: 150,
-            n_heads: 6,
-            n_kv_heads: 2,
+            batch: 1,
+            seq_len: 90,
+            n_heads: 2,
+            n_kv_heads: 1,
             head_dim: 8,
+            window: None,
         };
-        let stride = (s.n_heads + 2 * s.n_kv_heads) * s.head_dim;
-        let n = s.batch * s.seq_len * stride;
-        let qkv: Vec<f32> = (0..n)
-            .map(|i| (((i as u64 * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0) * 2.0)
+        let qkv: Vec<f32> = (0..90 * 32)
+            .map(|i| ((i * 7919) % 13) as f32 / 6.0 - 1.0)
             .collect();
-        let mut out = vec![0f32; s.batch * s.seq_len * s.n_heads * s.head_dim];
-        causal_attention(&qkv, s, &mut out);
-        let want = naive_attention(&qkv, s);
-        let worst = out
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-5, "max abs diff {worst}");
+        let mut a = vec![0f32; 90 * 16];
+        let mut b = a.clone();
+        causal_attention(&qkv, s, &mut a);
+        causal_attention(
+            &qkv,
+            AttnShape {
+                window: Some(90),
+                ..s
+            },
+            &mut b,
+        );
+        assert_eq!(a, b);
     }
 
     #[test]
     fn cached_attention_equals_causal_attention_of_the_whole_sequence() {
-        // 2 sequences of 70 positions; the last `t_new` of each attend over the cache.
+        for window in [None, Some(9), Some(40)] {
+            cached_equals_causal(window);
+        }
+    }
+
+    /// 2 sequences of 70 positions; the last `t_new` of each attend over the cache,
+    /// within `window`.
+    fn cached_equals_causal(window: Option<usize>) {
         let s = AttnShape {
             batch: 2,
             seq_len: 70,
             n_heads: 6,
             n_kv_heads: 2,
             head_dim: 8,
+            window,
         };
         let (hq, hkv, hd) = (s.n_heads, s.n_kv_heads, s.head_dim);
         let stride = (hq + 2 * hkv) * hd;
@@ -848,7 +994,48 @@ mod tests {
                     .zip(want)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0f32, f32::max);
-                assert!(worst < 1e-6, "t_new {t_new}: max abs diff {worst}");
+                assert!(
+                    worst < 1e-6,
+                    "window {window:?}, t_new {t_new}: max abs diff {worst}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn geglu_matches_the_tanh_definition() {
+        let f = 37;
+        let gu: Vec<f32> = (0..3 * 2 * f).map(|i| (i as f32 - 111.0) / 9.0).collect();
+        let mut act = vec![0f32; 3 * f];
+        geglu_tanh(&gu, f, &mut act);
+        for (r, a) in act.chunks(f).enumerate() {
+            for (j, &got) in a.iter().enumerate() {
+                let (x, u) = (gu[r * 2 * f + j] as f64, gu[r * 2 * f + f + j] as f64);
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                let want = 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh()) * u;
+                assert!(
+                    (got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "{x}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn head_norms_normalise_each_head_with_its_gain() {
+        // Rows of 4 heads of width 2; heads 1 and 2 normalised, 0 and 3 untouched.
+        let mut x: Vec<f32> = (0..2 * 8).map(|i| i as f32 + 1.0).collect();
+        let orig = x.clone();
+        rms_norm_heads(&mut x, 8, 1, 2, &[1.0, 2.0], 0.0);
+        for r in 0..2 {
+            let row = &x[r * 8..(r + 1) * 8];
+            let o = &orig[r * 8..(r + 1) * 8];
+            assert_eq!((row[0], row[1], row[6], row[7]), (o[0], o[1], o[6], o[7]));
+            for h in 1..3 {
+                let (a, b) = (o[2 * h], o[2 * h + 1]);
+                let rms = ((a * a + b * b) / 2.0).sqrt();
+                assert!((row[2 * h] - a / rms).abs() < 1e-6);
+                assert!((row[2 * h + 1] - 2.0 * b / rms).abs() < 1e-6);
             }
         }
     }

@@ -451,12 +451,22 @@ struct Llama {
 /// Reorder the rows of a query or key projection `[n_heads·hd, d]` from the Hugging Face
 /// "rotate half" order to the interleaved order: within each head, new row `2i + j` is
 /// old row `j·hd/2 + i` (`j ∈ {0, 1}`).
-fn hf_rows_to_interleaved(w: &[f32], n_heads: usize, head_dim: usize, d: usize) -> Vec<f32> {
+pub(super) fn hf_rows_to_interleaved(
+    w: &[f32],
+    n_heads: usize,
+    head_dim: usize,
+    d: usize,
+) -> Vec<f32> {
     permute_head_rows(w, n_heads, head_dim, d, true)
 }
 
 /// Inverse of [`hf_rows_to_interleaved`].
-fn interleaved_rows_to_hf(w: &[f32], n_heads: usize, head_dim: usize, d: usize) -> Vec<f32> {
+pub(super) fn interleaved_rows_to_hf(
+    w: &[f32],
+    n_heads: usize,
+    head_dim: usize,
+    d: usize,
+) -> Vec<f32> {
     permute_head_rows(w, n_heads, head_dim, d, false)
 }
 
@@ -575,7 +585,7 @@ impl Llama {
 }
 
 /// The last component of `path` (without its extension when `stem`).
-fn path_name(path: &Path, stem: bool) -> String {
+pub(super) fn path_name(path: &Path, stem: bool) -> String {
     let name = if stem {
         path.file_stem()
     } else {
@@ -635,42 +645,41 @@ pub(crate) fn load_hf(
     )?))
 }
 
-impl Llama {
-    /// The incremental forward's attention at block `layer`: rotates the new rows of
-    /// `qkv` at their absolute positions, appends their keys and values to their
-    /// streams in `cache`, and attends over each stream's every position into `attn`.
-    fn attend_cached(
-        &self,
-        layer: usize,
-        qkv: &mut [f32],
-        s: AttnShape,
-        places: &[Placement],
-        cache: &mut KvCache,
-        attn: &mut [f32],
-    ) {
-        let qkv_dim = self.cfg.qkv_dim();
-        let (hq, hkv, hd) = (s.n_heads, s.n_kv_heads, s.head_dim);
-        let starts: Vec<usize> = places.iter().map(|p| p.start).collect();
-        self.rope
-            .apply_interleaved_at(qkv, qkv_dim, hq + hkv, s.seq_len, &starts);
-        let streams = cache.layer_mut(layer);
-        for (b, p) in places.iter().enumerate() {
-            let kv = &mut streams[p.stream];
-            let rows = &qkv[b * s.seq_len * qkv_dim..(b + 1) * s.seq_len * qkv_dim];
-            for row in rows.chunks_exact(qkv_dim) {
-                kv.keys.extend_from_slice(&row[hq * hd..(hq + hkv) * hd]);
-                kv.values.extend_from_slice(&row[(hq + hkv) * hd..]);
-            }
+/// The incremental forward's attention at block `layer`, for any family whose fused
+/// `qkv [B·T, (H + 2·KV)·hd]` rows hold the query, key and value heads in that order:
+/// rotates the new rows' query and key heads by `rope` at their absolute positions,
+/// appends their keys and values to their streams in `cache`, and attends over each
+/// stream's positions (within `s.window`) into `attn`.
+pub(super) fn attend_cached(
+    rope: &RopeTable,
+    layer: usize,
+    qkv: &mut [f32],
+    s: AttnShape,
+    places: &[Placement],
+    cache: &mut KvCache,
+    attn: &mut [f32],
+) {
+    let (hq, hkv, hd) = (s.n_heads, s.n_kv_heads, s.head_dim);
+    let qkv_dim = (hq + 2 * hkv) * hd;
+    let starts: Vec<usize> = places.iter().map(|p| p.start).collect();
+    rope.apply_interleaved_at(qkv, qkv_dim, hq + hkv, s.seq_len, &starts);
+    let streams = cache.layer_mut(layer);
+    for (b, p) in places.iter().enumerate() {
+        let kv = &mut streams[p.stream];
+        let rows = &qkv[b * s.seq_len * qkv_dim..(b + 1) * s.seq_len * qkv_dim];
+        for row in rows.chunks_exact(qkv_dim) {
+            kv.keys.extend_from_slice(&row[hq * hd..(hq + hkv) * hd]);
+            kv.values.extend_from_slice(&row[(hq + hkv) * hd..]);
         }
-        let kv: Vec<KvRows<'_>> = places
-            .iter()
-            .map(|p| KvRows {
-                keys: &streams[p.stream].keys,
-                values: &streams[p.stream].values,
-            })
-            .collect();
-        kernels::cached_attention(qkv, s, &kv, attn);
     }
+    let kv: Vec<KvRows<'_>> = places
+        .iter()
+        .map(|p| KvRows {
+            keys: &streams[p.stream].keys,
+            values: &streams[p.stream].values,
+        })
+        .collect();
+    kernels::cached_attention(qkv, s, &kv, attn);
 }
 
 impl Family for Llama {
@@ -720,6 +729,7 @@ impl Family for Llama {
                 n_heads: hq,
                 n_kv_heads: hkv,
                 head_dim: hd,
+                window: None,
             };
             match &mut past {
                 Past::None => {
@@ -728,7 +738,9 @@ impl Family for Llama {
                     kernels::causal_attention(&qkv, attn_shape, &mut attn);
                 }
                 Past::Cached { places, cache } => {
-                    self.attend_cached(layer, &mut qkv, attn_shape, places, cache, &mut attn);
+                    attend_cached(
+                        &self.rope, layer, &mut qkv, attn_shape, places, cache, &mut attn,
+                    );
                 }
             }
             product.linear(&attn, n, &bw.wo, hq * hd, d, &mut branch);

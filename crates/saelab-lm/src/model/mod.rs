@@ -2,8 +2,8 @@
 //!
 //! [`HookedModel`] loads a checkpoint — a GGUF file with every weight dequantised to
 //! f32, or a Hugging Face directory (`config.json` + safetensors) — of a family in the
-//! registry (`FAMILIES`: LLaMA, including SmolLM2, and Qwen2) and runs a batched causal
-//! forward with TransformerLens hook points. Callers see a [`ModelInfo`] (dimensions,
+//! registry (`FAMILIES`: LLaMA, including SmolLM2, Qwen2 and Gemma 3) and runs a
+//! batched causal forward with TransformerLens hook points. Callers see a [`ModelInfo`] (dimensions,
 //! special tokens, the hook points of the family); what a block computes stays in the
 //! family's file.
 //!
@@ -52,10 +52,14 @@
 //! written once, here and in `hooks.rs`; the KV cache and its commit / rollback in
 //! `kv_cache.rs` (the family appends to it and attends over it). A family whose block
 //! is LLaMA's up to what `llama::Variant` says (Q/K/V biases, the GGUF's RoPE row
-//! order) is smaller still: its `Variant` and `Loader`, as `qwen2.rs`.
+//! order) is smaller still: its `Variant` and `Loader`, as `qwen2.rs`. A family with
+//! a block of its own (`gemma3.rs`) still shares the kernels (sliding-window attention
+//! is `AttnShape::window`) and `llama::attend_cached`, the incremental attention over
+//! the cache.
 
 mod activation;
 mod checkpoint;
+mod gemma3;
 mod hooks;
 mod info;
 pub mod kernels;
@@ -154,7 +158,7 @@ pub(crate) struct Loader {
 }
 
 /// The families saelab runs.
-pub(crate) const FAMILIES: &[Loader] = &[llama::LOADER, qwen2::LOADER];
+pub(crate) const FAMILIES: &[Loader] = &[llama::LOADER, qwen2::LOADER, gemma3::LOADER];
 
 /// The families, as `'llama', …`, for error messages.
 fn supported() -> String {
