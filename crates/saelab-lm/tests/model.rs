@@ -1059,7 +1059,7 @@ fn bad_model_files_give_clear_errors() {
         eprintln!("truncated GGUF: {e}");
     }
     // Unsupported architecture.
-    let arch = gguf_file::Value::String("gemma3".into());
+    let arch = gguf_file::Value::String("mamba".into());
     let t = QTensor::quantize(
         &Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap(),
         GgmlDType::F32,
@@ -1075,7 +1075,7 @@ fn bad_model_files_give_clear_errors() {
     .unwrap();
     drop(f);
     let e = err_text(HookedModel::from_gguf(&gem));
-    assert!(e.contains("unsupported architecture 'gemma3'"), "{e}");
+    assert!(e.contains("unsupported architecture 'mamba'"), "{e}");
     // HF directory with a wrong model_type and one with a missing tensor.
     let hf = dir.path().join("hf");
     std::fs::create_dir(&hf).unwrap();
