@@ -26,7 +26,9 @@
 #   MODEL           [smollm2]   the model: smollm2, or a model scripts/setup.sh fetches on
 #                               request (qwen2.5-0.5b: Qwen2.5-Coder-0.5B-Instruct, with
 #                               HOOK blocks.12.hook_resid_post and RUN_DIR
-#                               runs/main-qwen2.5-0.5b unless they are set)
+#                               runs/main-qwen2.5-0.5b unless they are set; gemma3-270m:
+#                               Gemma-3-270M base, blocks.9.hook_resid_post,
+#                               runs/main-gemma3-270m)
 #   SAELAB_DATA     [data]      where setup.sh put the model and corpus (model, corpus)
 #   SAELAB_THREADS  [all cores] threads for the model and the trainer
 #   CHECK           [unset]     if set, fail unless the figures are within the bounds of
@@ -52,7 +54,12 @@ case "${MODEL:-smollm2}" in
     setup_args=(--model qwen2.5-0.5b)
     HOOK="${HOOK:-blocks.12.hook_resid_post}"
     RUN_DIR="${RUN_DIR:-runs/main-qwen2.5-0.5b}" ;;
-  *) echo "main.sh: unknown MODEL ${MODEL} (expected smollm2 or qwen2.5-0.5b)" >&2; exit 2 ;;
+  gemma3-270m)
+    gguf=gemma-3-270m.Q4_K_M.gguf
+    setup_args=(--model gemma3-270m)
+    HOOK="${HOOK:-blocks.9.hook_resid_post}"
+    RUN_DIR="${RUN_DIR:-runs/main-gemma3-270m}" ;;
+  *) echo "main.sh: unknown MODEL ${MODEL} (expected smollm2, qwen2.5-0.5b or gemma3-270m)" >&2; exit 2 ;;
 esac
 
 args=(--set "model=\"$data/models/$gguf\"" --set "corpus=\"$data/corpus\"")

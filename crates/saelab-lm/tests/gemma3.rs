@@ -30,25 +30,12 @@ use saelab_lm::text::{Corpus, HeldOut, LoadOptions, Part};
 use saelab_lm::tokenizer::Tokenizer;
 use saelab_testkit::{real_data, serial, tokenizer_oracle};
 
-/// File name of the model under `$SAELAB_DATA/models/`.
-const GEMMA_GGUF: &str = "gemma-3-270m.Q4_K_M.gguf";
-
 /// The sliding window of the model's local blocks.
 const WINDOW: usize = 512;
 
 /// The Gemma GGUF, or `None` (with a message) when it was not set up.
 fn gemma_path() -> Option<PathBuf> {
-    let p = saelab_testkit::data::data_dir()
-        .join("models")
-        .join(GEMMA_GGUF);
-    if p.is_file() {
-        return Some(p);
-    }
-    eprintln!(
-        "skipping: {} is absent (opt-in: scripts/setup.sh --model gemma3-270m)",
-        p.display()
-    );
-    None
+    saelab_testkit::data::opt_in_model("gemma3-270m")
 }
 
 /// The model (loaded once per test binary), its tokenizer and the lock that runs the
@@ -375,7 +362,6 @@ fn greedy_continuations_of_fixed_prompts() {
     let Some((model, tok, _g)) = gemma() else {
         return;
     };
-    assert!(tok.add_bos());
     let prompts = [
         ("The capital of France is", "France"),
         ("The three primary colours are red,", "yellow"),
@@ -519,7 +505,6 @@ fn tokenizer_ids_of_fixed_strings_match_llama_cpp() {
     let Some(path) = gemma_path() else { return };
     let tok = Tokenizer::from_gguf(&path).unwrap();
     assert!(tok.represents_all_bytes());
-    assert!(tok.add_bos());
     assert_eq!(tok.vocab_size(), 262_144);
     assert_eq!(tok.bos_id(), tok.token_to_id("<bos>"));
     assert_eq!(tok.eos_id(), tok.token_to_id("<eos>"));

@@ -78,8 +78,10 @@ pub fn real_data() -> Option<RealData> {
 
 /// The opt-in models `scripts/setup.sh --model NAME` fetches, as (`NAME`, file name
 /// under `$SAELAB_DATA/models/`).
-pub const OPT_IN_MODELS: &[(&str, &str)] =
-    &[("qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf")];
+pub const OPT_IN_MODELS: &[(&str, &str)] = &[
+    ("qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"),
+    ("gemma3-270m", "gemma-3-270m.Q4_K_M.gguf"),
+];
 
 /// The GGUF of an opt-in model ([`OPT_IN_MODELS`]), or `None` (after a `skipping:`
 /// message) when it was not set up. Never required, CI included: these models are not
