@@ -5,7 +5,7 @@
 //! assembles the pipeline from the metadata instead of hand-writing BPE. A
 //! SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`: tokens and scores, no
 //! merges; Gemma 3) becomes a BPE that reproduces llama.cpp's score-driven merging
-//! with byte fallback (see [`spm_tokenizer`]; its spaces are `▁`, so text holding
+//! with byte fallback (see `spm_tokenizer`; its spaces are `▁`, so text holding
 //! U+2581 itself decodes with a space there). For `tokenizer.ggml.model = "gpt2"`:
 //!
 //! - model: BPE over `tokenizer.ggml.tokens` (id = index) and `tokenizer.ggml.merges`
@@ -18,7 +18,7 @@
 //!     splits the rest; this is `Sequence[Digits(individual), ByteLevel]`, the
 //!     pre-tokenizer of SmolLM2's own `tokenizer.json`;
 //!   - `gpt2` (and `mpt`, `olmo`, `jais`): the GPT-2 regex alone;
-//!   - `qwen2` (Qwen2, Qwen2.5): Qwen2's own split regex, [`QWEN2_SPLIT`], whose
+//!   - `qwen2` (Qwen2, Qwen2.5): Qwen2's own split regex, `QWEN2_SPLIT`, whose
 //!     pieces are then mapped to bytes: contractions in any case, letters with at most
 //!     one leading non-letter non-digit (not a newline), each digit alone,
 //!     punctuation runs with their trailing newlines, newline runs with the whitespace
