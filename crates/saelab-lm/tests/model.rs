@@ -12,6 +12,7 @@
 //! hook values, and plain f64 loops.
 
 mod common;
+use common::compare::{argmax, max_abs_diff};
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -71,14 +72,6 @@ fn contexts(model: &HookedModel, files: &[&str], n: usize, len: usize) -> Vec<Ve
     out
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
-}
-
 fn max_abs(a: &[f32]) -> f32 {
     a.iter().fold(0f32, |m, v| m.max(v.abs()))
 }
@@ -95,19 +88,6 @@ fn values(t: &Tensor) -> Vec<f32> {
 /// An activation as a candle tensor of the same shape.
 fn to_candle(a: &Activation) -> Tensor {
     Tensor::from_slice(a.as_slice(), a.dims().to_vec(), &Device::Cpu).unwrap()
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv {
-                (i, v)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
 }
 
 /// The GGUF at `path`, its tensors read on demand and dequantised to f32.

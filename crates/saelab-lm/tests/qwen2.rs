@@ -12,7 +12,6 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{MutexGuard, OnceLock};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -23,7 +22,11 @@ use saelab_lm::generate::GenerateOptions;
 use saelab_lm::model::{ForwardOptions, HookedModel, Logits};
 use saelab_lm::text::{Corpus, HeldOut, LoadOptions, Part};
 use saelab_lm::tokenizer::Tokenizer;
-use saelab_testkit::{real_data, serial, tokenizer_oracle};
+use saelab_testkit::{real_data, serial};
+
+mod common;
+use common::compare::{argmax, max_abs_diff};
+use common::oracle::{assert_corpus_matches_llama_cpp, assert_fixed_ids, Fixed};
 
 /// The Qwen GGUF, or `None` (with a message) when it was not set up.
 fn qwen_path() -> Option<PathBuf> {
@@ -47,20 +50,6 @@ fn qwen() -> Option<(
         )
     });
     Some((m, t, guard))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn argmax(row: &[f32]) -> usize {
-    (0..row.len())
-        .max_by(|&i, &j| row[i].total_cmp(&row[j]).then(j.cmp(&i)))
-        .unwrap()
 }
 
 /// candle's `quantized_qwen2` on the GGUF at `path` with every tensor dequantised and
@@ -374,9 +363,6 @@ fn hf_export_reloads_to_the_same_logits() {
     assert_eq!(a.as_slice(), b.as_slice());
 }
 
-/// A string, its ids by `encode`, and by `encode_with_special` when they differ.
-type Fixed = (&'static str, &'static [u32], Option<&'static [u32]>);
-
 /// Strings with digits, whitespace runs, Unicode, contractions, code and control-token
 /// text, and their ids by llama.cpp (node-llama-cpp 3.21.1) on this GGUF: as data
 /// (`encode`), and where they differ, with control tokens (`encode_with_special`).
@@ -445,111 +431,12 @@ fn tokenizer_ids_of_fixed_strings_match_llama_cpp() {
     assert!(tok.represents_all_bytes());
     assert_eq!(tok.bos_id(), tok.token_to_id("<|endoftext|>"));
     assert_eq!(tok.eos_id(), tok.token_to_id("<|im_end|>"));
-    for (text, plain, special) in FIXED {
-        let ids = tok.encode(text).unwrap();
-        assert_eq!(&ids, plain, "encode({text:?})");
-        assert_eq!(&tok.decode(&ids).unwrap(), text);
-        let want = special.unwrap_or(plain);
-        assert_eq!(
-            &tok.encode_with_special(text).unwrap(),
-            want,
-            "encode_with_special({text:?})"
-        );
-    }
-}
-
-/// Token ids of every line of `docs` (one JSON string each) by the oracle.
-fn oracle_ids(oracle: &Path, model: &Path, docs: &Path, out: &Path) -> Vec<Vec<u32>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/llama_cpp_tokenize.mjs");
-    let o = Command::new("node")
-        .arg(&script)
-        .args([oracle, model, docs, out])
-        .output()
-        .expect("run node");
-    assert!(
-        o.status.success(),
-        "the tokenizer oracle failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let words: Vec<u32> = std::fs::read(out)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    let mut docs = Vec::new();
-    let mut at = 0;
-    while at < words.len() {
-        let n = words[at] as usize;
-        docs.push(words[at + 1..at + 1 + n].to_vec());
-        at += 1 + n;
-    }
-    docs
+    assert_fixed_ids(&tok, FIXED);
 }
 
 #[test]
 fn every_corpus_document_round_trips_and_tokenizes_as_llama_cpp_does() {
     let Some(path) = qwen_path() else { return };
     let Some(data) = real_data() else { return };
-    let tok = Tokenizer::from_gguf(&path).unwrap();
-    let corpus = Corpus::load(&data.corpus, &LoadOptions::default()).unwrap();
-    let texts: Vec<&str> = corpus.documents().iter().map(|d| d.text.as_str()).collect();
-    let ours = tok.encode_batch(&texts).unwrap();
-    let tokens: usize = ours.iter().map(Vec::len).sum();
-    for (doc, ids) in corpus.documents().iter().zip(&ours) {
-        assert_eq!(
-            tok.decode(ids).unwrap(),
-            doc.text,
-            "{}: round trip",
-            doc.source
-        );
-    }
-    eprintln!(
-        "{} documents, {tokens} tokens: exact round trip",
-        texts.len()
-    );
-    assert!(tokens > 2_000_000, "{tokens} tokens");
-
-    let Some(oracle) = tokenizer_oracle() else {
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let docs = tmp.path().join("docs.jsonl");
-    let jsonl: String = texts
-        .iter()
-        .map(|t| serde_json::to_string(t).unwrap() + "\n")
-        .collect();
-    std::fs::write(&docs, jsonl).unwrap();
-    let theirs = oracle_ids(&oracle, &path, &docs, &tmp.path().join("ids.bin"));
-    assert_eq!(theirs.len(), ours.len(), "one token list per document");
-    let differ: Vec<String> = corpus
-        .documents()
-        .iter()
-        .zip(&ours)
-        .zip(&theirs)
-        .filter(|((_, a), b)| a != b)
-        .map(|((doc, a), b)| {
-            let at = a
-                .iter()
-                .zip(b)
-                .position(|(x, y)| x != y)
-                .unwrap_or(a.len().min(b.len()));
-            format!(
-                "{}: token {at}: saelab {:?}, llama.cpp {:?}",
-                doc.source,
-                &a[at..(at + 3).min(a.len())],
-                &b[at..(at + 3).min(b.len())]
-            )
-        })
-        .collect();
-    eprintln!(
-        "llama.cpp: {} of {} documents differ",
-        differ.len(),
-        texts.len()
-    );
-    assert!(
-        differ.is_empty(),
-        "{} documents tokenize differently, e.g.\n{}",
-        differ.len(),
-        differ[..differ.len().min(10)].join("\n")
-    );
+    assert_corpus_matches_llama_cpp(&path, &data.corpus, 2_000_000);
 }

@@ -1,2 +1,7 @@
+//! Helpers shared by the test binaries of this crate; each binary uses a part of them.
+#![allow(dead_code)]
+
+pub mod compare;
 pub mod gguf_bpe;
+pub mod oracle;
 pub mod tiny_llama;
