@@ -13,8 +13,8 @@
 
 mod common;
 use common::compare::{argmax, max_abs_diff};
+use common::f32_gguf::f32_gguf;
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{MutexGuard, OnceLock};
 
@@ -125,29 +125,8 @@ impl GgufF32 {
     fn quantized_llama(&self) -> quantized_llama::ModelWeights {
         let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
         names.sort();
-        let q: Vec<(&str, QTensor)> = names
-            .iter()
-            .map(|n| {
-                let t = QTensor::quantize(&self.get(n), GgmlDType::F32).unwrap();
-                (n.as_str(), t)
-            })
-            .collect();
-        let md: Vec<(&str, &gguf_file::Value)> = self
-            .content
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.as_str(), v))
-            .collect();
-        let tref: Vec<(&str, &QTensor)> = q.iter().map(|(n, t)| (*n, t)).collect();
-        let mut buf = Cursor::new(Vec::new());
-        gguf_file::write(&mut buf, &md, &tref).unwrap();
-        drop(q);
-        buf.set_position(0);
-        let ct32 = gguf_file::Content::read(&mut buf).unwrap();
-        assert!(ct32
-            .tensor_infos
-            .values()
-            .all(|t| t.ggml_dtype == GgmlDType::F32));
+        let tensors = names.iter().map(|n| (n.as_str(), self.get(n))).collect();
+        let (ct32, mut buf) = f32_gguf(&self.content.metadata, tensors);
         quantized_llama::ModelWeights::from_gguf(ct32, &mut buf, &Device::Cpu).unwrap()
     }
 }

@@ -10,11 +10,10 @@
 //! sides compute in f32), llama.cpp's tokenizer through node-llama-cpp (the oracle of
 //! `tokenizer_oracle.rs`) and token ids it gave for a fixed set of strings.
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{MutexGuard, OnceLock};
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_qwen2;
 use saelab_lm::chat::{ChatTemplate, Message};
@@ -26,6 +25,7 @@ use saelab_testkit::{real_data, serial};
 
 mod common;
 use common::compare::{argmax, max_abs_diff};
+use common::f32_gguf::f32_gguf;
 use common::oracle::{assert_corpus_matches_llama_cpp, assert_fixed_ids, Fixed};
 
 /// The Qwen GGUF, or `None` (with a message) when it was not set up.
@@ -59,26 +59,14 @@ fn candle_qwen2_f32(path: &Path) -> quantized_qwen2::ModelWeights {
     let content = gguf_file::Content::read(&mut f).unwrap();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
-    let q: Vec<(&str, QTensor)> = names
+    let tensors = names
         .iter()
         .map(|n| {
             let t = content.tensor(&mut f, n, &Device::Cpu).unwrap();
-            let t = t.dequantize(&Device::Cpu).unwrap();
-            (n.as_str(), QTensor::quantize(&t, GgmlDType::F32).unwrap())
+            (n.as_str(), t.dequantize(&Device::Cpu).unwrap())
         })
         .collect();
-    let md: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let tref: Vec<(&str, &QTensor)> = q.iter().map(|(n, t)| (*n, t)).collect();
-    let mut buf = Cursor::new(Vec::new());
-    gguf_file::write(&mut buf, &md, &tref).unwrap();
-    drop(tref);
-    drop(q);
-    buf.set_position(0);
-    let ct32 = gguf_file::Content::read(&mut buf).unwrap();
+    let (ct32, mut buf) = f32_gguf(&content.metadata, tensors);
     quantized_qwen2::ModelWeights::from_gguf(ct32, &mut buf, &Device::Cpu).unwrap()
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod compare;
+pub mod f32_gguf;
 pub mod gguf_bpe;
 pub mod oracle;
 pub mod tiny_llama;
