@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{MutexGuard, OnceLock};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_transformers::models::gemma3;
 use saelab_lm::generate::GenerateOptions;
 use saelab_lm::model::{ForwardOptions, HookedModel, Logits};
@@ -30,8 +30,9 @@ use saelab_lm::tokenizer::Tokenizer;
 use saelab_testkit::{real_data, serial};
 
 mod common;
-use common::compare::{argmax, max_abs_diff};
+use common::compare::argmax;
 use common::oracle::{assert_corpus_matches_llama_cpp, assert_fixed_ids, Fixed};
+use common::parity::assert_last_logits_match;
 
 /// The sliding window of the model's local blocks.
 const WINDOW: usize = 512;
@@ -173,45 +174,10 @@ fn last_position_logits_match_candle_gemma3_in_f32() {
         prompts.push([vec![bos], ids[..699].to_vec()].concat());
     }
     let mut reference = candle_gemma3_f32(model.source());
-    let mut worst = 0f32;
-    for p in &prompts {
-        let ours = model
-            .forward(&[p], &ForwardOptions::new().logits(Logits::Last))
-            .unwrap()
-            .logits
-            .unwrap();
-        let ids = Tensor::new(p.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
+    assert_last_logits_match(model, tok, &prompts, |ids| {
         reference.clear_kv_cache();
-        let theirs: Vec<f32> = reference
-            .forward(&ids, 0)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let diff = max_abs_diff(ours.as_slice(), &theirs);
-        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        eprintln!(
-            "prompt of {} tokens: last position max |Δlogit| = {diff:.2e} (max |logit| \
-             {scale:.1}), argmax {} {:?}",
-            p.len(),
-            argmax(&theirs),
-            tok.token_str(argmax(&theirs) as u32).unwrap_or_default()
-        );
-        assert_eq!(argmax(ours.as_slice()), argmax(&theirs));
-        worst = worst.max(diff);
-    }
-    eprintln!(
-        "worst last-position max |Δlogit| over {} prompts: {worst:.2e}",
-        prompts.len()
-    );
-    assert!(
-        worst <= 1e-3,
-        "last-position logit difference {worst} > 1e-3"
-    );
+        reference.forward(ids, 0).unwrap()
+    });
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{MutexGuard, OnceLock};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use candle_transformers::models::quantized_qwen2;
 use saelab_lm::chat::{ChatTemplate, Message};
 use saelab_lm::generate::GenerateOptions;
@@ -24,9 +24,10 @@ use saelab_lm::tokenizer::Tokenizer;
 use saelab_testkit::{real_data, serial};
 
 mod common;
-use common::compare::{argmax, max_abs_diff};
+use common::compare::argmax;
 use common::f32_gguf::f32_gguf;
 use common::oracle::{assert_corpus_matches_llama_cpp, assert_fixed_ids, Fixed};
+use common::parity::assert_last_logits_match;
 
 /// The Qwen GGUF, or `None` (with a message) when it was not set up.
 fn qwen_path() -> Option<PathBuf> {
@@ -112,45 +113,10 @@ fn last_position_logits_match_candle_quantized_qwen2_in_f32() {
         let ids = tok.encode(&texts[0]).unwrap();
         prompts.push(ids[..ids.len().min(200)].to_vec());
     }
-    let mut worst = 0f32;
-    for p in &prompts {
-        let ours = model
-            .forward(&[p], &ForwardOptions::new().logits(Logits::Last))
-            .unwrap()
-            .logits
-            .unwrap();
-        let ids = Tensor::new(p.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
+    assert_last_logits_match(model, tok, &prompts, |ids| {
         reference.clear_kv_cache();
-        let theirs: Vec<f32> = reference
-            .forward(&ids, 0)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let diff = max_abs_diff(ours.as_slice(), &theirs);
-        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        eprintln!(
-            "prompt of {} tokens: last position max |Δlogit| = {diff:.2e} (max |logit| \
-             {scale:.1}), argmax {} {:?}",
-            p.len(),
-            argmax(&theirs),
-            tok.token_str(argmax(&theirs) as u32).unwrap_or_default()
-        );
-        assert_eq!(argmax(ours.as_slice()), argmax(&theirs));
-        worst = worst.max(diff);
-    }
-    eprintln!(
-        "worst last-position max |Δlogit| over {} prompts: {worst:.2e}",
-        prompts.len()
-    );
-    assert!(
-        worst <= 1e-3,
-        "last-position logit difference {worst} > 1e-3"
-    );
+        reference.forward(ids, 0).unwrap()
+    });
 }
 
 #[test]

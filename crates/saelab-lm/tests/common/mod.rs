@@ -5,4 +5,5 @@ pub mod compare;
 pub mod f32_gguf;
 pub mod gguf_bpe;
 pub mod oracle;
+pub mod parity;
 pub mod tiny_llama;
