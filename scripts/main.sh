@@ -26,7 +26,9 @@
 #   MODEL           [smollm2]   the model: smollm2, or a model scripts/setup.sh fetches on
 #                               request (qwen2.5-0.5b: Qwen2.5-Coder-0.5B-Instruct, with
 #                               HOOK blocks.12.hook_resid_post and RUN_DIR
-#                               runs/main-qwen2.5-0.5b unless they are set; gemma3-270m:
+#                               runs/main-qwen2.5-0.5b unless they are set; qwen2.5-1.5b:
+#                               Qwen2.5-Coder-1.5B-Instruct, blocks.14.hook_resid_post,
+#                               runs/main-qwen2.5-1.5b; gemma3-270m:
 #                               Gemma-3-270M base, blocks.9.hook_resid_post,
 #                               runs/main-gemma3-270m)
 #   SAELAB_DATA     [data]      where setup.sh put the model and corpus (model, corpus)
@@ -54,12 +56,17 @@ case "${MODEL:-smollm2}" in
     setup_args=(--model qwen2.5-0.5b)
     HOOK="${HOOK:-blocks.12.hook_resid_post}"
     RUN_DIR="${RUN_DIR:-runs/main-qwen2.5-0.5b}" ;;
+  qwen2.5-1.5b)
+    gguf=Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
+    setup_args=(--model qwen2.5-1.5b)
+    HOOK="${HOOK:-blocks.14.hook_resid_post}"
+    RUN_DIR="${RUN_DIR:-runs/main-qwen2.5-1.5b}" ;;
   gemma3-270m)
     gguf=gemma-3-270m.Q4_K_M.gguf
     setup_args=(--model gemma3-270m)
     HOOK="${HOOK:-blocks.9.hook_resid_post}"
     RUN_DIR="${RUN_DIR:-runs/main-gemma3-270m}" ;;
-  *) echo "main.sh: unknown MODEL ${MODEL} (expected smollm2, qwen2.5-0.5b or gemma3-270m)" >&2; exit 2 ;;
+  *) echo "main.sh: unknown MODEL ${MODEL} (expected smollm2, qwen2.5-0.5b, qwen2.5-1.5b or gemma3-270m)" >&2; exit 2 ;;
 esac
 
 args=(--set "model=\"$data/models/$gguf\"" --set "corpus=\"$data/corpus\"")

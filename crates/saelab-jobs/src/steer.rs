@@ -365,14 +365,15 @@ pub struct Steerer {
     pub model_path: PathBuf,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
-    chat: Option<ChatTemplate>,
+    /// Its chat template, or why it has none saelab can use (kept for `--chat`'s error).
+    chat: std::result::Result<ChatTemplate, String>,
 }
 
 impl std::fmt::Debug for Steerer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Steerer")
             .field("model_path", &self.model_path)
-            .field("chat", &self.chat.is_some())
+            .field("chat", &self.chat.is_ok())
             .finish_non_exhaustive()
     }
 }
@@ -388,7 +389,7 @@ impl Steerer {
     /// Wraps an already loaded `model` (from `path`).
     pub fn new(model: HookedModel, path: &Path) -> Result<Self> {
         let tokenizer = tokenizer_for_model(path)?;
-        let chat = ChatTemplate::from_tokenizer(&tokenizer).ok();
+        let chat = ChatTemplate::from_tokenizer(&tokenizer).map_err(|e| e.to_string());
         Ok(Steerer {
             model,
             model_path: path.to_path_buf(),
@@ -406,11 +407,8 @@ impl Steerer {
             return Err(Error::invalid("the prompt is empty"));
         }
         let ids = if chat {
-            let t = self.chat.as_ref().ok_or_else(|| {
-                Error::invalid(format!(
-                    "{}: has no ChatML chat template; leave out --chat",
-                    self.model_path.display()
-                ))
+            let t = self.chat.as_ref().map_err(|why| {
+                Error::invalid(format!("{why}; leave out --chat"))
             })?;
             t.encode(&self.tokenizer, &[Message::user(text)], true)?
         } else {

@@ -46,8 +46,11 @@ const CHATML_DEFAULT_SYSTEM: &str = "{% for message in messages %}{% if loop.fir
     + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% \
     endif %}";
 
-/// Qwen2.5's instruct template (as its GGUF stores it), ChatML with a default system
-/// message (`@SYSTEM@`, at both places it appears) and branches for tools.
+/// Qwen2.5's instruct template (as the GGUF of Qwen2.5-Coder-0.5B-Instruct stores it),
+/// ChatML with a default system message (`@SYSTEM@`, at both places it appears) and
+/// branches for tools. Later uploads (Qwen2.5-Coder-1.5B-Instruct's GGUF) write the
+/// tools branch's JSON example with doubled braces, [`QWEN25_TOOLS_EXAMPLE`]; the
+/// conversations saelab renders (no tools) come out the same from both.
 const QWEN25_CHATML: &str = r#"{%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if messages[0]['role'] == 'system' %}
@@ -161,6 +164,12 @@ impl Message {
     }
 }
 
+/// The tools branch's JSON example in [`QWEN25_CHATML`], and as later uploads write it.
+const QWEN25_TOOLS_EXAMPLE: (&str, &str) = (
+    r#"\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"#,
+    r#"\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n"#,
+);
+
 /// A chat template saelab implements: ChatML, with or without a default system message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChatTemplate {
@@ -178,7 +187,9 @@ impl ChatTemplate {
                 default_system: None,
             });
         }
-        for form in [CHATML_DEFAULT_SYSTEM, QWEN25_CHATML] {
+        let (example, doubled) = QWEN25_TOOLS_EXAMPLE;
+        let qwen25_doubled = QWEN25_CHATML.replace(example, doubled);
+        for form in [CHATML_DEFAULT_SYSTEM, QWEN25_CHATML, &qwen25_doubled] {
             if let Some(system) = norm.as_deref().and_then(|n| default_system_of(n, form)) {
                 return Ok(ChatTemplate {
                     default_system: Some(system),
@@ -464,6 +475,11 @@ mod tests {
             .replacen("@SYSTEM@", sys, 1)
             .replace("@SYSTEM@", "Other.");
         assert!(ChatTemplate::parse(&one).is_err());
+        // The later spelling of the tools example (Qwen2.5-Coder-1.5B-Instruct's GGUF).
+        let (example, doubled) = QWEN25_TOOLS_EXAMPLE;
+        let later = stored.replace(example, doubled);
+        assert_ne!(later, stored);
+        assert_eq!(ChatTemplate::parse(&later).unwrap(), t);
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub fn real_data() -> Option<RealData> {
 /// under `$SAELAB_DATA/models/`).
 pub const OPT_IN_MODELS: &[(&str, &str)] = &[
     ("qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"),
+    ("qwen2.5-1.5b", "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"),
     ("gemma3-270m", "gemma-3-270m.Q4_K_M.gguf"),
 ];
 

@@ -6,4 +6,5 @@ pub mod f32_gguf;
 pub mod gguf_bpe;
 pub mod oracle;
 pub mod parity;
+pub mod qwen2;
 pub mod tiny_llama;
