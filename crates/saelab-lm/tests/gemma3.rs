@@ -230,6 +230,69 @@ fn kv_cached_greedy_generation_beyond_the_window_equals_recomputation() {
 }
 
 #[test]
+fn kv_cache_of_local_blocks_stays_within_the_window() {
+    let Some((model, tok, _g)) = gemma() else {
+        return;
+    };
+    let Some(texts) = held_out_texts() else {
+        return;
+    };
+    // A stream fed 300 tokens, then 1 at a time up to 3 windows and more: a local
+    // block holds at most the window plus 64 positions, a global block all of them,
+    // and the steps' logits at three positions past the first trim equal the full
+    // forward's (up to the difference of one position's product in a batch and alone).
+    let bos = tok.bos_id().unwrap();
+    let ids: Vec<u32> = texts
+        .iter()
+        .map(|t| tok.encode(t).unwrap())
+        .find(|ids| ids.len() >= 3 * WINDOW + 100)
+        .expect("a held-out document of 1 636 tokens");
+    let seq: Vec<u32> = [vec![bos], ids[..3 * WINDOW + 99].to_vec()].concat();
+    let checked = [WINDOW + 70, 2 * WINDOW + 3, seq.len() - 1];
+    let mut cache = model.kv_cache(1);
+    let last = ForwardOptions::new().logits(Logits::Last);
+    model
+        .forward_cached(&[&seq[..300]], &mut cache, &[0], &last)
+        .unwrap();
+    let mut worst = 0f32;
+    for p in 300..seq.len() {
+        let out = model
+            .forward_cached(&[&seq[p..p + 1]], &mut cache, &[0], &last)
+            .unwrap();
+        if checked.contains(&p) {
+            let want = model.forward(&[&seq[..=p]], &last).unwrap().logits.unwrap();
+            let got = out.logits.unwrap();
+            assert_eq!(
+                argmax(got.as_slice()),
+                argmax(want.as_slice()),
+                "position {p}"
+            );
+            worst = worst.max(common::compare::max_abs_diff(
+                got.as_slice(),
+                want.as_slice(),
+            ));
+        }
+        for layer in 0..model.n_layers() {
+            let held = cache.held_positions(layer, 0);
+            if layer % 6 == 5 {
+                assert_eq!(held, p + 1, "global block {layer} at position {p}");
+            } else {
+                assert!(held <= WINDOW + 64, "local block {layer} holds {held}");
+            }
+        }
+    }
+    let local = cache.held_positions(0, 0);
+    eprintln!(
+        "after {} positions: a local block holds {local}, a global one {}; worst \
+         |Δlogit| of the cached steps {worst:.2e}",
+        seq.len(),
+        cache.held_positions(5, 0)
+    );
+    assert!(local < seq.len() / 2);
+    assert!(worst < 1e-3, "cached vs full logits differ by {worst}");
+}
+
+#[test]
 fn next_token_cross_entropy_on_held_out_text_is_plausible() {
     let Some((model, tok, _g)) = gemma() else {
         return;

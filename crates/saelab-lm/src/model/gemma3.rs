@@ -44,9 +44,10 @@
 //! and key norm gains, which are per position within a head. The permutation changes no
 //! score `q · k`, so `kernels`' one RoPE kernel serves.
 //!
-//! The KV cache holds every position of every block; local blocks attend only to the
-//! window's positions of it, so cached generation beyond the window equals the full
-//! forward.
+//! The KV cache holds every position of the global blocks and, of a local block, only
+//! the window's last positions (`Family::kv_window`; `kv_cache.rs` drops the older
+//! ones), so cached generation beyond the window equals the full forward and the local
+//! blocks' memory stays bounded.
 
 use std::path::Path;
 
@@ -587,6 +588,10 @@ impl Family for Gemma3 {
 
     fn kv_width(&self) -> usize {
         self.cfg.n_kv_heads * self.cfg.head_dim
+    }
+
+    fn kv_window(&self, layer: usize) -> Option<usize> {
+        (!Gemma3Config::is_global(layer)).then_some(self.cfg.sliding_window)
     }
 
     fn blocks(

@@ -405,15 +405,18 @@ pub fn causal_attention(qkv: &[f32], s: AttnShape, out: &mut [f32]) {
     );
 }
 
-/// The keys and values of one sequence at every position seen so far, for
-/// [`cached_attention`]: `keys` and `values` are `[len, KV·hd]`, row `p` holding
-/// absolute position `p` (keys already rotated).
+/// The keys and values of one sequence at the positions seen so far, for
+/// [`cached_attention`]: `keys` and `values` are `[rows, KV·hd]`, row `r` holding
+/// absolute position `first + r` (keys already rotated). `first` is 0 unless the
+/// positions before it were dropped, which only a windowed attention allows.
 #[derive(Clone, Copy, Debug)]
 pub struct KvRows<'a> {
-    /// Keys `[len, KV·hd]`.
+    /// Keys `[rows, KV·hd]`.
     pub keys: &'a [f32],
-    /// Values `[len, KV·hd]`.
+    /// Values `[rows, KV·hd]`.
     pub values: &'a [f32],
+    /// Absolute position of row 0.
+    pub first: usize,
 }
 
 /// Grouped-query attention of new positions over all the positions of their sequence:
@@ -421,11 +424,13 @@ pub struct KvRows<'a> {
 ///
 /// `qkv [B·T, (H + 2·KV)·hd]` is laid out as for [`causal_attention`], but only its
 /// (rotated) query heads are read: the keys and values of sequence `b` come from
-/// `kv[b]`, whose last `T` rows are the new positions' own. With `len_b` the rows of
-/// `kv[b]`, new row `t` is position `p = len_b − T + t` and attends to positions `≤ p`
-/// (every cached one, and the new ones up to itself), or, with `s.window = Some(w)`,
-/// to positions `p − w < j ≤ p` only. Writes `out [B·T, H·hd]`, scores scaled by
-/// `1/√hd`, exactly as [`causal_attention`] computes each row.
+/// `kv[b]`, whose last `T` rows are the new positions' own. With `len_b` the position
+/// after `kv[b]`'s last row, new row `t` is position `p = len_b − T + t` and attends to
+/// positions `≤ p` (every cached one, and the new ones up to itself), or, with
+/// `s.window = Some(w)`, to positions `p − w < j ≤ p` only; every position attended to
+/// must be held (`first ≤ len_b − T + 1 − w` with a window, `first = 0` without).
+/// Writes `out [B·T, H·hd]`, scores scaled by `1/√hd`, exactly as [`causal_attention`]
+/// computes each row.
 pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut [f32]) {
     let AttnShape {
         batch,
@@ -457,7 +462,9 @@ pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut 
         |scores, task| {
             let (b, h) = (task / n_heads, task % n_heads);
             let g = h / group;
-            let start = kv[b].keys.len() / kv_stride - t;
+            let first = kv[b].first;
+            let start = first + kv[b].keys.len() / kv_stride - t;
+            debug_assert!(first <= first_key(start, window));
             let q = &qkv[b * t * stride + h * hd..];
             let k = &kv[b].keys[g * hd..];
             let v = &kv[b].values[g * hd..];
@@ -470,9 +477,10 @@ pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut 
                 let keys = start + i1 - k0;
                 let sc = &mut scores[..rows * keys];
                 // SAFETY: q rows i0..i1 lie inside this sequence's part of `qkv`; k and v
-                // rows k0..k0 + keys lie inside `kv[b]` (k0 + keys ≤ len_b, and head g's
-                // columns end at (g + 1)·hd ≤ kv_stride); the output rows i0..i1 of head
-                // h of sequence b are written by this task only.
+                // rows k0 − first..k0 − first + keys lie inside `kv[b]` (first ≤ k0 and
+                // k0 + keys ≤ len_b, and head g's columns end at (g + 1)·hd ≤
+                // kv_stride); the output rows i0..i1 of head h of sequence b are written
+                // by this task only.
                 unsafe {
                     matrixmultiply::sgemm(
                         rows,
@@ -482,7 +490,7 @@ pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut 
                         q.as_ptr().add(i0 * stride),
                         stride as isize,
                         1,
-                        k.as_ptr().add(k0 * kv_stride),
+                        k.as_ptr().add((k0 - first) * kv_stride),
                         1,
                         kv_stride as isize,
                         0.0,
@@ -504,7 +512,7 @@ pub fn cached_attention(qkv: &[f32], s: AttnShape, kv: &[KvRows<'_>], out: &mut 
                         sc.as_ptr(),
                         keys as isize,
                         1,
-                        v.as_ptr().add(k0 * kv_stride),
+                        v.as_ptr().add((k0 - first) * kv_stride),
                         kv_stride as isize,
                         1,
                         0.0,
@@ -962,42 +970,56 @@ mod tests {
             .collect();
         let mut full = vec![0f32; s.batch * s.seq_len * hq * hd];
         causal_attention(&qkv, s, &mut full);
+        // With a window, also from caches holding only the positions the first new
+        // query sees (the older ones dropped, as `KvCache` does for windowed blocks).
+        let firsts = |start: usize| match window {
+            None => vec![0],
+            Some(_) => vec![0, first_key(start, window)],
+        };
         for t_new in [1, 5, 70] {
             let start = s.seq_len - t_new;
-            let mut caches = Vec::new();
-            let mut new_rows = Vec::new();
-            for b in 0..s.batch {
-                let rows = &qkv[b * s.seq_len * stride..(b + 1) * s.seq_len * stride];
-                let part = |from: usize, w: usize| -> Vec<f32> {
-                    rows.chunks_exact(stride)
-                        .flat_map(|r| r[from..from + w].to_vec())
-                        .collect()
-                };
-                caches.push((part(hq * hd, hkv * hd), part((hq + hkv) * hd, hkv * hd)));
-                new_rows.extend_from_slice(&rows[start * stride..]);
-            }
-            let kv: Vec<KvRows<'_>> = caches
-                .iter()
-                .map(|(k, v)| KvRows { keys: k, values: v })
-                .collect();
-            let sn = AttnShape {
-                seq_len: t_new,
-                ..s
-            };
-            let mut out = vec![0f32; s.batch * t_new * hq * hd];
-            cached_attention(&new_rows, sn, &kv, &mut out);
-            for b in 0..s.batch {
-                let want = &full[(b * s.seq_len + start) * hq * hd..(b + 1) * s.seq_len * hq * hd];
-                let got = &out[b * t_new * hq * hd..(b + 1) * t_new * hq * hd];
-                let worst = got
+            for first in firsts(start) {
+                let mut caches = Vec::new();
+                let mut new_rows = Vec::new();
+                for b in 0..s.batch {
+                    let rows = &qkv[b * s.seq_len * stride..(b + 1) * s.seq_len * stride];
+                    let part = |from: usize, w: usize| -> Vec<f32> {
+                        rows.chunks_exact(stride)
+                            .skip(first)
+                            .flat_map(|r| r[from..from + w].to_vec())
+                            .collect()
+                    };
+                    caches.push((part(hq * hd, hkv * hd), part((hq + hkv) * hd, hkv * hd)));
+                    new_rows.extend_from_slice(&rows[start * stride..]);
+                }
+                let kv: Vec<KvRows<'_>> = caches
                     .iter()
-                    .zip(want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(
-                    worst < 1e-6,
-                    "window {window:?}, t_new {t_new}: max abs diff {worst}"
-                );
+                    .map(|(k, v)| KvRows {
+                        keys: k,
+                        values: v,
+                        first,
+                    })
+                    .collect();
+                let sn = AttnShape {
+                    seq_len: t_new,
+                    ..s
+                };
+                let mut out = vec![0f32; s.batch * t_new * hq * hd];
+                cached_attention(&new_rows, sn, &kv, &mut out);
+                for b in 0..s.batch {
+                    let want =
+                        &full[(b * s.seq_len + start) * hq * hd..(b + 1) * s.seq_len * hq * hd];
+                    let got = &out[b * t_new * hq * hd..(b + 1) * t_new * hq * hd];
+                    let worst = got
+                        .iter()
+                        .zip(want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        worst < 1e-6,
+                        "window {window:?}, t_new {t_new}, first {first}: max abs diff {worst}"
+                    );
+                }
             }
         }
     }

@@ -11,18 +11,28 @@
 //! failed forward (a patch returning an error) leaves the cache as it was.
 //!
 //! Memory: `2 · n_layers · width · 4` bytes per position and stream (SmolLM2-135M:
-//! 30 blocks × 2 × 192 values, 46 KB per position).
+//! 30 blocks × 2 × 192 values, 46 KB per position). A block with a sliding window `w`
+//! (Gemma 3's local blocks) keeps only the positions a later query can still see, at
+//! most `w + TRIM_SLACK` rows per stream between forwards: its memory is bounded
+//! however long the stream grows.
 
 use super::activation::Placement;
 
-/// The keys and values of one stream at one block: `[len, width]` each, row `p` holding
-/// absolute position `p`.
+/// Rows past a window a block may hold before they are dropped: dropping in steps of
+/// this many keeps the copy of the remaining rows to once per this many tokens.
+const TRIM_SLACK: usize = 64;
+
+/// The keys and values of one stream at one block: `[rows, width]` each, row `r`
+/// holding absolute position `first + r` (`first` is 0 unless a window dropped the
+/// positions before it).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LayerKv {
-    /// Keys, RoPE already applied, `[len, width]`.
+    /// Keys, RoPE already applied, `[rows, width]`.
     pub keys: Vec<f32>,
-    /// Values `[len, width]`.
+    /// Values `[rows, width]`.
     pub values: Vec<f32>,
+    /// Absolute position of row 0.
+    pub first: usize,
 }
 
 /// Keys and values of the positions seen so far, per block, for a batch of streams of
@@ -34,19 +44,29 @@ pub struct KvCache {
     width: usize,
     /// `[layer][stream]`.
     layers: Vec<Vec<LayerKv>>,
+    /// Per block, the sliding window of its attention (`None`: every position).
+    windows: Vec<Option<usize>>,
     /// Committed positions per stream.
     lens: Vec<usize>,
 }
 
 impl KvCache {
-    /// An empty cache of `batch` streams for a model of `n_layers` blocks whose keys
-    /// and values are `width` wide.
-    pub(crate) fn new(n_layers: usize, width: usize, batch: usize) -> Self {
+    /// An empty cache of `batch` streams for a model whose blocks have these sliding
+    /// windows (one entry per block, `None` for full attention) and whose keys and
+    /// values are `width` wide.
+    pub(crate) fn new(windows: Vec<Option<usize>>, width: usize, batch: usize) -> Self {
         KvCache {
             width,
-            layers: vec![vec![LayerKv::default(); batch]; n_layers],
+            layers: vec![vec![LayerKv::default(); batch]; windows.len()],
+            windows,
             lens: vec![0; batch],
         }
+    }
+
+    /// Positions block `layer` holds for stream `s`: all of them, or for a block with
+    /// a window `w`, at most `w + 64` (the last ones).
+    pub fn held_positions(&self, layer: usize, s: usize) -> usize {
+        self.layers[layer][s].keys.len() / self.width
     }
 
     /// Number of streams.
@@ -81,15 +101,30 @@ impl KvCache {
     }
 
     /// Makes the `new` positions appended to each of `streams` at every block part of
-    /// the cache.
+    /// the cache; a block with a window `w` then drops the positions no later query
+    /// can see (before `len + 1 − w`), once `TRIM_SLACK` of them have gathered.
     pub(crate) fn commit(&mut self, streams: &[usize], new: usize) {
         for &s in streams {
             self.lens[s] += new;
         }
+        let w = self.width;
+        for (layer, window) in self.layers.iter_mut().zip(&self.windows) {
+            let Some(window) = *window else { continue };
+            for &s in streams {
+                let kv = &mut layer[s];
+                let keep_from = (self.lens[s] + 1).saturating_sub(window);
+                if keep_from >= kv.first + TRIM_SLACK {
+                    let drop = (keep_from - kv.first) * w;
+                    kv.keys.drain(..drop);
+                    kv.values.drain(..drop);
+                    kv.first = keep_from;
+                }
+            }
+        }
         debug_assert!(self.layers.iter().all(|l| l
             .iter()
             .zip(&self.lens)
-            .all(|(kv, &len)| kv.keys.len() == len * self.width)));
+            .all(|(kv, &len)| kv.keys.len() == (len - kv.first) * w)));
     }
 
     /// Drops whatever was appended since the last commit (after a failed forward).
@@ -97,8 +132,8 @@ impl KvCache {
         let w = self.width;
         for layer in &mut self.layers {
             for (kv, &len) in layer.iter_mut().zip(&self.lens) {
-                kv.keys.truncate(len * w);
-                kv.values.truncate(len * w);
+                kv.keys.truncate((len - kv.first) * w);
+                kv.values.truncate((len - kv.first) * w);
             }
         }
     }

@@ -677,6 +677,7 @@ pub(super) fn attend_cached(
         .map(|p| KvRows {
             keys: &streams[p.stream].keys,
             values: &streams[p.stream].values,
+            first: streams[p.stream].first,
         })
         .collect();
     kernels::cached_attention(qkv, s, &kv, attn);

@@ -114,6 +114,12 @@ pub(crate) trait Family: Send + Sync {
     /// Values per position of one block's keys (and of its values) in a [`KvCache`].
     fn kv_width(&self) -> usize;
 
+    /// The sliding window of block `layer`'s attention, `None` (the default) when it
+    /// attends to every earlier position. A [`KvCache`] keeps only a window's positions.
+    fn kv_window(&self, _layer: usize) -> Option<usize> {
+        None
+    }
+
     /// Runs blocks `0..n_blocks` on the residual stream `x [B·T, d_model]` in place,
     /// calling [`Hooks::visit`] with each hook point's activation as it is computed.
     /// With [`Past::Cached`] the rows are new positions of cache streams (`n_blocks` is
@@ -332,7 +338,10 @@ impl HookedModel {
 
     /// An empty [`KvCache`] of `batch` streams for [`HookedModel::forward_cached`].
     pub fn kv_cache(&self, batch: usize) -> KvCache {
-        KvCache::new(self.n_layers(), self.family.kv_width(), batch)
+        let windows = (0..self.n_layers())
+            .map(|l| self.family.kv_window(l))
+            .collect();
+        KvCache::new(windows, self.family.kv_width(), batch)
     }
 
     /// Run new tokens of some streams of `cache`: `tokens[i]` (all of one length `T ≥ 1`)
