@@ -1035,6 +1035,9 @@ fn bad_model_files_give_clear_errors() {
     drop(f);
     let e = err_text(HookedModel::from_gguf(&gem));
     assert!(e.contains("unsupported architecture 'mamba'"), "{e}");
+    for supported in ["llama", "qwen2", "gemma3"] {
+        assert!(e.contains(supported), "{supported} missing from: {e}");
+    }
     // HF directory with a wrong model_type and one with a missing tensor.
     let hf = dir.path().join("hf");
     std::fs::create_dir(&hf).unwrap();
