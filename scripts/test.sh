@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/setup.sh --oracle
-./scripts/test_setup.sh     # setup's refusals: unknown model, a part with the wrong bytes
+./scripts/test_setup.sh     # setup: nothing fetched twice, a damaged encoder folder, its refusals
 ./scripts/setup-browser.sh   # Debian's chromium + chromedriver, for the dashboard's browser test
 export SAELAB_REQUIRE_DATA=1
 
@@ -25,7 +25,7 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # every intra-doc link resolving.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet \
   -p saelab-core -p saelab-lm -p saelab-eval -p saelab-jobs -p saelab-features \
-  -p saelab-neuronpedia -p saelab-web -p saelab-steer -p saelab-testkit
+  -p saelab-neuronpedia -p saelab-web -p saelab-steer -p saelab-testkit -p saelab-embed
 cargo test --workspace --release
 SAELAB_KERNELS=portable cargo test -p saelab-core --release
 cargo test -p saelab-core --lib

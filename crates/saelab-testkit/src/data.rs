@@ -1,8 +1,9 @@
 //! The real data the tests read, resolved in one place.
 //!
-//! - the SmolLM2 model and the English corpus fetched by `scripts/setup.sh` into
-//!   `$SAELAB_DATA` (default `<workspace>/data`, the same rule as the scripts):
-//!   `models/SmolLM2-135M-Instruct.Q4_1.gguf` and `corpus/{sotu,brown,moby}/*.txt`;
+//! - the SmolLM2 model, the sentence encoder and the English corpus fetched by
+//!   `scripts/setup.sh` into `$SAELAB_DATA` (default `<workspace>/data`, the same rule
+//!   as the scripts): `models/SmolLM2-135M-Instruct.Q4_1.gguf`,
+//!   `models/all-MiniLM-L6-v2/` and `corpus/{sotu,brown,moby}/*.txt`;
 //! - the SAE fixtures written by the Python libraries, vendored in
 //!   `crates/saelab-core/tests/fixtures` (`$SAELAB_FIXTURES` overrides);
 //! - the tokenizer oracle (llama.cpp through `node-llama-cpp`), installed by
@@ -18,6 +19,10 @@ use std::path::{Path, PathBuf};
 
 /// File name of the real model under `$SAELAB_DATA/models/`.
 pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Folder name of the sentence encoder (sentence-transformers/all-MiniLM-L6-v2) under
+/// `$SAELAB_DATA/models/`.
+pub const EMBEDDER_DIR: &str = "all-MiniLM-L6-v2";
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
@@ -37,11 +42,15 @@ pub fn data_required() -> bool {
         .any(|k| std::env::var(k).is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE")))
 }
 
-/// The real model and corpus.
+/// The real model, sentence encoder and corpus.
 #[derive(Clone, Debug)]
 pub struct RealData {
     /// The SmolLM2-135M-Instruct GGUF file.
     pub model: PathBuf,
+    /// The sentence-transformers folder of all-MiniLM-L6-v2 (`config.json`,
+    /// `model.safetensors`, `tokenizer.json`, `modules.json`, `1_Pooling/`, …), the
+    /// embedding scorer's encoder.
+    pub embedder: PathBuf,
     /// The corpus folder (`sotu/`, `brown/`, `moby/`, one document per `.txt` file).
     pub corpus: PathBuf,
 }
@@ -53,16 +62,22 @@ impl RealData {
     }
 }
 
-/// The real model and corpus, or `None` (after a `skipping:` message on stderr) when
-/// they are absent. Panics instead when the data is required ([`data_required`]).
+/// The real model, sentence encoder and corpus, or `None` (after a `skipping:` message
+/// on stderr) when they are absent. Panics instead when the data is required
+/// ([`data_required`]). The encoder counts as present when its folder holds
+/// `model.safetensors` (setup renames the folder into place only once it is complete).
 pub fn real_data() -> Option<RealData> {
     let dir = data_dir();
     let data = RealData {
         model: dir.join("models").join(SMOLLM2_GGUF),
+        embedder: dir.join("models").join(EMBEDDER_DIR),
         corpus: dir.join("corpus"),
     };
+    let embedder_weights = data.embedder.join("model.safetensors");
     let missing = if !data.model.is_file() {
         &data.model
+    } else if !embedder_weights.is_file() {
+        &embedder_weights
     } else if !data.corpus.is_dir() {
         &data.corpus
     } else {

@@ -1,9 +1,10 @@
 //! `saelab-testkit`: what the saelab test suites share, written once.
 //!
-//! - [`data`]: where the real SmolLM2 model and English corpus are (`SAELAB_DATA`, as in
-//!   `scripts/setup.sh`), the vendored SAE fixtures and the tokenizer oracle; a test
-//!   that needs them skips with a message, or fails when `CI` or `SAELAB_REQUIRE_DATA`
-//!   is set (`scripts/test.sh` sets it), so a green CI run always includes them;
+//! - [`data`]: where the real SmolLM2 model, sentence encoder and English corpus are
+//!   (`SAELAB_DATA`, as in `scripts/setup.sh`), the vendored SAE fixtures and the
+//!   tokenizer oracle; a test that needs them skips with a message, or fails when `CI`
+//!   or `SAELAB_REQUIRE_DATA` is set (`scripts/test.sh` sets it), so a green CI run
+//!   always includes them;
 //! - [`cli`]: running the `saelab` binary and checking its one-line errors;
 //! - [`serial`]: the heavy real-model tests of one test binary run one at a time on two
 //!   rayon threads (the machines have two cores);
