@@ -69,6 +69,9 @@ enum Command {
     /// The steering study of an SAE: dose–response against a random direction,
     /// selection by output score, unlearning by negative clamping.
     SteerEval(Box<cmd::steer_eval::Args>),
+    /// Explain latents of a features folder (token sets or an LLM) and score the
+    /// explanations (embedding, surprisal, detection, fuzz) against a shuffled control.
+    Autointerp(Box<cmd::autointerp::Args>),
     /// Run the main job of a configuration file (extract, train, evaluate, summarise;
     /// resumable), e.g. `saelab run configs/main.toml`.
     Run(cmd::run::Args),
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Steer(a) => cmd::steer::run(*a),
         Command::SteerEval(a) => cmd::steer_eval::run(*a),
+        Command::Autointerp(a) => cmd::autointerp::run(*a),
         Command::Run(a) => cmd::run::run(a),
     };
     match result {

@@ -361,6 +361,36 @@ impl Features {
         Ok(rec)
     }
 
+    /// The latent ranges `(start, end)` (inclusive) of the stats and delphi files, in
+    /// order; they tile `0..n_latents`.
+    pub fn ranges(&self) -> Vec<(usize, usize)> {
+        self.index.ranges.iter().map(|r| (r.start, r.end)).collect()
+    }
+
+    /// Every active position of latent `i` as `(context, position, value)`, from its
+    /// delphi file (values rounded to f16 there), in token-major order.
+    pub fn latent_entries(&self, i: usize) -> Result<Vec<(u32, u32, f32)>> {
+        let n = self.n_latents();
+        let (start, end) = self
+            .ranges()
+            .into_iter()
+            .find(|&(a, b)| a <= i && i <= b)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "latent {i} does not exist (the SAE has {n} latents)"
+                ))
+            })?;
+        let hook = &self.manifest.settings.hook;
+        let (r, _, _) = crate::latent_cache::read_range(&self.layout, hook, start, end)?;
+        let offset = (i - start) as u32;
+        Ok(r.locations
+            .chunks_exact(3)
+            .zip(&r.activations)
+            .filter(|(l, _)| l[2] == offset)
+            .map(|(l, &v)| (l[0], l[1], v))
+            .collect())
+    }
+
     /// The token matrix `[contexts, ctx_len]`, row-major.
     pub fn tokens(&self) -> Result<Vec<u32>> {
         let f = SafetensorsFile::open(&self.layout.tokens())?;

@@ -31,6 +31,10 @@ pub enum Phase {
     FeatureStats,
     /// A part of the steering study (runs: strengths, latents or forwards).
     SteerEval,
+    /// Sampling and explaining latents (latents).
+    Explain,
+    /// Scoring explanations (latents).
+    Score,
 }
 
 impl Phase {
@@ -39,7 +43,7 @@ impl Phase {
         match self {
             Phase::LoadModel | Phase::Baseline => "",
             Phase::Extract | Phase::Eval | Phase::FeatureCache => "tokens",
-            Phase::FeatureStats => "latents",
+            Phase::FeatureStats | Phase::Explain | Phase::Score => "latents",
             Phase::Validation => "held-out tokens",
             Phase::InModel => "contexts",
             Phase::SteerEval => "runs",

@@ -14,6 +14,8 @@
 //!   with exact interventions on SAE latents, measured;
 //! - [`steer_eval`]: the steering study: dose–response against a random direction,
 //!   selection by output score, unlearning by negative clamping;
+//! - [`autointerp`]: explain latents of a features folder and score the explanations
+//!   against a shuffled control (delphi's layout);
 //! - [`pipeline`]: the main job (extract, train, evaluate, summarise) as one resumable
 //!   job;
 //! - [`config`]: run files (TOML) and their overrides;
@@ -26,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod autointerp;
 pub mod config;
 pub mod encode;
 pub mod error;

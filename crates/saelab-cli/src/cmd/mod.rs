@@ -1,6 +1,7 @@
 //! One module per `saelab` subcommand: its flags, the job it starts
 //! (`saelab_jobs`), and what it prints.
 
+pub mod autointerp;
 pub mod bench;
 pub mod bench_generate;
 pub mod bench_model;
