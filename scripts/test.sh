@@ -25,7 +25,7 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # every intra-doc link resolving.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet \
   -p saelab-core -p saelab-lm -p saelab-eval -p saelab-jobs -p saelab-features \
-  -p saelab-neuronpedia -p saelab-web -p saelab-steer -p saelab-testkit -p saelab-embed
+  -p saelab-neuronpedia -p saelab-web -p saelab-steer -p saelab-testkit -p saelab-embed -p saelab-llm -p saelab-interp
 cargo test --workspace --release
 SAELAB_KERNELS=portable cargo test -p saelab-core --release
 cargo test -p saelab-core --lib

@@ -52,7 +52,8 @@ enum Command {
     /// histograms, neighbours, logit tables) into a features folder (resumable).
     Features(Box<cmd::features::Args>),
     /// Serve the features dashboard (index, feature pages, JSON API; with --sae and
-    /// --model the prompt explorer) on 127.0.0.1.
+    /// --model the prompt explorer) on 127.0.0.1; or, with --llm, a local instruct
+    /// model as an OpenAI-compatible chat-completion API.
     Serve(cmd::serve::Args),
     /// Write the dashboard's pages as a static folder that opens from file://.
     ExportHtml(cmd::export_html::Args),

@@ -9,8 +9,28 @@
 //!
 //! Failures are values, never panics: a batch returns one `Result` per request, so one
 //! bad reply costs one item and the run goes on.
+//!
+//! The clients, one module each:
+//!
+//! - [`openai`]: [`OpenAiClient`], any OpenAI-compatible `chat/completions` endpoint
+//!   (retries with back-off, a timeout, concurrent batches);
+//! - [`local`]: [`LocalClient`], a local instruct model run by saelab-lm, a batch as
+//!   one batched generation;
+//! - [`cache`]: [`CachedClient`], a content-addressed directory of replies in front of
+//!   either;
+//! - [`config`]: [`ClientConfig`] and [`client_from`], what a command line fills in.
 
 #![warn(missing_docs)]
+
+pub mod cache;
+pub mod config;
+pub mod local;
+pub mod openai;
+
+pub use cache::{CacheStats, CachedClient};
+pub use config::{client_from, ClientConfig};
+pub use local::{LocalClient, LocalConfig, LocalReply};
+pub use openai::{OpenAiClient, OpenAiConfig};
 
 use serde::{Deserialize, Serialize};
 
@@ -174,5 +194,21 @@ pub trait ChatClient: Send + Sync {
     /// batched.
     fn complete_many(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
         reqs.iter().map(|r| self.complete(r)).collect()
+    }
+}
+
+/// A boxed client is a client (so a [`CachedClient`] can wrap what [`client_from`]
+/// builds).
+impl ChatClient for Box<dyn ChatClient> {
+    fn model_id(&self) -> String {
+        (**self).model_id()
+    }
+
+    fn complete(&self, req: &ChatRequest) -> Result<ChatReply> {
+        (**self).complete(req)
+    }
+
+    fn complete_many(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
+        (**self).complete_many(reqs)
     }
 }

@@ -17,6 +17,12 @@
 //! from the kept set by its cumulative mass. Every stream starts its own
 //! [`saelab_core::rng::Rng`] from the seed, and rows of a batch are computed
 //! independently, so a prompt gets the same tokens alone or in any batch.
+//!
+//! Scores ([`HookedModel::generate_scored`]): the same generation, with, at each
+//! generated position, the log-softmax of the model's raw logits (temperature 1,
+//! whatever the sampling temperature: what the model believes, as OpenAI's `logprobs`)
+//! at the chosen token and at the `n` most likely tokens. Generation needs only the
+//! chosen token, so [`HookedModel::generate`] skips this work.
 
 use saelab_core::rng::Rng;
 use saelab_core::{Error, Result};
@@ -69,6 +75,51 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     /// Why generation ended.
     pub finish: Finish,
+}
+
+/// The model's log-probabilities at one generated position (see
+/// [`HookedModel::generate_scored`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenScores {
+    /// The generated token.
+    pub token: u32,
+    /// Its log-probability, `log_softmax(logits)[token]` (natural log, temperature 1).
+    pub logprob: f32,
+    /// The `n` most likely tokens and their log-probabilities, most likely first (ties
+    /// by id); the generated token is among them when it is one of the `n`.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenScores {
+    /// The scores of `token` in one row of logits (the vocabulary wide): the
+    /// log-softmax, computed in f64, at `token` and at the `n` largest logits.
+    pub fn from_logits(logits: &[f32], token: u32, n: usize) -> TokenScores {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let lse = max
+            + logits
+                .iter()
+                .map(|&l| (l as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let logprob = |id: u32| (logits[id as usize] as f64 - lse) as f32;
+        let n = n.min(logits.len());
+        let order = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        if n > 0 && n < ids.len() {
+            ids.select_nth_unstable_by(n - 1, order);
+        }
+        ids.truncate(n);
+        ids.sort_unstable_by(order);
+        TokenScores {
+            token,
+            logprob: logprob(token),
+            top: ids.into_iter().map(|id| (id, logprob(id))).collect(),
+        }
+    }
 }
 
 /// Picks the next token from a row of logits: greedy at temperature 0, else a draw
@@ -169,6 +220,8 @@ struct Stream {
     rng: Rng,
     tokens: Vec<u32>,
     finish: Option<Finish>,
+    /// One per entry of `tokens`, when the generation is scored.
+    scores: Vec<TokenScores>,
 }
 
 impl HookedModel {
@@ -192,6 +245,33 @@ impl HookedModel {
         gen: &GenerateOptions,
         opts: &ForwardOptions<'_>,
     ) -> Result<Vec<Generation>> {
+        let out = self.run_generation(prompts, gen, opts, None)?;
+        Ok(out.into_iter().map(|(g, _)| g).collect())
+    }
+
+    /// [`HookedModel::generate`], and for each prompt the model's scores of every
+    /// generated token ([`TokenScores`], one per entry of [`Generation::tokens`], in
+    /// order; the stop token, not being part of the text, is not scored) with the
+    /// `top_n` most likely alternatives at each position. The tokens are exactly
+    /// `generate`'s. Same errors.
+    pub fn generate_scored<S: AsRef<[u32]>>(
+        &self,
+        prompts: &[S],
+        gen: &GenerateOptions,
+        opts: &ForwardOptions<'_>,
+        top_n: usize,
+    ) -> Result<Vec<(Generation, Vec<TokenScores>)>> {
+        self.run_generation(prompts, gen, opts, Some(top_n))
+    }
+
+    /// The generation of [`HookedModel::generate`], scored when `top_n` is given.
+    fn run_generation<S: AsRef<[u32]>>(
+        &self,
+        prompts: &[S],
+        gen: &GenerateOptions,
+        opts: &ForwardOptions<'_>,
+        top_n: Option<usize>,
+    ) -> Result<Vec<(Generation, Vec<TokenScores>)>> {
         let sampler = Sampler::new(gen.temperature, gen.top_p)?;
         if !opts.captures.is_empty() || opts.needs_head() {
             return Err(Error::config(
@@ -234,6 +314,7 @@ impl HookedModel {
                 rng: Rng::new(gen.seed),
                 tokens: Vec::new(),
                 finish: (gen.max_new_tokens == 0).then_some(Finish::Length),
+                scores: Vec::new(),
             })
             .collect();
         // Every forward asks for the last position's logits and applies the caller's
@@ -257,7 +338,7 @@ impl HookedModel {
                 ids,
                 &step,
                 &sampler,
-                &stop,
+                (&stop, top_n),
                 gen,
                 &mut streams,
             )?;
@@ -284,23 +365,26 @@ impl HookedModel {
                 &ids,
                 &step,
                 &sampler,
-                &stop,
+                (&stop, top_n),
                 gen,
                 &mut streams,
             )?;
         }
         Ok(streams
             .into_iter()
-            .map(|s| Generation {
-                tokens: s.tokens,
-                finish: s.finish.unwrap_or(Finish::Length),
+            .map(|s| {
+                let g = Generation {
+                    tokens: s.tokens,
+                    finish: s.finish.unwrap_or(Finish::Length),
+                };
+                (g, s.scores)
             })
             .collect())
     }
 
     /// One forward of a generation: `tokens[j]` continues stream `ids[j]`; samples each
-    /// stream's next token from the last position's logits and marks the streams that
-    /// stop.
+    /// stream's next token from the last position's logits, scores it when `top_n` is
+    /// given, and marks the streams that stop.
     #[allow(clippy::too_many_arguments)]
     fn step<T: AsRef<[u32]>>(
         &self,
@@ -309,7 +393,7 @@ impl HookedModel {
         ids: &[usize],
         opts: &ForwardOptions<'_>,
         sampler: &Sampler,
-        stop: &[u32],
+        (stop, top_n): (&[u32], Option<usize>),
         gen: &GenerateOptions,
         streams: &mut [Stream],
     ) -> Result<()> {
@@ -322,6 +406,10 @@ impl HookedModel {
             if stop.contains(&next) {
                 s.finish = Some(Finish::Stop(next));
             } else {
+                if let Some(n) = top_n {
+                    s.scores
+                        .push(TokenScores::from_logits(logits.row(j), next, n));
+                }
                 s.tokens.push(next);
                 if s.tokens.len() >= gen.max_new_tokens {
                     s.finish = Some(Finish::Length);
@@ -344,6 +432,30 @@ mod tests {
         assert_eq!(s.sample(&[0.5, 2.0, -1.0, 2.0], &mut rng), 1);
         assert_eq!(rng, before, "greedy decoding must not draw");
         assert_eq!(s.distribution(&[0.5, 2.0, -1.0, 2.0]), vec![(1, 1.0)]);
+    }
+
+    #[test]
+    fn scores_are_the_log_softmax_at_the_token_and_the_top_n() {
+        // softmax of ln(p) is p: p = [0.1, 0.4, 0.2, 0.3] (times any constant).
+        let logits: Vec<f32> = [0.1f32, 0.4, 0.2, 0.3]
+            .iter()
+            .map(|p| p.ln() + 7.0)
+            .collect();
+        let s = TokenScores::from_logits(&logits, 2, 3);
+        assert_eq!(s.token, 2);
+        assert!((s.logprob - 0.2f32.ln()).abs() < 1e-5);
+        let ids: Vec<u32> = s.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2]);
+        for (id, lp) in &s.top {
+            assert!((lp - [0.1f32, 0.4, 0.2, 0.3][*id as usize].ln()).abs() < 1e-5);
+        }
+        // Ties by id; n beyond the vocabulary keeps every token; n = 0 none.
+        let tied = TokenScores::from_logits(&[1.0, 2.0, 2.0, 0.0], 0, 9);
+        assert_eq!(
+            tied.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            [1, 2, 0, 3]
+        );
+        assert!(TokenScores::from_logits(&logits, 0, 0).top.is_empty());
     }
 
     #[test]

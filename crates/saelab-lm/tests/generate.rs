@@ -150,6 +150,53 @@ fn kv_cached_greedy_generation_equals_recomputing_the_whole_sequence() {
 }
 
 #[test]
+fn scored_generation_gives_the_full_forwards_log_softmax() {
+    let Some((model, tok, _guard)) = smollm() else {
+        return;
+    };
+    let prompts = prompts(model, tok);
+    let plain = model
+        .generate(&prompts, &greedy(12), &ForwardOptions::new())
+        .unwrap();
+    let scored = model
+        .generate_scored(&prompts, &greedy(12), &ForwardOptions::new(), 5)
+        .unwrap();
+    for ((p, g), (sg, scores)) in prompts.iter().zip(&plain).zip(&scored) {
+        assert_eq!(g, sg, "scoring must not change the tokens");
+        assert_eq!(scores.len(), g.tokens.len());
+        let mut seq = p.clone();
+        seq.extend_from_slice(&g.tokens);
+        let logits = model
+            .forward(&[&seq], &ForwardOptions::new().logits(Logits::All))
+            .unwrap()
+            .take_logits()
+            .unwrap();
+        for (k, s) in scores.iter().enumerate() {
+            let row = logits.at(0, p.len() - 1 + k);
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&l| (l as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            let want = |id: u32| (row[id as usize] as f64 - lse) as f32;
+            assert_eq!(s.token, g.tokens[k]);
+            assert!((s.logprob - want(s.token)).abs() < 2e-3, "step {k}");
+            assert_eq!(s.top.len(), 5);
+            // Greedy: the chosen token is the most likely one.
+            assert_eq!(s.top[0].0, s.token);
+            assert!(s.top.windows(2).all(|w| w[0].1 >= w[1].1));
+            for &(id, lp) in &s.top {
+                assert!((lp - want(id)).abs() < 2e-3, "step {k}, token {id}");
+            }
+            let mass: f32 = s.top.iter().map(|t| t.1.exp()).sum();
+            assert!(mass <= 1.0 + 1e-4, "top-5 mass {mass}");
+        }
+    }
+}
+
+#[test]
 fn incremental_forward_in_chunks_equals_the_full_forward() {
     let Some((model, tok, _guard)) = smollm() else {
         return;

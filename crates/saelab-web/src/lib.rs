@@ -14,9 +14,12 @@
 //! - [`server`]: the axum routes, their limits and the path check (loopback by
 //!   default); [`paths`]: that check; [`api`]: the JSON shapes; [`error`]: how a failed
 //!   request is answered;
-//! - [`export`]: `saelab export-html`, written atomically.
+//! - [`export`]: `saelab export-html`, written atomically;
+//! - [`llm_server`]: `saelab serve --llm`, a local instruct model behind an
+//!   OpenAI-compatible chat-completion API (saelab-llm's `LocalClient`, requests
+//!   batched by one worker).
 //!
-//! It depends on the libraries (core, lm, eval, features, steer, jobs), never on the CLI, which is
+//! It depends on the libraries (core, lm, llm, eval, features, steer, jobs), never on the CLI, which is
 //! a thin skin over [`server::serve`] and [`export::export_html`].
 
 #![warn(missing_docs)]
@@ -28,6 +31,7 @@ pub mod explorer;
 pub mod export;
 pub mod html;
 pub mod listing;
+pub mod llm_server;
 pub mod paths;
 pub mod server;
 pub mod site;
