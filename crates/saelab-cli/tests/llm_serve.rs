@@ -4,57 +4,16 @@
 //! the refusals (a body over the limit, `stream: true`, an unknown route) as 4xx JSON
 //! errors. At most 24 new tokens a request: CI has two cores.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use saelab_llm::{ChatClient, ChatMessage, ChatRequest, OpenAiClient, OpenAiConfig};
-use saelab_testkit::cli::{p, Bin};
+use saelab_testkit::cli::p;
 use saelab_testkit::{real_data, serial};
 
-const SAELAB: Bin = Bin::new(env!("CARGO_BIN_EXE_saelab"));
-
-/// The server process, killed when dropped; its stderr lines collected.
-struct Server {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(model: &std::path::Path) -> Server {
-    let mut child = SAELAB
-        .cmd(&["-v", "serve", "--llm", p(model), "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start saelab serve --llm");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let log: Arc<Mutex<Vec<String>>> = Arc::default();
-    let err = child.stderr.take().unwrap();
-    let l = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            l.lock().unwrap().push(line);
-        }
-    });
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let start = line
-        .find("http://")
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    let addr = line[start + 7..].split('/').next().unwrap().to_string();
-    assert!(line.contains("SmolLM2-135M-Instruct.Q4_1.gguf"), "{line}");
-    Server { child, addr, log }
-}
+mod common;
+use common::{start_llm_server as start, SAELAB};
 
 /// A raw HTTP/1.1 request: the status and the parsed JSON body of the answer.
 fn raw(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {

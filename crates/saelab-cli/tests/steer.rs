@@ -8,25 +8,11 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{read_json, saelab_fails, saelab_ok};
-use saelab_core::format::save_sae;
-use saelab_core::{ArchConfig, ParamSet, Sae, SaeConfig, Tensor};
+use common::{random_sae, read_json, saelab_fails, saelab_ok};
 use saelab_testkit::cli::{p, stdout};
-use saelab_testkit::{real_data, serial, tied_random_weights};
+use saelab_testkit::{real_data, serial};
 
 const HOOK: &str = "blocks.2.hook_resid_post";
-
-fn random_sae(dir: &Path, d: usize, n: usize) {
-    let (we, wd) = tied_random_weights(d, n, 3, 1.0);
-    let mut cfg = SaeConfig::new(ArchConfig::default_for("topk", 8).unwrap(), d, n);
-    cfg.metadata.hook_name = Some(HOOK.into());
-    let mut ps = ParamSet::new();
-    ps.insert("W_enc", Tensor::new(&[d, n], we).unwrap());
-    ps.insert("b_enc", Tensor::zeros(&[n]));
-    ps.insert("W_dec", Tensor::new(&[n, d], wd).unwrap());
-    ps.insert("b_dec", Tensor::zeros(&[d]));
-    save_sae(&Sae::new(cfg, ps).unwrap(), dir, None).unwrap();
-}
 
 /// A corpus of 24 Moby-Dick chapters and 24 State of the Union addresses, in folders
 /// `moby/` and `sotu/` (documents 19 and 39 are held out).
@@ -56,7 +42,7 @@ fn generate_steer_and_the_study_run_and_refuse_bad_input() {
     let corp = t("corpus");
     corpus(&data, &corp);
     let run = t("run");
-    random_sae(&run.join("sae"), 576, 256);
+    random_sae(&run.join("sae"), 576, 256, HOOK);
     saelab_ok(&[
         "features",
         "--sae",
@@ -194,7 +180,7 @@ fn generate_steer_and_the_study_run_and_refuse_bad_input() {
         &["context"],
     );
     let small = t("small");
-    random_sae(&small, 64, 32);
+    random_sae(&small, 64, 32, HOOK);
     saelab_fails(
         &[
             "steer",

@@ -115,7 +115,11 @@ pub fn excerpts(ex: &Examples, vocab: &[String], cfg: &ExplainerConfig) -> Strin
     let mut out = String::new();
     for (i, e) in ex.train.iter().enumerate() {
         let marks = above(e, cfg.mark_fraction);
-        out.push_str(&format!("Excerpt {}: {}\n", i + 1, marked(e, vocab, &marks)));
+        out.push_str(&format!(
+            "Excerpt {}: {}\n",
+            i + 1,
+            marked(e, vocab, &marks)
+        ));
         if cfg.show_activations {
             let listed: Vec<String> = e
                 .tokens
@@ -197,8 +201,14 @@ mod tests {
         let req = llm_request(&ex, &vocab, &ExplainerConfig::default());
         assert_eq!(req.messages.len(), 6);
         let last = &req.messages[5].content;
-        assert!(last.starts_with("Excerpt 1:  the<< Whale sea>>\n"), "{last}");
-        assert!(last.contains("Marked: (\" Whale\", 6), (\" sea\", 2)"), "{last}");
+        assert!(
+            last.starts_with("Excerpt 1:  the<< Whale sea>>\n"),
+            "{last}"
+        );
+        assert!(
+            last.contains("Marked: (\" Whale\", 6), (\" sea\", 2)"),
+            "{last}"
+        );
         assert!(last.contains("Excerpt 2:  the<< whale>>Ship\n"), "{last}");
         assert_eq!(
             parse_explanation("Thinking.\n[EXPLANATION]: Whales.\nmore"),

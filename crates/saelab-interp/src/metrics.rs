@@ -159,10 +159,22 @@ mod tests {
     fn confusion_metrics_equal_hand_computed_values() {
         // truth:  T T T T F F F F F F
         // pred:   T T T F T F F F F T
-        let truth = [true, true, true, true, false, false, false, false, false, false];
-        let pred = [true, true, true, false, true, false, false, false, false, true];
+        let truth = [
+            true, true, true, true, false, false, false, false, false, false,
+        ];
+        let pred = [
+            true, true, true, false, true, false, false, false, false, true,
+        ];
         let c = Confusion::of(truth.iter().copied().zip(pred.iter().copied()));
-        assert_eq!(c, Confusion { tp: 3, fp: 2, tn: 4, fn_: 1 });
+        assert_eq!(
+            c,
+            Confusion {
+                tp: 3,
+                fp: 2,
+                tn: 4,
+                fn_: 1
+            }
+        );
         // ½(3/4 + 4/6) = 17/24.
         assert!((c.balanced_accuracy() - 17.0 / 24.0).abs() < 1e-12);
         assert!((c.precision() - 3.0 / 5.0).abs() < 1e-12);
@@ -199,7 +211,9 @@ mod tests {
         // Every flip but the identity has a smaller sum: p = (1 + 1)/(1 + draws) at most
         // a few draws more.
         assert!(p < 1e-3, "{p}");
-        let noise: Vec<f64> = (0..30).map(|i| if i % 2 == 0 { 0.1 } else { -0.1 }).collect();
+        let noise: Vec<f64> = (0..30)
+            .map(|i| if i % 2 == 0 { 0.1 } else { -0.1 })
+            .collect();
         assert!(sign_flip_p(&noise, 20_000, 1) > 0.3);
         assert_eq!(sign_flip_p(&[], 10, 1), 1.0);
     }

@@ -11,7 +11,10 @@ pub fn plain(e: &Example, vocab: &[String]) -> String {
 
 /// The text of token `t` (`�` for an id outside the vocabulary).
 pub fn token_text(vocab: &[String], t: u32) -> &str {
-    vocab.get(t as usize).map(String::as_str).unwrap_or("\u{fffd}")
+    vocab
+        .get(t as usize)
+        .map(String::as_str)
+        .unwrap_or("\u{fffd}")
 }
 
 /// The text with each run of consecutive marked tokens (`marked[i]`) wrapped in
@@ -76,7 +79,10 @@ mod tests {
         let m = above(&e, 0.2);
         assert_eq!(m, [false, true, true, false, true]);
         assert_eq!(marked(&e, &vocab, &m), "The<< big whale>> swam<<.>>");
-        assert_eq!((scaled(10.0, 10.0), scaled(0.5, 10.0), scaled(0.0, 10.0)), (10, 1, 0));
+        assert_eq!(
+            (scaled(10.0, 10.0), scaled(0.5, 10.0), scaled(0.0, 10.0)),
+            (10, 1, 0)
+        );
         assert_eq!(scaled(3.01, 10.0), 4);
     }
 }

@@ -174,7 +174,9 @@ pub fn sample(
         if p / w >= per_ctx || v == 0.0 {
             continue; // in the dropped partial window
         }
-        active.entry(c * per_ctx + p / w).or_insert_with(|| vec![0.0; w])[p % w] = v;
+        active
+            .entry(c * per_ctx + p / w)
+            .or_insert_with(|| vec![0.0; w])[p % w] = v;
     }
     let needed = cfg.min_examples;
     if active.len() < needed {
@@ -288,7 +290,11 @@ mod tests {
             let s = e.quantile;
             assert!((0..5).contains(&s));
             let top = 60.0 - 12.0 * s as f32;
-            assert!(e.max() <= top && e.max() > top - 12.0, "{} in slice {s}", e.max());
+            assert!(
+                e.max() <= top && e.max() > top - 12.0,
+                "{} in slice {s}",
+                e.max()
+            );
             assert_eq!(e.tokens[0], e.context * 64 + e.start);
             assert_eq!(e.acts[7], e.max());
         }

@@ -42,7 +42,9 @@ use crate::inputs::load_model;
 pub enum LatentChoice {
     /// These.
     List(Vec<usize>),
-    /// `n` at random (seeded) among the latents active at least `min_examples` times.
+    /// `n` at random (seeded) among the latents with enough examples: latents are
+    /// drawn in a seeded order and those with too few examples skipped (and counted)
+    /// until `n` are explained or none is left.
     Random {
         /// How many.
         n: usize,
@@ -137,7 +139,12 @@ pub struct AutointerpRequest {
 
 impl AutointerpRequest {
     /// A token-set run of `scorers` on `latents`, with delphi's sampling.
-    pub fn new(features: PathBuf, out: PathBuf, latents: LatentChoice, scorers: Vec<Scorer>) -> Self {
+    pub fn new(
+        features: PathBuf,
+        out: PathBuf,
+        latents: LatentChoice,
+        scorers: Vec<Scorer>,
+    ) -> Self {
         AutointerpRequest {
             features,
             out,
@@ -189,7 +196,7 @@ pub struct AutointerpSummary {
     pub explainer: String,
     /// The LLM, when one was used.
     pub llm: Option<String>,
-    /// Latents chosen.
+    /// Latents asked for.
     pub chosen: usize,
     /// Latents explained (and scored).
     pub explained: usize,
@@ -216,7 +223,8 @@ pub fn autointerp(
     on: &mut OnEvent,
 ) -> Result<AutointerpSummary> {
     req.sample.check().map_err(Error::invalid)?;
-    let needs_llm = matches!(req.explainer, Explainer::Llm(_)) || req.scorers.iter().any(|s| s.needs_llm());
+    let needs_llm =
+        matches!(req.explainer, Explainer::Llm(_)) || req.scorers.iter().any(|s| s.needs_llm());
     if needs_llm && llm.is_none() {
         return Err(Error::invalid(
             "the LLM explainer and the detection and fuzz scorers need an LLM: give \
@@ -252,7 +260,7 @@ pub fn autointerp(
     };
     let out = Output::new(&req.out, &settings.hook);
     let control = Output::new(req.out.join("shuffled"), &settings.hook);
-    let chosen = choose(&features, &req.latents, req.sample.min_examples as u64)?;
+    let (chosen, wanted) = choose(&features, &req.latents, req.sample.min_examples as u64)?;
     let start = Instant::now();
     let mut summary = AutointerpSummary {
         features: req.features.display().to_string(),
@@ -261,21 +269,24 @@ pub fn autointerp(
             Explainer::Llm(_) => "LLM".into(),
         },
         llm: llm.map(|c| c.model_id()),
-        chosen: chosen.len(),
+        chosen: wanted,
         ..Default::default()
     };
 
     // Phase 1: sample and explain.
     on(Event::Begin {
         phase: Phase::Explain,
-        label: format!("explaining {} latents", chosen.len()),
-        total: Some(chosen.len() as u64),
+        label: format!("explaining {wanted} latents"),
+        total: Some(wanted as u64),
         done: 0,
     });
     let mut explained: Vec<(Examples, String)> = Vec::new();
     let mut fresh = 0usize;
     let mut pending: Vec<Examples> = Vec::new();
-    for (k, &latent) in chosen.iter().enumerate() {
+    for &latent in &chosen {
+        if explained.len() + pending.len() >= wanted {
+            break;
+        }
         check_stop(stop)?;
         let entries = features.latent_entries(latent)?;
         match sample(latent, &entries, m, &req.sample) {
@@ -292,7 +303,13 @@ pub fn autointerp(
                     Explainer::Llm(cfg) => {
                         pending.push(ex);
                         if pending.len() >= req.llm_batch.max(1) {
-                            let done = explain_batch(&mut pending, llm.expect("checked"), &vocab, cfg, &out)?;
+                            let done = explain_batch(
+                                &mut pending,
+                                llm.expect("checked"),
+                                &vocab,
+                                cfg,
+                                &out,
+                            )?;
                             summary.explanation_failures += done.1;
                             fresh += done.0.len();
                             explained.extend(done.0);
@@ -301,7 +318,9 @@ pub fn autointerp(
                 },
             },
         }
-        on(Event::Advance { done: k as u64 + 1 });
+        on(Event::Advance {
+            done: (explained.len() + pending.len()) as u64,
+        });
     }
     if let Explainer::Llm(cfg) = &req.explainer {
         let done = explain_batch(&mut pending, llm.expect("checked"), &vocab, cfg, &out)?;
@@ -330,7 +349,8 @@ pub fn autointerp(
         total: Some(n as u64),
         done: 0,
     });
-    let mut results: Vec<Vec<(usize, ScoreSummary, ScoreSummary)>> = vec![Vec::new(); req.scorers.len()];
+    let mut results: Vec<Vec<(usize, ScoreSummary, ScoreSummary)>> =
+        vec![Vec::new(); req.scorers.len()];
     for (i, (ex, text)) in explained.iter().enumerate() {
         check_stop(stop)?;
         let shuffled = if n > 1 { &explained[donor[i]].1 } else { text };
@@ -345,11 +365,16 @@ pub fn autointerp(
                 _ => {
                     let (a, b) = match scorer {
                         Scorer::Detection | Scorer::Fuzz => {
-                            let task = if scorer == Scorer::Detection { Task::Detection } else { Task::Fuzzing };
+                            let task = if scorer == Scorer::Detection {
+                                Task::Detection
+                            } else {
+                                Task::Fuzzing
+                            };
                             let pa = classify::prompts(task, text, ex, &vocab, &req.classify);
                             let pb = classify::prompts(task, shuffled, ex, &vocab, &req.classify);
                             let na = pa.requests.len();
-                            let reqs: Vec<_> = pa.requests.iter().chain(&pb.requests).cloned().collect();
+                            let reqs: Vec<_> =
+                                pa.requests.iter().chain(&pb.requests).cloned().collect();
                             let replies = llm.expect("checked").complete_many(&reqs);
                             let (a, _) = classify::apply(pa, &replies[..na]);
                             let (b, _) = classify::apply(pb, &replies[na..]);
@@ -363,8 +388,12 @@ pub fn autointerp(
                         }
                         Scorer::Embedding => {
                             let sc = EmbeddingScorer::new(encoder.as_ref().expect("loaded"));
-                            let emb = |r: saelab_embed::Result<Vec<ItemScore>>| r.map_err(|e| Error::invalid(e.to_string()));
-                            let prep = sc.prepare(ex, &vocab).map_err(|e| Error::invalid(e.to_string()))?;
+                            let emb = |r: saelab_embed::Result<Vec<ItemScore>>| {
+                                r.map_err(|e| Error::invalid(e.to_string()))
+                            };
+                            let prep = sc
+                                .prepare(ex, &vocab)
+                                .map_err(|e| Error::invalid(e.to_string()))?;
                             (emb(sc.score(&prep, text))?, emb(sc.score(&prep, shuffled))?)
                         }
                     };
@@ -375,14 +404,20 @@ pub fn autointerp(
                 }
             };
             let c = scorer.classifying();
-            results[s].push((ex.latent, ScoreSummary::of(&real, c), ScoreSummary::of(&ctrl, c)));
+            results[s].push((
+                ex.latent,
+                ScoreSummary::of(&real, c),
+                ScoreSummary::of(&ctrl, c),
+            ));
         }
         on(Event::Advance { done: i as u64 + 1 });
     }
     on(Event::End);
 
     for (s, &scorer) in req.scorers.iter().enumerate() {
-        summary.scorers.push(summarise(scorer, &results[s], req.sample.seed));
+        summary
+            .scorers
+            .push(summarise(scorer, &results[s], req.sample.seed));
     }
     summary.seconds = start.elapsed().as_secs_f64();
     summary.latents_per_hour = (fresh > 0).then(|| fresh as f64 * 3600.0 / summary.seconds);
@@ -391,7 +426,11 @@ pub fn autointerp(
 }
 
 fn names(scorers: &[Scorer]) -> String {
-    scorers.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+    scorers
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn check_stop(stop: &AtomicBool) -> Result<()> {
@@ -401,18 +440,27 @@ fn check_stop(stop: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-/// The latents of `choice`, in increasing order, checked against the folder.
-fn choose(features: &Features, choice: &LatentChoice, min_count: u64) -> Result<Vec<usize>> {
+/// The candidates of `choice`, in the order they are tried, and how many to explain:
+/// a list as given (sorted, checked against the folder), all of it; or every latent
+/// active at least `min_count` times in a seeded order, `n` of them.
+fn choose(
+    features: &Features,
+    choice: &LatentChoice,
+    min_count: u64,
+) -> Result<(Vec<usize>, usize)> {
     let n = features.n_latents();
     match choice {
         LatentChoice::List(v) => {
             if let Some(&bad) = v.iter().find(|&&i| i >= n) {
-                return Err(Error::invalid(format!("latent {bad} does not exist (the SAE has {n} latents)")));
+                return Err(Error::invalid(format!(
+                    "latent {bad} does not exist (the SAE has {n} latents)"
+                )));
             }
             let mut v = v.clone();
             v.sort_unstable();
             v.dedup();
-            Ok(v)
+            let k = v.len();
+            Ok((v, k))
         }
         LatentChoice::Random { n: want, seed } => {
             let mut live = Vec::new();
@@ -422,9 +470,7 @@ fn choose(features: &Features, choice: &LatentChoice, min_count: u64) -> Result<
                 }
             }
             Rng::new(*seed).shuffle(&mut live);
-            live.truncate(*want);
-            live.sort_unstable();
-            Ok(live)
+            Ok((live, *want))
         }
     }
 }
@@ -438,18 +484,27 @@ fn explain_batch(
     cfg: &ExplainerConfig,
     out: &Output,
 ) -> Result<(Vec<(Examples, String)>, usize)> {
-    let reqs: Vec<_> = pending.iter().map(|ex| explain::llm_request(ex, vocab, cfg)).collect();
+    let reqs: Vec<_> = pending
+        .iter()
+        .map(|ex| explain::llm_request(ex, vocab, cfg))
+        .collect();
     let replies = llm.complete_many(&reqs);
     let mut done = Vec::new();
     let mut failed = 0;
     for (ex, reply) in pending.drain(..).zip(replies) {
-        match reply.ok().and_then(|r| explain::parse_explanation(&r.content)) {
+        match reply
+            .ok()
+            .and_then(|r| explain::parse_explanation(&r.content))
+        {
             Some(text) => {
                 out.write_explanation(ex.latent, &text)?;
                 done.push((ex, text));
             }
             None => {
-                tracing::warn!(latent = ex.latent, "the explanation failed or could not be parsed");
+                tracing::warn!(
+                    latent = ex.latent,
+                    "the explanation failed or could not be parsed"
+                );
                 failed += 1;
             }
         }
@@ -457,8 +512,18 @@ fn explain_batch(
     Ok((done, failed))
 }
 
-fn summarise(scorer: Scorer, rows: &[(usize, ScoreSummary, ScoreSummary)], seed: u64) -> ScorerSummary {
-    let metric = |s: &ScoreSummary| if scorer.classifying() { s.balanced_accuracy } else { s.auroc };
+fn summarise(
+    scorer: Scorer,
+    rows: &[(usize, ScoreSummary, ScoreSummary)],
+    seed: u64,
+) -> ScorerSummary {
+    let metric = |s: &ScoreSummary| {
+        if scorer.classifying() {
+            s.balanced_accuracy
+        } else {
+            s.auroc
+        }
+    };
     let per: Vec<(usize, f64, f64)> = rows
         .iter()
         .filter_map(|(l, a, b)| Some((*l, metric(a)?, metric(b)?)))
@@ -468,7 +533,12 @@ fn summarise(scorer: Scorer, rows: &[(usize, ScoreSummary, ScoreSummary)], seed:
     let diffs: Vec<f64> = per.iter().map(|r| r.1 - r.2).collect();
     ScorerSummary {
         scorer: scorer.name().into(),
-        metric: if scorer.classifying() { "balanced_accuracy" } else { "auroc" }.into(),
+        metric: if scorer.classifying() {
+            "balanced_accuracy"
+        } else {
+            "auroc"
+        }
+        .into(),
         latents: per.len(),
         real_mean: mean(&real),
         shuffled_mean: mean(&shuf),
@@ -484,7 +554,7 @@ fn summarise(scorer: Scorer, rows: &[(usize, ScoreSummary, ScoreSummary)], seed:
 /// The summary as Markdown.
 pub fn markdown(s: &AutointerpSummary) -> String {
     let mut md = format!(
-        "# Auto-interpretation of {}\n\nExplainer: {}{}. {} latents chosen, {} explained, {} skipped (too few examples), {} explanations failed.\n\n",
+        "# Auto-interpretation of {}\n\nExplainer: {}{}. {} latents asked for, {} explained, {} skipped (too few examples), {} explanations failed.\n\n",
         s.features,
         s.explainer,
         s.llm.as_ref().map(|l| format!(" ({l})")).unwrap_or_default(),
@@ -495,14 +565,31 @@ pub fn markdown(s: &AutointerpSummary) -> String {
     );
     md.push_str("| scorer | metric | latents | real | shuffled | constant | real wins | shuffled wins | p (real > shuffled) | failed items |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for r in &s.scorers {
+        let (real, shuffled, p) = if r.latents == 0 {
+            ("–".to_string(), "–".to_string(), "–".to_string())
+        } else {
+            (
+                format!("{:.4}", r.real_mean),
+                format!("{:.4}", r.shuffled_mean),
+                format!("{:.2e}", r.p_value),
+            )
+        };
         md.push_str(&format!(
-            "| {} | {} | {} | {:.4} | {:.4} | {:.2} | {} | {} | {:.2e} | {} |\n",
-            r.scorer, r.metric, r.latents, r.real_mean, r.shuffled_mean, r.constant_baseline,
-            r.real_wins, r.shuffled_wins, r.p_value, r.failed_items
+            "| {} | {} | {} | {real} | {shuffled} | {:.2} | {} | {} | {p} | {} |\n",
+            r.scorer,
+            r.metric,
+            r.latents,
+            r.constant_baseline,
+            r.real_wins,
+            r.shuffled_wins,
+            r.failed_items
         ));
     }
     if let Some(rate) = s.latents_per_hour {
-        md.push_str(&format!("\n{:.1} s this session; {rate:.0} latents explained and scored per hour.\n", s.seconds));
+        md.push_str(&format!(
+            "\n{:.1} s this session; {rate:.0} latents explained and scored per hour.\n",
+            s.seconds
+        ));
     }
     md
 }

@@ -407,9 +407,10 @@ impl Steerer {
             return Err(Error::invalid("the prompt is empty"));
         }
         let ids = if chat {
-            let t = self.chat.as_ref().map_err(|why| {
-                Error::invalid(format!("{why}; leave out --chat"))
-            })?;
+            let t = self
+                .chat
+                .as_ref()
+                .map_err(|why| Error::invalid(format!("{why}; leave out --chat")))?;
             t.encode(&self.tokenizer, &[Message::user(text)], true)?
         } else {
             let bos = self

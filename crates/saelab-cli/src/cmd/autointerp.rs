@@ -5,8 +5,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use saelab_jobs::autointerp::{autointerp, markdown, AutointerpRequest, Explainer, LatentChoice, Scorer};
 use saelab_interp::explain::ExplainerConfig;
+use saelab_jobs::autointerp::{
+    autointerp, markdown, AutointerpRequest, Explainer, LatentChoice, Scorer,
+};
+use saelab_llm::config::{client_from, ClientConfig};
+use saelab_llm::ChatClient;
 
 use crate::progress::Reporter;
 use crate::STOP;
@@ -47,6 +51,77 @@ pub struct Args {
     /// Fewest activating 32-token windows a latent needs.
     #[arg(long, default_value_t = 90)]
     min_examples: usize,
+    /// Excerpts per prompt of the detection and fuzz scorers.
+    #[arg(long, default_value_t = 5)]
+    per_prompt: usize,
+    /// Ask the judge for the top log-probabilities of its answers (AUROC).
+    #[arg(long)]
+    logprobs: bool,
+    /// LLM requests sent together (one batched generation of a local model, or
+    /// concurrent requests to an endpoint).
+    #[arg(long, default_value_t = 8)]
+    llm_batch: usize,
+    #[command(flatten)]
+    llm: LlmArgs,
+}
+
+/// The LLM that explains and judges: a local model, or an OpenAI-compatible endpoint.
+#[derive(clap::Args)]
+pub struct LlmArgs {
+    /// A local instruct model (GGUF with a ChatML template), e.g.
+    /// data/models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf.
+    #[arg(long, conflicts_with = "llm_base_url")]
+    explainer_model: Option<PathBuf>,
+    /// An OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1.
+    #[arg(long)]
+    llm_base_url: Option<String>,
+    /// The endpoint's model name.
+    #[arg(long, requires = "llm_base_url")]
+    llm_model: Option<String>,
+    /// The environment variable holding the endpoint's API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    llm_key_env: String,
+    /// Call the endpoint without a key when the variable is unset.
+    #[arg(long)]
+    llm_key_optional: bool,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    llm_concurrency: usize,
+    /// Seconds per attempt.
+    #[arg(long, default_value_t = 120)]
+    llm_timeout: u64,
+    /// Retries of a failed request (connection errors, timeouts, 429, 5xx).
+    #[arg(long, default_value_t = 3)]
+    llm_retries: u32,
+    /// Cache of replies (a rerun asks nothing) [default: OUT/llm-cache].
+    #[arg(long)]
+    llm_cache: Option<PathBuf>,
+}
+
+impl LlmArgs {
+    /// The client, or `None` when no model was given.
+    fn client(&self, out: &std::path::Path) -> Result<Option<Box<dyn ChatClient>>> {
+        if self.explainer_model.is_none() && self.llm_base_url.is_none() {
+            return Ok(None);
+        }
+        let cfg = ClientConfig {
+            base_url: self.llm_base_url.clone(),
+            model: self.llm_model.clone(),
+            key_env: self.llm_key_env.clone(),
+            key_optional: self.llm_key_optional,
+            concurrency: self.llm_concurrency,
+            timeout: std::time::Duration::from_secs(self.llm_timeout),
+            retries: self.llm_retries,
+            explainer_model: self.explainer_model.clone(),
+            cache_dir: Some(
+                self.llm_cache
+                    .clone()
+                    .unwrap_or_else(|| out.join("llm-cache")),
+            ),
+            ..ClientConfig::default()
+        };
+        Ok(Some(client_from(&cfg)?))
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -60,7 +135,9 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|s| {
             Scorer::parse(s).ok_or_else(|| {
-                anyhow::anyhow!("unknown scorer {s:?} (expected embedding, surprisal, detection or fuzz)")
+                anyhow::anyhow!(
+                    "unknown scorer {s:?} (expected embedding, surprisal, detection or fuzz)"
+                )
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -77,8 +154,12 @@ pub fn run(a: Args) -> Result<()> {
     req.sample.min_examples = a.min_examples;
     req.sample.seed = a.seed;
     req.classify.seed = a.seed;
+    req.classify.per_prompt = a.per_prompt;
+    req.classify.top_logprobs = a.logprobs.then_some(5);
+    req.llm_batch = a.llm_batch;
+    let client = a.llm.client(&a.out)?;
     let mut rep = Reporter::new();
-    let result = autointerp(&req, None, &STOP, &mut |e| rep.handle(e));
+    let result = autointerp(&req, client.as_deref(), &STOP, &mut |e| rep.handle(e));
     drop(rep);
     let s = result?;
     print!("{}", markdown(&s));

@@ -10,6 +10,7 @@ use std::process::Output;
 use saelab_core::format::save_sae;
 use saelab_core::{ArchConfig, ParamSet, Sae, SaeConfig, Tensor};
 use saelab_testkit::cli::{assert_one_line_error, p, stderr, Bin};
+use saelab_testkit::tied_random_weights;
 
 /// The binary under test.
 pub const SAELAB: Bin = Bin::new(env!("CARGO_BIN_EXE_saelab"));
@@ -145,4 +146,60 @@ pub fn identity_sae(dir: &Path, name: &str, hook: Option<&str>) -> PathBuf {
     let arch = ArchConfig::default_for("relu", 0).unwrap();
     let (w_enc, w_dec) = saelab_testkit::identity_relu_weights(d);
     write_sae(dir, name, arch, (d, 2 * d), hook, [w_enc, w_dec])
+}
+
+/// The server process, killed when dropped; its stderr lines collected.
+pub struct Server {
+    child: std::process::Child,
+    /// `host:port`.
+    pub addr: String,
+    /// Its stderr, line by line.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `saelab -v serve --llm MODEL --port 0` and waits for its address.
+pub fn start_llm_server(model: &std::path::Path) -> Server {
+    use std::io::BufRead;
+    let mut child = SAELAB
+        .cmd(&["-v", "serve", "--llm", p(model), "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start saelab serve --llm");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let err = child.stderr.take().unwrap();
+    let l = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            l.lock().unwrap().push(line);
+        }
+    });
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let start = line
+        .find("http://")
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr = line[start + 7..].split('/').next().unwrap().to_string();
+    assert!(line.contains("SmolLM2-135M-Instruct.Q4_1.gguf"), "{line}");
+    Server { child, addr, log }
+}
+
+pub fn random_sae(dir: &Path, d: usize, n: usize, hook: &str) {
+    let (we, wd) = tied_random_weights(d, n, 3, 1.0);
+    let mut cfg = SaeConfig::new(ArchConfig::default_for("topk", 8).unwrap(), d, n);
+    cfg.metadata.hook_name = Some(hook.into());
+    let mut ps = ParamSet::new();
+    ps.insert("W_enc", Tensor::new(&[d, n], we).unwrap());
+    ps.insert("b_enc", Tensor::zeros(&[n]));
+    ps.insert("W_dec", Tensor::new(&[n, d], wd).unwrap());
+    ps.insert("b_dec", Tensor::zeros(&[d]));
+    save_sae(&Sae::new(cfg, ps).unwrap(), dir, None).unwrap();
 }

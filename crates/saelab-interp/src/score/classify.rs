@@ -278,13 +278,19 @@ mod tests {
                 tok("[", &[("[", 0.0)]),
                 tok("1", &[("1", (0.75f32).ln()), ("0", (0.25f32).ln())]),
                 tok(",", &[]),
-                tok(" 0", &[(" 0", (0.6f32).ln()), (" 1", (0.2f32).ln()), ("x", -1.0)]),
+                tok(
+                    " 0",
+                    &[(" 0", (0.6f32).ln()), (" 1", (0.2f32).ln()), ("x", -1.0)],
+                ),
                 tok("]", &[]),
             ]),
             finish_reason: "stop".into(),
         };
         let p = answer_probabilities(&reply, 2).unwrap();
-        assert!((p[0] - 0.75).abs() < 1e-6 && (p[1] - 0.25).abs() < 1e-6, "{p:?}");
+        assert!(
+            (p[0] - 0.75).abs() < 1e-6 && (p[1] - 0.25).abs() < 1e-6,
+            "{p:?}"
+        );
         assert_eq!(answer_probabilities(&reply, 3), None);
     }
 }

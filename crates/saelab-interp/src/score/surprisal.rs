@@ -11,9 +11,9 @@
 //! explanation: [`SurprisalScorer::prepare`] computes its losses once per latent, and
 //! [`SurprisalScorer::score`] then costs one forward per explanation.
 
-use saelab_lm::Result;
 use saelab_lm::model::{ForwardOptions, HookedModel};
 use saelab_lm::tokenizer::Tokenizer;
+use saelab_lm::Result;
 
 use super::ItemScore;
 use crate::render::plain;
@@ -26,6 +26,9 @@ fn with(explanation: &str) -> String {
 
 /// The control prefix.
 const CONTROL: &str = "The following sentences are examples of text where this appears: various unrelated sentences.\nSentences:\n";
+
+/// Sequences per forward.
+const BATCH: usize = 32;
 
 /// A base model and its tokenizer.
 pub struct SurprisalScorer<'m> {
@@ -75,36 +78,39 @@ impl<'m> SurprisalScorer<'m> {
     }
 
     /// Mean next-token loss of each excerpt after BOS and `prefix` (NaN for an empty
-    /// excerpt). Sequences of equal length run as one batch.
+    /// excerpt).
     fn losses(&self, prefix: &str, excerpts: &[Vec<u32>]) -> Result<Vec<f64>> {
         let mut head = Vec::new();
         head.extend(self.tokenizer.bos_id().or(self.model.bos_token_id()));
         head.extend(self.tokenizer.encode(prefix)?);
         let p = head.len();
         let mut out = vec![f64::NAN; excerpts.len()];
-        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-        for (i, e) in excerpts.iter().enumerate() {
-            if !e.is_empty() {
-                by_len.entry(e.len()).or_default().push(i);
-            }
-        }
-        for (len, members) in by_len {
-            for chunk in members.chunks(16) {
-                let batch: Vec<Vec<u32>> = chunk
-                    .iter()
-                    .map(|&i| [head.as_slice(), &excerpts[i]].concat())
-                    .collect();
-                let loss = self
-                    .model
-                    .forward(&batch, &ForwardOptions::new().loss(true))?
-                    .loss
-                    .expect("asked for the loss");
-                // Column j predicts token j + 1: the excerpt's tokens p..p + len.
-                for (row, &i) in chunk.iter().enumerate() {
-                    let r = &loss.data[row * loss.cols..(row + 1) * loss.cols];
-                    out[i] = r[p - 1..p - 1 + len].iter().map(|&v| v as f64).sum::<f64>()
-                        / len as f64;
-                }
+        // Batches of similar lengths, padded at the end: the forward is causal, so the
+        // padding changes no loss before it, and those after are not read.
+        let mut order: Vec<usize> = (0..excerpts.len())
+            .filter(|&i| !excerpts[i].is_empty())
+            .collect();
+        order.sort_by_key(|&i| excerpts[i].len());
+        for chunk in order.chunks(BATCH) {
+            let longest = chunk.iter().map(|&i| excerpts[i].len()).max().unwrap_or(0);
+            let batch: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|&i| {
+                    let mut seq = [head.as_slice(), &excerpts[i]].concat();
+                    seq.resize(p + longest, *seq.last().expect("not empty"));
+                    seq
+                })
+                .collect();
+            let loss = self
+                .model
+                .forward(&batch, &ForwardOptions::new().loss(true))?
+                .loss
+                .expect("asked for the loss");
+            // Column j predicts token j + 1: the excerpt's tokens p..p + len.
+            for (row, &i) in chunk.iter().enumerate() {
+                let len = excerpts[i].len();
+                let r = &loss.data[row * loss.cols..(row + 1) * loss.cols];
+                out[i] = r[p - 1..p - 1 + len].iter().map(|&v| v as f64).sum::<f64>() / len as f64;
             }
         }
         Ok(out)
