@@ -4,7 +4,8 @@
 //! scorers against the shuffled control, in delphi's layout; the LLM-judged detection
 //! scorer against `saelab serve --llm` (real completions of SmolLM2, whose malformed
 //! answers are counted failures while the run goes on); a rerun that finds every file
-//! and does nothing; and the refusals before any work.
+//! and does nothing; the means recomputed from the score files by a standard-library
+//! Python script (`scripts/check_delphi_scores.py`); and the refusals before any work.
 
 use std::path::Path;
 
@@ -141,6 +142,23 @@ fn token_set_and_llm_judged_runs_write_delphis_layout_and_resume() {
         before
     );
     eprintln!("rerun: {:.1} s", t.elapsed().as_secs_f64());
+    // delphi's field names, read by a standard-library Python script, give the same
+    // means.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_delphi_scores.py");
+    let check = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&out)
+        .arg("--control")
+        .output()
+        .expect("run python3");
+    let said = String::from_utf8_lossy(&check.stdout);
+    eprintln!("{said}");
+    assert!(
+        check.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(said.matches(" ok").count(), 4, "{said}");
 
     // Detection judged by SmolLM2 behind `saelab serve --llm`: real completions, one
     // latent; SmolLM2-135M rarely writes a well-formed list, and whatever it writes is
