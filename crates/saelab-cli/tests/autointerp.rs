@@ -11,26 +11,11 @@ use std::path::Path;
 
 mod common;
 
-use common::{random_sae, read_json, saelab_fails, saelab_ok, start_llm_server};
+use common::{copy_collection, random_sae, read_json, saelab_fails, saelab_ok, start_llm_server};
 use saelab_testkit::cli::{p, stdout};
 use saelab_testkit::{real_data, serial};
 
 const HOOK: &str = "blocks.6.hook_resid_post";
-
-/// `dir/corpus`: 12 State of the Union addresses.
-fn corpus(data: &saelab_testkit::RealData, dir: &Path) -> std::path::PathBuf {
-    let to = dir.join("corpus");
-    std::fs::create_dir_all(&to).unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(data.collection("sotu"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for (i, f) in files.iter().take(12).enumerate() {
-        std::fs::copy(f, to.join(format!("{i:02}.txt"))).unwrap();
-    }
-    to
-}
 
 #[test]
 fn token_set_and_llm_judged_runs_write_delphis_layout_and_resume() {
@@ -40,7 +25,9 @@ fn token_set_and_llm_judged_runs_write_delphis_layout_and_resume() {
     let run = tmp.path().join("run");
     random_sae(&run.join("sae"), 576, 256, HOOK);
     let model = p(&data.model);
-    let corp = corpus(&data, tmp.path());
+    // 12 State of the Union addresses.
+    let corp = tmp.path().join("corpus");
+    copy_collection(&data, "sotu", "", 12, &corp);
     let features = run.join("features");
     saelab_ok(&[
         "features",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{random_sae, read_json, saelab_fails, saelab_ok};
+use common::{copy_collection, random_sae, read_json, saelab_fails, saelab_ok};
 use saelab_testkit::cli::{p, stdout};
 use saelab_testkit::{real_data, serial};
 
@@ -17,19 +17,8 @@ const HOOK: &str = "blocks.2.hook_resid_post";
 /// A corpus of 24 Moby-Dick chapters and 24 State of the Union addresses, in folders
 /// `moby/` and `sotu/` (documents 19 and 39 are held out).
 fn corpus(data: &saelab_testkit::RealData, dir: &Path) {
-    for (name, prefix) in [("moby", "chapter_"), ("sotu", "")] {
-        let to = dir.join(name);
-        std::fs::create_dir_all(&to).unwrap();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(data.collection(name))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with(prefix))
-            .collect();
-        files.sort();
-        for (i, f) in files.iter().take(24).enumerate() {
-            std::fs::copy(f, to.join(format!("{i:02}.txt"))).unwrap();
-        }
-    }
+    copy_collection(data, "moby", "chapter_", 24, &dir.join("moby"));
+    copy_collection(data, "sotu", "", 24, &dir.join("sotu"));
 }
 
 #[test]

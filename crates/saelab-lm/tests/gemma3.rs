@@ -30,6 +30,7 @@ use saelab_lm::tokenizer::Tokenizer;
 use saelab_testkit::{real_data, serial};
 
 mod common;
+use common::ce::held_out_window_ce;
 use common::compare::argmax;
 use common::oracle::{assert_corpus_matches_llama_cpp, assert_fixed_ids, Fixed};
 use common::parity::assert_last_logits_match;
@@ -301,33 +302,9 @@ fn next_token_cross_entropy_on_held_out_text_is_plausible() {
         return;
     };
     // Windows of 256 tokens from inside held-out documents, after BOS.
-    let bos = tok.bos_id().unwrap();
-    let batch: Vec<Vec<u32>> = texts
-        .iter()
-        .map(|t| tok.encode(t).unwrap())
-        .filter(|ids| ids.len() >= 512)
-        .take(8)
-        .map(|ids| {
-            std::iter::once(bos)
-                .chain(ids[256..511].iter().copied())
-                .collect()
-        })
-        .collect();
-    assert_eq!(batch.len(), 8);
-    let out = model
-        .forward(&batch, &ForwardOptions::new().loss(true))
-        .unwrap();
-    let loss = out.loss.unwrap();
-    let per: Vec<f64> = loss
-        .data
-        .chunks(loss.cols)
-        .map(|r| r.iter().map(|&v| v as f64).sum::<f64>() / r.len() as f64)
-        .collect();
-    let ce = per.iter().sum::<f64>() / per.len() as f64;
+    let (ce, per) = held_out_window_ce(model, tok, &texts, tok.bos_id().unwrap());
     eprintln!(
-        "next-token CE on {} held-out windows of 256 tokens: {ce:.4} nats (per window {:.2?})",
-        batch.len(),
-        per
+        "next-token CE on 8 held-out windows of 256 tokens: {ce:.4} nats (per window {per:.2?})"
     );
     assert!(
         (1.5..5.0).contains(&ce),

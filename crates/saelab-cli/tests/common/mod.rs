@@ -203,3 +203,25 @@ pub fn random_sae(dir: &Path, d: usize, n: usize, hook: &str) {
     ps.insert("b_dec", Tensor::zeros(&[d]));
     save_sae(&Sae::new(cfg, ps).unwrap(), dir, None).unwrap();
 }
+
+/// Copies the first `n` documents (by file name) of the corpus collection `name`
+/// whose names start with `prefix` into `to/00.txt`, `to/01.txt`, … (document 19 of
+/// a folder is held out).
+pub fn copy_collection(
+    data: &saelab_testkit::RealData,
+    name: &str,
+    prefix: &str,
+    n: usize,
+    to: &Path,
+) {
+    std::fs::create_dir_all(to).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data.collection(name))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect();
+    files.sort();
+    for (i, f) in files.iter().take(n).enumerate() {
+        std::fs::copy(f, to.join(format!("{i:02}.txt"))).unwrap();
+    }
+}

@@ -1,6 +1,7 @@
 //! Helpers shared by the test binaries of this crate; each binary uses a part of them.
 #![allow(dead_code)]
 
+pub mod ce;
 pub mod compare;
 pub mod f32_gguf;
 pub mod gguf_bpe;

@@ -22,6 +22,7 @@ use saelab_lm::text::{Corpus, HeldOut, LoadOptions, Part};
 use saelab_lm::tokenizer::Tokenizer;
 use saelab_testkit::{real_data, serial};
 
+use super::ce::held_out_window_ce;
 use super::compare::argmax;
 use super::f32_gguf::f32_gguf;
 use super::oracle::{assert_corpus_matches_llama_cpp, assert_fixed_ids, Fixed};
@@ -208,34 +209,11 @@ pub fn check_cross_entropy_is_plausible(size: &Size) {
     // Windows of 256 tokens from inside held-out documents, after the document
     // separator `<|endoftext|>` (the GGUF's BOS id), as Qwen2 saw text in training.
     let sep = model.bos_token_id().unwrap();
-    let batch: Vec<Vec<u32>> = texts
-        .iter()
-        .map(|t| tok.encode(t).unwrap())
-        .filter(|ids| ids.len() >= 512)
-        .take(8)
-        .map(|ids| {
-            std::iter::once(sep)
-                .chain(ids[256..511].iter().copied())
-                .collect()
-        })
-        .collect();
-    assert_eq!(batch.len(), 8);
-    let out = model
-        .forward(&batch, &ForwardOptions::new().loss(true))
-        .unwrap();
-    let loss = out.loss.unwrap();
-    let per: Vec<f64> = loss
-        .data
-        .chunks(loss.cols)
-        .map(|r| r.iter().map(|&v| v as f64).sum::<f64>() / r.len() as f64)
-        .collect();
-    let ce = per.iter().sum::<f64>() / per.len() as f64;
+    let (ce, per) = held_out_window_ce(model, tok, &texts, sep);
     eprintln!(
-        "{}: next-token CE on {} held-out windows of 256 tokens: {ce:.4} nats (per window \
-         {:.2?})",
-        size.name,
-        batch.len(),
-        per
+        "{}: next-token CE on 8 held-out windows of 256 tokens: {ce:.4} nats (per window \
+         {per:.2?})",
+        size.name
     );
     // The model is a coder: its own domain, Rust source (this file, past its doc
     // comment, which is prose), is much easier.
