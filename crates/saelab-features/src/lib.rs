@@ -9,6 +9,8 @@
 //! - [`store`]: the folder's layout, its per-range stats files and their index, and
 //!   reading one latent's [`record`] without loading the others; [`manifest`]:
 //!   `features.json`, with the [`fingerprint`] that ties a folder to its SAE;
+//! - [`explanations`]: `explanations.json`, the explanations and scores of
+//!   `saelab autointerp`, merged per latent and explainer;
 //! - [`rank`]: the one top-n selection (and tie rule) every table uses.
 //!
 //! The `.safetensors` files (shard parts, the token matrix, delphi's latent cache) are
@@ -22,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod cooccurrence;
+pub mod explanations;
 pub mod fingerprint;
 pub mod latent_cache;
 pub mod manifest;

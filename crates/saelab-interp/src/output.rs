@@ -89,6 +89,36 @@ impl Output {
     }
 }
 
+impl Output {
+    /// Writes `value` as `scorer`'s file for `latent` (scorers whose results are not
+    /// per-item lists, e.g. the intruder scorer's counts).
+    pub fn write_json<T: serde::Serialize>(
+        &self,
+        scorer: &str,
+        latent: usize,
+        value: &T,
+    ) -> Result<()> {
+        let json = serde_json::to_string(value).expect("scores serialise");
+        write(&self.score_file(scorer, latent), json.as_bytes())
+    }
+
+    /// `scorer`'s file for `latent` as a `T`, if written.
+    pub fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        scorer: &str,
+        latent: usize,
+    ) -> Result<Option<T>> {
+        let p = self.score_file(scorer, latent);
+        if !p.is_file() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::bad_file(&p, format!("not a {scorer} score file: {e}")))
+    }
+}
+
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;

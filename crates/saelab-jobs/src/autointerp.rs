@@ -13,7 +13,10 @@
 //! The summary gives each scorer's mean over latents for the real and the shuffled
 //! explanations, the constant-answer baseline (0.5 for balanced accuracy and AUROC),
 //! the one-sided paired sign-flip p-value of real over shuffled, the failures (LLM
-//! replies that failed or could not be parsed) and the throughput.
+//! replies that failed or could not be parsed) and the throughput. Each explained
+//! latent's text and scores are also merged into the features folder's
+//! `explanations.json` (`saelab_features::explanations`), which the dashboard and the
+//! Neuronpedia export read.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +24,7 @@ use std::time::Instant;
 
 use saelab_core::rng::Rng;
 use saelab_embed::SentenceEncoder;
+use saelab_features::explanations::{merge_explanations, ExplanationRecord, ExplanationScore};
 use saelab_features::Features;
 use saelab_interp::explain::{self, ExplainerConfig};
 use saelab_interp::metrics::{mean, sign_flip_p};
@@ -28,6 +32,7 @@ use saelab_interp::output::Output;
 use saelab_interp::sample::{sample, Examples, SampleConfig, TokenMatrix};
 use saelab_interp::score::classify::{self, ClassifyConfig, Task};
 use saelab_interp::score::embedding::EmbeddingScorer;
+use saelab_interp::score::intruder::{self, IntruderConfig, IntruderScore};
 use saelab_interp::score::surprisal::SurprisalScorer;
 use saelab_interp::score::{ItemScore, ScoreSummary};
 use saelab_llm::ChatClient;
@@ -73,6 +78,8 @@ pub enum Scorer {
     Detection,
     /// LLM-judged fuzzing.
     Fuzz,
+    /// LLM-judged: which excerpt is the non-activating intruder.
+    Intruder,
     /// A base model's loss gain from the explanation.
     Surprisal,
     /// Sentence-embedding similarity.
@@ -85,6 +92,7 @@ impl Scorer {
         match self {
             Scorer::Detection => "detection",
             Scorer::Fuzz => "fuzz",
+            Scorer::Intruder => "intruder",
             Scorer::Surprisal => "surprisal",
             Scorer::Embedding => "embedding",
         }
@@ -92,19 +100,29 @@ impl Scorer {
 
     /// Whether it asks an LLM.
     pub fn needs_llm(self) -> bool {
+        matches!(self, Scorer::Detection | Scorer::Fuzz | Scorer::Intruder)
+    }
+
+    /// Whether its items are yes/no predictions (else a ranking score).
+    fn classifying(self) -> bool {
         matches!(self, Scorer::Detection | Scorer::Fuzz)
     }
 
-    /// Whether its per-latent metric is balanced accuracy (else AUROC).
-    fn classifying(self) -> bool {
-        self.needs_llm()
+    /// Its per-latent metric.
+    fn metric(self) -> &'static str {
+        match self {
+            Scorer::Detection | Scorer::Fuzz => "balanced_accuracy",
+            Scorer::Intruder => "accuracy",
+            Scorer::Surprisal | Scorer::Embedding => "auroc",
+        }
     }
 
-    /// Parses `detection`, `fuzz` (or `fuzzing`), `surprisal`, `embedding`.
+    /// Parses `detection`, `fuzz` (or `fuzzing`), `intruder`, `surprisal`, `embedding`.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "detection" => Scorer::Detection,
             "fuzz" | "fuzzing" => Scorer::Fuzz,
+            "intruder" => Scorer::Intruder,
             "surprisal" => Scorer::Surprisal,
             "embedding" => Scorer::Embedding,
             _ => return None,
@@ -127,8 +145,10 @@ pub struct AutointerpRequest {
     pub scorers: Vec<Scorer>,
     /// How examples are sampled.
     pub sample: SampleConfig,
-    /// How the LLM judge is prompted.
+    /// How the LLM judge is prompted (detection, fuzz).
     pub classify: ClassifyConfig,
+    /// How the intruder prompts are built.
+    pub intruder: IntruderConfig,
     /// The surprisal scorer's base model (default: the features folder's model).
     pub base_model: Option<PathBuf>,
     /// The embedding scorer's sentence encoder folder.
@@ -153,6 +173,7 @@ impl AutointerpRequest {
             scorers,
             sample: SampleConfig::default(),
             classify: ClassifyConfig::default(),
+            intruder: IntruderConfig::default(),
             base_model: None,
             embedder: None,
             llm_batch: 8,
@@ -173,7 +194,8 @@ pub struct ScorerSummary {
     pub real_mean: f64,
     /// The same, shuffled explanations.
     pub shuffled_mean: f64,
-    /// The metric of a constant answer (or a random ranking).
+    /// The metric of a constant answer or a random ranking (0.5), or of a random
+    /// guess (the intruder scorer: 1 / excerpts per prompt).
     pub constant_baseline: f64,
     /// Latents where the real explanation scored higher, lower.
     pub real_wins: usize,
@@ -181,7 +203,8 @@ pub struct ScorerSummary {
     pub shuffled_wins: usize,
     /// One-sided paired sign-flip p-value of real over shuffled.
     pub p_value: f64,
-    /// Items without a usable answer, real and shuffled together.
+    /// Items (for the intruder scorer: prompts) without a usable answer, real and
+    /// shuffled together.
     pub failed_items: usize,
     /// Per latent: (latent, real, shuffled).
     pub per_latent: Vec<(usize, f64, f64)>,
@@ -349,13 +372,48 @@ pub fn autointerp(
         total: Some(n as u64),
         done: 0,
     });
-    let mut results: Vec<Vec<(usize, ScoreSummary, ScoreSummary)>> =
-        vec![Vec::new(); req.scorers.len()];
+    let mut results: Vec<Vec<Row>> = vec![Vec::new(); req.scorers.len()];
     for (i, (ex, text)) in explained.iter().enumerate() {
         check_stop(stop)?;
         let shuffled = if n > 1 { &explained[donor[i]].1 } else { text };
         for (s, &scorer) in req.scorers.iter().enumerate() {
             let name = scorer.name();
+            let kind = match scorer {
+                Scorer::Detection => ItemKind::Classify(Task::Detection),
+                Scorer::Fuzz => ItemKind::Classify(Task::Fuzzing),
+                Scorer::Surprisal => ItemKind::Surprisal,
+                Scorer::Embedding => ItemKind::Embedding,
+                Scorer::Intruder => {
+                    let (a, b) = match (
+                        out.read_json::<IntruderScore>(name, ex.latent)?,
+                        control.read_json::<IntruderScore>(name, ex.latent)?,
+                    ) {
+                        (Some(a), Some(b)) => (a, b),
+                        _ => {
+                            let cfg = &req.intruder;
+                            let pa = intruder::prompts(text, ex, &vocab, cfg);
+                            let pb = intruder::prompts(shuffled, ex, &vocab, cfg);
+                            let reqs: Vec<_> =
+                                pa.iter().chain(&pb).map(|p| p.request.clone()).collect();
+                            let replies = llm.expect("checked").complete_many(&reqs);
+                            let a = intruder::score(&pa, &replies[..pa.len()], cfg.shown);
+                            let b = intruder::score(&pb, &replies[pa.len()..], cfg.shown);
+                            out.write_json(name, ex.latent, &a)?;
+                            control.write_json(name, ex.latent, &b)?;
+                            control.write_explanation(ex.latent, shuffled)?;
+                            (a, b)
+                        }
+                    };
+                    results[s].push(Row {
+                        latent: ex.latent,
+                        real: a.accuracy,
+                        shuffled: b.accuracy,
+                        failed: a.failed + b.failed,
+                        baseline: a.chance,
+                    });
+                    continue;
+                }
+            };
             let done = (
                 out.read_scores(name, ex.latent)?,
                 control.read_scores(name, ex.latent)?,
@@ -363,13 +421,8 @@ pub fn autointerp(
             let (real, ctrl) = match done {
                 (Some(a), Some(b)) => (a, b),
                 _ => {
-                    let (a, b) = match scorer {
-                        Scorer::Detection | Scorer::Fuzz => {
-                            let task = if scorer == Scorer::Detection {
-                                Task::Detection
-                            } else {
-                                Task::Fuzzing
-                            };
+                    let (a, b) = match kind {
+                        ItemKind::Classify(task) => {
                             let pa = classify::prompts(task, text, ex, &vocab, &req.classify);
                             let pb = classify::prompts(task, shuffled, ex, &vocab, &req.classify);
                             let na = pa.requests.len();
@@ -380,13 +433,13 @@ pub fn autointerp(
                             let (b, _) = classify::apply(pb, &replies[na..]);
                             (a, b)
                         }
-                        Scorer::Surprisal => {
+                        ItemKind::Surprisal => {
                             let (model, tok) = base.as_ref().expect("loaded");
                             let sc = SurprisalScorer::new(model, tok);
                             let prep = sc.prepare(ex, &vocab)?;
                             (sc.score(&prep, text)?, sc.score(&prep, shuffled)?)
                         }
-                        Scorer::Embedding => {
+                        ItemKind::Embedding => {
                             let sc = EmbeddingScorer::new(encoder.as_ref().expect("loaded"));
                             let emb = |r: saelab_embed::Result<Vec<ItemScore>>| {
                                 r.map_err(|e| Error::invalid(e.to_string()))
@@ -404,11 +457,15 @@ pub fn autointerp(
                 }
             };
             let c = scorer.classifying();
-            results[s].push((
-                ex.latent,
-                ScoreSummary::of(&real, c),
-                ScoreSummary::of(&ctrl, c),
-            ));
+            let (a, b) = (ScoreSummary::of(&real, c), ScoreSummary::of(&ctrl, c));
+            let metric = |s: &ScoreSummary| if c { s.balanced_accuracy } else { s.auroc };
+            results[s].push(Row {
+                latent: ex.latent,
+                real: metric(&a),
+                shuffled: metric(&b),
+                failed: a.failed + b.failed,
+                baseline: 0.5,
+            });
         }
         on(Event::Advance { done: i as u64 + 1 });
     }
@@ -421,8 +478,51 @@ pub fn autointerp(
     }
     summary.seconds = start.elapsed().as_secs_f64();
     summary.latents_per_hour = (fresh > 0).then(|| fresh as f64 * 3600.0 / summary.seconds);
+    let explainer = match &req.explainer {
+        Explainer::TokenSet { .. } => "token-set".to_string(),
+        Explainer::Llm(_) => format!("llm:{}", llm.map(|c| c.model_id()).unwrap_or_default()),
+    };
+    merge_explanations(
+        &req.features,
+        store_records(&explainer, &req.out, &explained, &req.scorers, &results),
+    )?;
     write_summary(&req.out, &summary)?;
     Ok(summary)
+}
+
+/// The features store's records of this run: each explained latent with its text and
+/// one score per scorer.
+fn store_records(
+    explainer: &str,
+    out: &Path,
+    explained: &[(Examples, String)],
+    scorers: &[Scorer],
+    results: &[Vec<Row>],
+) -> Vec<ExplanationRecord> {
+    explained
+        .iter()
+        .map(|(ex, text)| ExplanationRecord {
+            latent: ex.latent as u32,
+            explainer: explainer.to_string(),
+            explanation: text.clone(),
+            source: out.display().to_string(),
+            scores: scorers
+                .iter()
+                .zip(results)
+                .filter_map(|(scorer, rows)| {
+                    let r = rows.iter().find(|r| r.latent == ex.latent)?;
+                    Some(ExplanationScore {
+                        scorer: scorer.name().into(),
+                        metric: scorer.metric().into(),
+                        value: r.real,
+                        shuffled: r.shuffled,
+                        baseline: r.baseline,
+                        failed: r.failed,
+                    })
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 fn names(scorers: &[Scorer]) -> String {
@@ -512,41 +612,43 @@ fn explain_batch(
     Ok((done, failed))
 }
 
-fn summarise(
-    scorer: Scorer,
-    rows: &[(usize, ScoreSummary, ScoreSummary)],
-    seed: u64,
-) -> ScorerSummary {
-    let metric = |s: &ScoreSummary| {
-        if scorer.classifying() {
-            s.balanced_accuracy
-        } else {
-            s.auroc
-        }
-    };
+/// The scorers whose results are per-item lists ([`ItemScore`]).
+#[derive(Clone, Copy)]
+enum ItemKind {
+    Classify(Task),
+    Surprisal,
+    Embedding,
+}
+
+/// One latent's metric for one scorer.
+#[derive(Clone, Debug)]
+struct Row {
+    latent: usize,
+    real: Option<f64>,
+    shuffled: Option<f64>,
+    failed: usize,
+    baseline: f64,
+}
+
+fn summarise(scorer: Scorer, rows: &[Row], seed: u64) -> ScorerSummary {
     let per: Vec<(usize, f64, f64)> = rows
         .iter()
-        .filter_map(|(l, a, b)| Some((*l, metric(a)?, metric(b)?)))
+        .filter_map(|r| Some((r.latent, r.real?, r.shuffled?)))
         .collect();
     let real: Vec<f64> = per.iter().map(|r| r.1).collect();
     let shuf: Vec<f64> = per.iter().map(|r| r.2).collect();
     let diffs: Vec<f64> = per.iter().map(|r| r.1 - r.2).collect();
     ScorerSummary {
         scorer: scorer.name().into(),
-        metric: if scorer.classifying() {
-            "balanced_accuracy"
-        } else {
-            "auroc"
-        }
-        .into(),
+        metric: scorer.metric().into(),
         latents: per.len(),
         real_mean: mean(&real),
         shuffled_mean: mean(&shuf),
-        constant_baseline: 0.5,
+        constant_baseline: rows.first().map_or(0.5, |r| r.baseline),
         real_wins: diffs.iter().filter(|&&d| d > 0.0).count(),
         shuffled_wins: diffs.iter().filter(|&&d| d < 0.0).count(),
         p_value: sign_flip_p(&diffs, 100_000, seed),
-        failed_items: rows.iter().map(|(_, a, b)| a.failed + b.failed).sum(),
+        failed_items: rows.iter().map(|r| r.failed).sum(),
         per_latent: per,
     }
 }

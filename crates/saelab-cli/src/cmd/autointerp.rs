@@ -39,7 +39,7 @@ pub struct Args {
     /// Tokens a token-set explanation lists.
     #[arg(long, default_value_t = 5)]
     explanation_tokens: usize,
-    /// Scorers: embedding, surprisal, detection, fuzz (comma-separated).
+    /// Scorers: embedding, surprisal, detection, fuzz, intruder (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "embedding,surprisal")]
     scorers: Vec<String>,
     /// Base model of the surprisal scorer [default: the features folder's model].
@@ -136,7 +136,7 @@ pub fn run(a: Args) -> Result<()> {
         .map(|s| {
             Scorer::parse(s).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "unknown scorer {s:?} (expected embedding, surprisal, detection or fuzz)"
+                    "unknown scorer {s:?} (expected embedding, surprisal, detection, fuzz or intruder)"
                 )
             })
         })

@@ -16,6 +16,7 @@
 
 pub mod classify;
 pub mod embedding;
+pub mod intruder;
 pub mod surprisal;
 
 use serde::{Deserialize, Serialize};
