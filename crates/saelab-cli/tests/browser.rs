@@ -17,8 +17,14 @@
 //! explorer, typing a fixed sentence gives per-token values of a latent equal (1e-4) to
 //! `saelab encode --latent I --text …`; in the feature page's steering panel, a strong
 //! add (`raw:200`, 8 new tokens) gives an unsteered and a steered continuation, side by
-//! side, that differ. It saves a screenshot of the index, the feature page, the
-//! steering panel and the prompt explorer into `$SAELAB_SCREENSHOTS` (default
+//! side, that differ. The explanations of `saelab autointerp`, written into the features
+//! folder with `merge_explanations` before the server starts (one of the latent, HTML
+//! inside it, one of another latent): the index's explanation search box, typed into
+//! with a word of the text in other case, lists only the latent, linked; its page shows
+//! the text as text (not markup) and each score with its shuffled control; the same
+//! search in the static export (`saelab export-html`, opened from `file://`). It saves a
+//! screenshot of the index, the explanation search, the feature page, the steering
+//! panel and the prompt explorer into `$SAELAB_SCREENSHOTS` (default
 //! `target/screenshots`; the ones in `docs/` were made with
 //! `SAELAB_SCREENSHOTS=docs/screenshots`).
 //!
@@ -35,6 +41,7 @@ mod common;
 
 use common::{saelab_ok, SAELAB};
 use fantoccini::{ClientBuilder, Locator};
+use saelab_features::explanations::{merge_explanations, ExplanationRecord, ExplanationScore};
 use saelab_features::Features;
 use saelab_testkit::cli::{p, stdout};
 use saelab_testkit::data::{data_required, workspace_root};
@@ -42,6 +49,8 @@ use saelab_testkit::real_data;
 use saelab_web::site::display_token;
 
 const SENTENCE: &str = "The whale rose from the sea, and Captain Ahab called his men to the boats.";
+/// The explanation of the page's latent: markup in it must be shown as text.
+const EXPLANATION: &str = "Sea words: \" whale\", \" ship\" <i>not markup</i> & more (marker qz7)";
 
 /// A child process killed when the test ends, however it ends.
 struct Killed(Child);
@@ -194,6 +203,40 @@ fn dashboard_in_headless_chromium_matches_the_stats_and_saelab_encode() {
         .min_by(|a, b| a.count.cmp(&b.count).then(a.latent.cmp(&b.latent)))
         .expect("a latent active at 100 positions");
     let i = latent.latent;
+    // What `saelab autointerp` would leave in the folder: an explanation of latent i
+    // with two scores (one missing its value), and one of another latent.
+    let other = (i + 1) % feats.n_latents() as u32;
+    let score = |scorer: &str, metric: &str, value, shuffled, failed| ExplanationScore {
+        scorer: scorer.into(),
+        metric: metric.into(),
+        value,
+        shuffled,
+        baseline: 0.5,
+        failed,
+    };
+    merge_explanations(
+        &feats_dir,
+        vec![
+            ExplanationRecord {
+                latent: i,
+                explainer: "llm:local:browser-test.gguf#00000000".into(),
+                explanation: EXPLANATION.into(),
+                source: "runs/autointerp/browser".into(),
+                scores: vec![
+                    score("embedding", "auroc", Some(0.612), Some(0.48), 0),
+                    score("detection", "balanced_accuracy", None, Some(0.5), 4),
+                ],
+            },
+            ExplanationRecord {
+                latent: other,
+                explainer: "token-set".into(),
+                explanation: "\" unrelated\", \" filler\"".into(),
+                source: "runs/autointerp/browser".into(),
+                scores: vec![score("embedding", "auroc", Some(0.5), Some(0.52), 0)],
+            },
+        ],
+    )
+    .unwrap();
 
     let (_server, url) = serve(&[
         "serve",
@@ -252,6 +295,86 @@ fn dashboard_in_headless_chromium_matches_the_stats_and_saelab_encode() {
         client.goto(&url).await.unwrap();
         client.wait().for_element(Locator::Css("#latents tbody tr")).await.unwrap();
         save(&shots, "index.png", &client.screenshot().await.unwrap());
+
+        // The explanation search: a word of latent i's text, in other case, typed into
+        // the index's box; only latent i is listed, linked to its page.
+        let t0 = Instant::now();
+        let search = client.find(Locator::Css("#explain-search")).await.unwrap();
+        search.send_keys("QZ7").await.unwrap();
+        client.find(Locator::Css("#explain-run")).await.unwrap().click().await.unwrap();
+        client
+            .wait()
+            .for_element(Locator::Css("#explanation-hits tbody tr[data-latent]"))
+            .await
+            .unwrap();
+        let hits = client
+            .execute(
+                "return [...document.querySelectorAll('#explanation-hits tbody tr')].map(r => ({
+                   latent: r.dataset.latent, href: r.querySelector('a').getAttribute('href'),
+                   text: r.querySelector('.expl-text').textContent,
+                   score: r.cells[3].textContent,
+                   shown: r.getBoundingClientRect().height > 0 }));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let hits = hits.as_array().unwrap();
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        let h = &hits[0];
+        assert_eq!(h["latent"], i.to_string());
+        assert_eq!(h["href"], format!("/latent/{i}"));
+        assert_eq!(h["text"], EXPLANATION);
+        assert_eq!(h["score"], "embedding auroc 0.612 (shuffled 0.480)");
+        assert!(h["shown"].as_bool().unwrap(), "a hidden hit");
+        save(&shots, "explanations.png", &client.screenshot().await.unwrap());
+        // Its link leads to the latent's page, whose Explanations section shows the text
+        // as text and each score beside its shuffled control.
+        client
+            .find(Locator::Css("#explanation-hits tbody a"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        client.wait().for_element(Locator::Css("#explanations .expl")).await.unwrap();
+        let shown = client
+            .execute(
+                "const s = document.getElementById('explanations');
+                 return { url: location.pathname,
+                   markup: s.querySelectorAll('.expl-text i').length,
+                   records: [...s.querySelectorAll('.expl')].map(e => ({
+                     explainer: e.dataset.explainer,
+                     text: e.querySelector('.expl-text').textContent,
+                     shown: e.getBoundingClientRect().height > 0,
+                     scores: [...e.querySelectorAll('table.scores tbody tr')].map(r => ({
+                       scorer: r.dataset.scorer, value: r.dataset.value, verdict: r.dataset.verdict,
+                       cells: [...r.cells].map(c => c.textContent) })) })) };",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(shown["url"], format!("/latent/{i}"));
+        assert_eq!(shown["markup"], 0, "the explanation's <i> became markup");
+        let recs = shown["records"].as_array().unwrap();
+        assert_eq!(recs.len(), 1, "{shown}");
+        assert_eq!(recs[0]["text"], EXPLANATION);
+        assert!(recs[0]["shown"].as_bool().unwrap());
+        let scores = recs[0]["scores"].as_array().unwrap();
+        assert_eq!(scores.len(), 2);
+        assert_eq!(
+            scores[0]["cells"],
+            serde_json::json!(["embedding", "auroc", "0.612", "0.480", "+0.132 ▲", "0.500", "0"])
+        );
+        assert_eq!((scores[0]["value"].as_str(), scores[0]["verdict"].as_str()), (Some("0.612"), Some("better")));
+        assert_eq!(
+            scores[1]["cells"],
+            serde_json::json!(["detection", "balanced_accuracy", "—", "0.500", "—", "0.500", "4"])
+        );
+        eprintln!(
+            "explanation search: 1 hit for \"QZ7\", latent {i}'s page shows its text and 2 \
+             scores, in {:.1?}",
+            t0.elapsed()
+        );
 
         // The feature page.
         client.goto(&format!("{url}latent/{i}")).await.unwrap();
@@ -411,6 +534,35 @@ fn dashboard_in_headless_chromium_matches_the_stats_and_saelab_encode() {
             .await
             .unwrap();
         save(&shots, "prompt.png", &client.screenshot().await.unwrap());
+
+        // The static export, opened from file://: its index's script searches the
+        // embedded explanations and links latent i's exported page.
+        let html = tmp.path().join("html");
+        saelab_ok(&["export-html", "--features", p(&feats_dir), "--out", p(&html)]);
+        client
+            .goto(&format!("file://{}", html.join("index.html").display()))
+            .await
+            .unwrap();
+        let search = client.find(Locator::Css("#explain-search")).await.unwrap();
+        search.send_keys("qZ7").await.unwrap();
+        client
+            .wait()
+            .for_element(Locator::Css("#explanation-hits tbody tr[data-latent]"))
+            .await
+            .unwrap();
+        let hits = client
+            .execute(
+                "return [...document.querySelectorAll('#explanation-hits tbody tr')].map(r => ({
+                   href: r.querySelector('a').getAttribute('href'),
+                   text: r.querySelector('.expl-text').textContent }));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            hits,
+            serde_json::json!([{ "href": format!("latent-{i}.html"), "text": EXPLANATION }])
+        );
         client.close().await.unwrap();
 
         let o = saelab_ok(&[

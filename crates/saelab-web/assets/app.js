@@ -1,6 +1,7 @@
-// saelab features dashboard: the exported index's sorting and search, the prompt
-// explorer and the feature page's steering panel. Plain browser JavaScript, no
-// libraries, nothing fetched but /api/prompt and /api/steer.
+// saelab features dashboard: the exported index's sorting and search (by token, and
+// of the explanations embedded in it), the prompt explorer and the feature page's
+// steering panel. Plain browser JavaScript, no libraries, nothing fetched but
+// /api/prompt and /api/steer.
 "use strict";
 
 (function index() {
@@ -37,6 +38,55 @@
       if (hit) shown += 1;
     });
     summary.textContent = q ? `Token “${search.value.trim()}”: ${shown} latents` : `${rows.length} latents`;
+  });
+})();
+
+// The exported index's explanation search: the records embedded as JSON, matched by
+// a case-insensitive substring of their text (as the server's /explanations), the
+// first 50 listed with links to their pages. Text goes in through textContent only.
+(function explanations() {
+  const data = document.getElementById("explanations-data");
+  const input = document.getElementById("explain-search");
+  if (!data || !input) return;
+  const records = JSON.parse(data.textContent);
+  const table = document.getElementById("explanation-hits");
+  const body = table.tBodies[0];
+  const summary = document.getElementById("explain-summary");
+  const SHOWN = 50;
+  const cell = (tr, text, cls) => {
+    const td = tr.insertCell();
+    if (cls) td.className = cls;
+    td.textContent = text;
+    return td;
+  };
+  input.addEventListener("input", () => {
+    const q = input.value.trim().toLowerCase();
+    body.textContent = "";
+    if (!q) {
+      table.hidden = true;
+      summary.textContent = `${records.length} explanations (saelab autointerp) · type to search their text`;
+      return;
+    }
+    const hits = records.filter((r) => r.text.toLowerCase().includes(q));
+    hits.slice(0, SHOWN).forEach((r) => {
+      const tr = body.insertRow();
+      tr.dataset.latent = String(r.latent);
+      tr.dataset.explainer = r.explainer;
+      const a = document.createElement("a");
+      a.href = `latent-${r.latent}.html`;
+      a.textContent = `#${r.latent}`;
+      tr.insertCell().appendChild(a);
+      const chip = document.createElement("span");
+      chip.className = "chip";
+      chip.textContent = r.explainer;
+      tr.insertCell().appendChild(chip);
+      cell(tr, r.text, "expl-text");
+      cell(tr, r.score, r.verdict);
+    });
+    if (!hits.length) cell(body.insertRow(), "No explanation matches.", "muted").colSpan = 4;
+    table.hidden = false;
+    const more = hits.length > SHOWN ? ` · the first ${SHOWN} shown` : "";
+    summary.textContent = `“${input.value.trim()}”: ${hits.length} of ${records.length} explanations${more}`;
   });
 })();
 

@@ -1,9 +1,11 @@
 //! The JSON shapes of `/api/latents` and `/api/latent/{i}` (`/api/prompt` answers an
-//! [`crate::explorer::PromptResult`]). They carry the same records the pages are
+//! [`crate::explorer::PromptResult`], `/api/explanations` a
+//! [`crate::explanations::SearchResult`]). They carry the same records the pages are
 //! rendered from, plus the text of every token id they name.
 
 use std::collections::BTreeMap;
 
+use saelab_features::explanations::ExplanationRecord;
 use saelab_features::LatentRecord;
 use serde::Serialize;
 
@@ -29,6 +31,9 @@ pub struct LatentResponse {
     pub top_tokens: Vec<u32>,
     /// The text of every token id in `top_tokens` and in the logit tables.
     pub token_text: BTreeMap<u32, String>,
+    /// The latent's explanations with their scores, as in `explanations.json` (empty
+    /// when it has none).
+    pub explanations: Vec<ExplanationRecord>,
 }
 
 fn texts(site: &Site, ids: impl IntoIterator<Item = u32>) -> BTreeMap<u32, String> {
@@ -69,6 +74,7 @@ impl LatentResponse {
         LatentResponse {
             token_text: texts(site, ids),
             top_tokens,
+            explanations: site.explanations_of(record.latent).to_vec(),
             record,
         }
     }

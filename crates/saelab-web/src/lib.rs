@@ -4,8 +4,10 @@
 //! continued with and without edits of the SAE's latents.
 //!
 //! - [`site`]: the folder opened for the pages (per-latent summaries in memory, full
-//!   records read on demand); [`listing`]: the index as a query (sort, token search,
-//!   pages), shared by the HTML index and `/api/latents`;
+//!   records read on demand, `explanations.json` read once); [`listing`]: the index as
+//!   a query (sort, token search, pages), shared by the HTML index and `/api/latents`;
+//!   [`explanations`]: the search over the explanations' text, shared by
+//!   `/explanations` and `/api/explanations`;
 //! - [`html`]: server-side rendering of every page as plain HTML, with exact values in
 //!   `data-*` attributes; [`assets`]: the stylesheet and the small script, embedded;
 //! - [`explorer`]: text → tokens → model forward to the hook → `Sae::encode`, bounded;
@@ -27,6 +29,7 @@
 pub mod api;
 pub mod assets;
 pub mod error;
+pub mod explanations;
 pub mod explorer;
 pub mod export;
 pub mod html;

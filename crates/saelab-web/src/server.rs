@@ -5,7 +5,9 @@
 //! `/`, a `\` or a NUL (an absolute or climbing path smuggled into a parameter) is
 //! refused with a 400; request bodies are bounded ([`BODY_LIMIT`], a 413 past it) and
 //! prompts by [`crate::explorer`]'s limits, steering requests by [`crate::steer`]'s (a
-//! 400); an unknown latent is a 404; a bad query value a 400 naming it. Nothing on the
+//! 400), explanation searches by [`crate::explanations`]' (the text's length and the
+//! number of hits, a 400 past them); an unknown latent is a 404; a bad query value a
+//! 400 naming it. Nothing on the
 //! request path panics on input: file reads and model forwards run on the blocking pool
 //! and their errors become 500s naming the file. Prompts and steering requests run one
 //! at a time (the CPU has two cores), the rest of the API concurrently.
@@ -27,6 +29,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::api::{LatentResponse, LatentsResponse};
 use crate::error::{Result, WebError};
+use crate::explanations::{search, RawSearch};
 use crate::explorer::{Explorer, PromptRequest};
 use crate::html::{self, Links};
 use crate::listing::{list, RawQuery};
@@ -184,6 +187,24 @@ async fn latent_page(
     .map_err(|e| page_failure(&st, e))
 }
 
+async fn explanations_page(
+    State(st): State<Arc<AppState>>,
+    Query(raw): Query<RawSearch>,
+) -> std::result::Result<Response, Failure> {
+    let s = st.clone();
+    blocking(move || {
+        let q = raw.check()?;
+        Ok(html::explanations::server_page(
+            &s.site,
+            s.links(),
+            &search(&s.site, &q),
+        ))
+    })
+    .await
+    .map(|p| (html_headers(), p).into_response())
+    .map_err(|e| page_failure(&st, e))
+}
+
 #[derive(Deserialize)]
 struct PromptQuery {
     latent: Option<String>,
@@ -244,6 +265,16 @@ async fn api_latent(
     .await
     .map(|r| axum::Json(r).into_response())
     .map_err(api_failure)
+}
+
+async fn api_explanations(
+    State(st): State<Arc<AppState>>,
+    Query(raw): Query<RawSearch>,
+) -> std::result::Result<Response, Failure> {
+    blocking(move || Ok(search(&st.site, &raw.check()?)))
+        .await
+        .map(|r| axum::Json(r).into_response())
+        .map_err(api_failure)
 }
 
 /// A POST body, or a 413 past [`BODY_LIMIT`] (a 400 when it cannot be read).
@@ -395,10 +426,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(index_page))
         .route("/latent/{id}", get(latent_page))
+        .route("/explanations", get(explanations_page))
         .route("/prompt", get(prompt_page))
         .route("/assets/{name}", get(asset))
         .route("/api/latents", get(api_latents))
         .route("/api/latent/{id}", get(api_latent))
+        .route("/api/explanations", get(api_explanations))
         .route("/api/prompt", post(api_prompt))
         .route("/api/steer", post(api_steer))
         .fallback(fallback)

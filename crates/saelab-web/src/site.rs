@@ -1,11 +1,14 @@
 //! The features folder as the pages see it: opened once, with the small per-latent
 //! summary that the index sorts and searches kept in memory, and every full record
 //! read from its own line on demand (`saelab_features::Features::latent`), so that the
-//! server's memory does not grow with the records' size.
+//! server's memory does not grow with the records' size. The folder's
+//! `explanations.json` (`saelab autointerp`'s explanations and scores, small: one
+//! record per explained latent and explainer) is read once, whole, when it is opened.
 
 use std::path::Path;
 
 use rayon::prelude::*;
+use saelab_features::explanations::{self, read_explanations, ExplanationRecord};
 use saelab_features::{Features, LatentRecord};
 
 use crate::error::{Result, WebError};
@@ -38,11 +41,14 @@ pub struct Site {
     ctx_len: usize,
     bos: Option<u32>,
     summaries: Vec<Summary>,
+    /// Every explanation, by latent then explainer.
+    explanations: Vec<ExplanationRecord>,
 }
 
 impl Site {
-    /// Opens the folder `dir` (complete, as `saelab features` leaves it) and reads every
-    /// latent's record once to build the index. Errors name the file at fault.
+    /// Opens the folder `dir` (complete, as `saelab features` leaves it), reads every
+    /// latent's record once to build the index and reads its `explanations.json`, if
+    /// any. Errors name the file at fault.
     pub fn open(dir: &Path) -> saelab_core::Result<Site> {
         Site::from_features(Features::open(dir)?)
     }
@@ -79,6 +85,7 @@ impl Site {
                 Ok(summarise(&r, &tokens, ctx_len))
             })
             .collect::<saelab_core::Result<Vec<_>>>()?;
+        let explanations = load_explanations(features.layout().dir(), summaries.len())?;
         Ok(Site {
             features,
             vocab,
@@ -86,6 +93,7 @@ impl Site {
             ctx_len,
             bos,
             summaries,
+            explanations,
         })
     }
 
@@ -140,6 +148,38 @@ impl Site {
     pub fn vocab(&self) -> &[String] {
         &self.vocab
     }
+
+    /// Every explanation of the folder, by latent then explainer (none without an
+    /// `explanations.json`).
+    pub fn explanations(&self) -> &[ExplanationRecord] {
+        &self.explanations
+    }
+
+    /// The explanations of latent `i`, by explainer (none for a latent not explained).
+    pub fn explanations_of(&self, i: u32) -> &[ExplanationRecord] {
+        let lo = self.explanations.partition_point(|r| r.latent < i);
+        let hi = self.explanations.partition_point(|r| r.latent <= i);
+        &self.explanations[lo..hi]
+    }
+}
+
+/// The records of `dir`'s `explanations.json`, sorted by latent then explainer (the
+/// file is written sorted; one edited by hand need not be). A record of a latent the
+/// SAE does not have means the file belongs to another folder: an error naming it.
+fn load_explanations(dir: &Path, n_latents: usize) -> saelab_core::Result<Vec<ExplanationRecord>> {
+    let mut records = read_explanations(dir)?;
+    if let Some(r) = records.iter().find(|r| r.latent as usize >= n_latents) {
+        return Err(saelab_core::Error::bad_file(
+            explanations::path(dir),
+            format!(
+                "an explanation of latent {}, outside the SAE's {n_latents} latents (a file \
+                 of another features folder?)",
+                r.latent
+            ),
+        ));
+    }
+    records.sort_by(|a, b| (a.latent, &a.explainer).cmp(&(b.latent, &b.explainer)));
+    Ok(records)
 }
 
 /// The summary of one record: its scalars and the token ids the search looks at.

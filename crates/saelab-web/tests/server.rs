@@ -10,8 +10,13 @@
 //! `data-*` values against the records, the static export, and one-line errors for a
 //! bad folder or the wrong SAE; and steering (`POST /api/steer`): its refusals without
 //! the model (404, 413, 400), two continuations of a real prompt from one seed, and
-//! every mistake of a request a 4xx before the model runs. Requests are raw HTTP/1.1
-//! over loopback TCP, so the tests see exactly what a browser would be sent.
+//! every mistake of a request a 4xx before the model runs; and the explanations of
+//! `saelab autointerp` (an `explanations.json` merged into the folder with
+//! `saelab_features::explanations::merge_explanations`, as the job does): in the latent
+//! JSON, on the latent pages (escaped), in the search (`/api/explanations`,
+//! `/explanations`: substrings, the limit, over-long texts refused), in the export, and
+//! a bad file refused. Requests are raw HTTP/1.1 over loopback TCP, so the tests see
+//! exactly what a browser would be sent.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -21,6 +26,7 @@ use saelab_core::arch::{Registered, TopKConfig};
 use saelab_core::config::SaeMetadata;
 use saelab_core::format::save_sae;
 use saelab_core::{ParamSet, Sae, SaeConfig, Tensor};
+use saelab_features::explanations::{merge_explanations, ExplanationRecord, ExplanationScore};
 use saelab_features::{Features, LatentRecord};
 use saelab_jobs::features::{features, FeaturesInput, FeaturesRequest};
 use saelab_lm::text::Part;
@@ -77,6 +83,7 @@ fn fixture() -> Option<&'static Fixture> {
             FeaturesRequest::with_input(sae.clone(), data.model.clone(), input, 3000, out.clone());
         req.range_size = 64;
         features(&req, &AtomicBool::new(false), &mut |_| {}).unwrap();
+        merge_explanations(&out, explanation_records()).unwrap();
         Some(Fixture {
             _tmp: tmp,
             sae,
@@ -85,6 +92,73 @@ fn fixture() -> Option<&'static Fixture> {
         })
     })
     .as_ref()
+}
+
+/// The text of latent 3's token-set explanation: HTML that must arrive escaped.
+const HTML_TEXT: &str = "\" whale\", \" Whales\", <b>sea</b> & 'salt'";
+/// Latents 10 to 39 hold one explanation each with this word (for the limit).
+const FILLER: &str = "filler";
+
+fn score(
+    scorer: &str,
+    metric: &str,
+    value: Option<f64>,
+    shuffled: Option<f64>,
+    failed: usize,
+) -> ExplanationScore {
+    ExplanationScore {
+        scorer: scorer.into(),
+        metric: metric.into(),
+        value,
+        shuffled,
+        baseline: 0.5,
+        failed,
+    }
+}
+
+/// The explanations the fixture merges into its folder: two of latent 3 (one of them
+/// HTML), one of latent 5, one each of latents 10 to 39; three hold "whale".
+fn explanation_records() -> Vec<ExplanationRecord> {
+    let rec = |latent: u32, explainer: &str, text: &str, scores| ExplanationRecord {
+        latent,
+        explainer: explainer.into(),
+        explanation: text.into(),
+        source: "runs/autointerp/test".into(),
+        scores,
+    };
+    let mut v = vec![
+        rec(
+            3,
+            "token-set",
+            HTML_TEXT,
+            vec![
+                score("embedding", "auroc", Some(0.612), Some(0.48), 0),
+                score("surprisal", "auroc", None, None, 3),
+            ],
+        ),
+        rec(
+            3,
+            "llm:local:test.gguf#0123abcd",
+            "Mentions of whales and the open sea",
+            vec![score(
+                "detection",
+                "balanced_accuracy",
+                Some(0.41),
+                Some(0.55),
+                1,
+            )],
+        ),
+        rec(5, "token-set", "\" WHALE-oil\", \" lamp\"", Vec::new()),
+    ];
+    for i in 10..40 {
+        v.push(rec(
+            i,
+            "token-set",
+            &format!("\" {FILLER} {i}\""),
+            vec![score("embedding", "auroc", Some(0.5), Some(0.5), 0)],
+        ));
+    }
+    v
 }
 
 /// The state of a server over the fixture, with the explorer when `explorer`.
@@ -417,6 +491,170 @@ async fn api_and_pages_show_the_records_numbers() {
     assert_eq!(v["total"].as_u64().unwrap() as usize, hits.len());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explanations_are_in_the_latent_json_the_pages_and_the_search() {
+    let Some(f) = fixture() else { return };
+    let addr = start(state(f, false)).await;
+    let all = explanation_records();
+
+    // The latent JSON: latent 3's two records (by explainer), none for latent 4.
+    let v = json(&get(addr, "/api/latent/3").await);
+    let got: Vec<ExplanationRecord> = serde_json::from_value(v["explanations"].clone()).unwrap();
+    let mut want: Vec<ExplanationRecord> = all.iter().filter(|r| r.latent == 3).cloned().collect();
+    want.sort_by(|a, b| a.explainer.cmp(&b.explainer));
+    assert_eq!(got, want);
+    assert_eq!(got[1].explanation, HTML_TEXT);
+    let v = json(&get(addr, "/api/latent/4").await);
+    assert_eq!(v["explanations"], serde_json::json!([]));
+
+    // The page: both records, the text escaped, every score with its control.
+    let page = get(addr, "/latent/3").await;
+    assert_eq!(page.status, 200);
+    let sec = &page.body[page.body.find("id=\"explanations\"").unwrap()..];
+    let sec = &sec[..sec.find("</section>").unwrap()];
+    assert!(sec.contains("data-count=\"2\""), "{sec}");
+    assert!(
+        sec.contains(
+            "&quot; whale&quot;, &quot; Whales&quot;, &lt;b&gt;sea&lt;/b&gt; &amp; &#39;salt&#39;"
+        ),
+        "{sec}"
+    );
+    assert!(!page.body.contains("<b>sea</b>"));
+    assert!(sec.contains("Mentions of whales and the open sea"));
+    assert_eq!(sec.matches("<tr class=").count(), 3);
+    assert!(sec.contains("data-scorer=\"embedding\" data-metric=\"auroc\" data-value=\"0.612\" data-shuffled=\"0.48\""));
+    assert!(sec.contains("<td class=\"num value\">0.612</td><td class=\"num\">0.480</td><td class=\"num delta\">+0.132 ▲</td>"), "{sec}");
+    assert!(sec.contains("data-verdict=\"worse\"") && sec.contains("−0.140 ▼"));
+    assert!(sec.contains("data-value=\"\" data-shuffled=\"\"") && sec.contains(">—<"));
+    let page = get(addr, "/latent/4").await.body;
+    assert!(page.contains("id=\"no-explanations\"") && page.contains("run saelab autointerp"));
+
+    // The search: a substring in any case, by latent then explainer, the first score.
+    let v = json(&get(addr, "/api/explanations?q=WhAlE").await);
+    assert_eq!(v["total"], 3);
+    assert_eq!(v["records"], all.len());
+    let hits = v["hits"].as_array().unwrap();
+    let ids: Vec<(u64, &str)> = hits
+        .iter()
+        .map(|h| {
+            (
+                h["latent"].as_u64().unwrap(),
+                h["explainer"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (3, "llm:local:test.gguf#0123abcd"),
+            (3, "token-set"),
+            (5, "token-set")
+        ]
+    );
+    assert_eq!(hits[1]["explanation"], HTML_TEXT);
+    assert_eq!(hits[1]["score"]["scorer"], "embedding");
+    assert_eq!(hits[1]["score"]["value"], 0.612);
+    assert_eq!(hits[2]["score"], serde_json::Value::Null);
+    // Spaces and quotes percent-encoded, as a form sends them.
+    let v = json(&get(addr, "/api/explanations?q=%22+whales%22").await);
+    assert_eq!(v["total"], 1);
+    // The limit bounds the hits, not the total; without q, every record.
+    let v = json(&get(addr, &format!("/api/explanations?q={FILLER}&limit=7")).await);
+    assert_eq!(
+        (v["total"].as_u64(), v["hits"].as_array().unwrap().len()),
+        (Some(30), 7)
+    );
+    assert_eq!(v["hits"][0]["latent"], 10);
+    let v = json(&get(addr, "/api/explanations").await);
+    assert_eq!(v["total"], all.len());
+    assert_eq!(v["hits"].as_array().unwrap().len(), all.len().min(50));
+    assert_eq!(
+        json(&get(addr, "/api/explanations?q=narwhal").await)["total"],
+        0
+    );
+
+    // Over-long texts and bad limits: a 400 naming the field, as JSON and as a page.
+    let long = "a".repeat(201);
+    for (path, field) in [
+        (format!("/api/explanations?q={long}"), "q: "),
+        (
+            format!("/api/explanations?q={}", "whale ".repeat(1000)),
+            "q: ",
+        ),
+        ("/api/explanations?q=whale&limit=0".to_string(), "limit=0"),
+        ("/api/explanations?limit=201".to_string(), "limit=201"),
+        ("/api/explanations?limit=lots".to_string(), "limit=lots"),
+    ] {
+        let r = get(addr, &path.replace(' ', "+")).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(error_of(&r).starts_with(field), "{path}: {}", r.body);
+    }
+    let at_bound = "a".repeat(200);
+    assert_eq!(
+        get(addr, &format!("/api/explanations?q={at_bound}"))
+            .await
+            .status,
+        200
+    );
+    let r = get(addr, &format!("/explanations?q={long}")).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("at most 200 bytes"), "{}", r.body);
+
+    // The search page, and the index's form that leads to it.
+    let r = get(addr, "/explanations?q=whale").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("data-total=\"3\""), "{}", r.body);
+    assert_eq!(attrs(&r.body, "<tr data-latent=", ""), ["3", "3", "5"]);
+    assert!(r.body.contains("href=\"/latent/3\"") && r.body.contains("href=\"/latent/5\""));
+    assert!(r.body.contains("&lt;b&gt;sea&lt;/b&gt;") && !r.body.contains("<b>sea</b>"));
+    assert!(r.body.contains("embedding auroc 0.612 (shuffled 0.480)"));
+    let index = get(addr, "/").await.body;
+    assert!(index.contains("action=\"/explanations\"") && index.contains("id=\"explain-search\""));
+}
+
+#[test]
+fn a_folder_without_explanations_says_so_and_a_bad_file_is_refused() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("copy");
+    copy_dir(&f.features, &copy);
+    let file = copy.join("explanations.json");
+    std::fs::remove_file(&file).unwrap();
+    let site = Site::open(&copy).unwrap();
+    assert!(site.explanations().is_empty());
+    block_on(async {
+        let addr = start(AppState::new(site, None)).await;
+        let page = get(addr, "/latent/3").await.body;
+        assert!(page.contains("id=\"no-explanations\""));
+        let v = json(&get(addr, "/api/explanations?q=whale").await);
+        assert_eq!(
+            (v["total"].as_u64(), v["records"].as_u64()),
+            (Some(0), Some(0))
+        );
+        let page = get(addr, "/explanations").await.body;
+        assert!(page.contains("run saelab autointerp"), "{page}");
+    });
+
+    // A corrupt file, and one naming a latent the SAE does not have: one-line errors
+    // naming explanations.json.
+    std::fs::write(&file, b"{\"version\": 1, \"records\": [").unwrap();
+    let e = Site::open(&copy).unwrap_err().to_string();
+    assert!(
+        e.contains("explanations.json") && e.contains("corrupt") && !e.contains('\n'),
+        "{e}"
+    );
+    let mut far = explanation_records();
+    far.truncate(1);
+    far[0].latent = N_LATENTS as u32;
+    std::fs::remove_file(&file).unwrap();
+    merge_explanations(&copy, far).unwrap();
+    let e = Site::open(&copy).unwrap_err().to_string();
+    assert!(
+        e.contains("explanations.json") && e.contains("latent 192") && !e.contains('\n'),
+        "{e}"
+    );
+}
+
 #[test]
 fn export_writes_every_page_with_relative_links_atomically() {
     let Some(f) = fixture() else { return };
@@ -451,6 +689,25 @@ fn export_writes_every_page_with_relative_links_atomically() {
         "a steering panel in the export"
     );
     assert_eq!(index.matches("<tr data-latent=").count(), N_LATENTS);
+    // The explanations: latent 3's section on its page, escaped; every record
+    // embedded in the index for its script, no `<` able to close the script.
+    let page3 = std::fs::read_to_string(out.join("latent-3.html")).unwrap();
+    assert!(page3.contains("id=\"explanations\" data-count=\"2\""));
+    assert!(page3.contains("&lt;b&gt;sea&lt;/b&gt; &amp;") && !page3.contains("<b>sea"));
+    assert!(page3.contains("data-value=\"0.612\""));
+    assert!(page.contains("WHALE-oil") && page.contains("Not scored."));
+    let page4 = std::fs::read_to_string(out.join("latent-4.html")).unwrap();
+    assert!(page4.contains("id=\"no-explanations\""));
+    let at = index.find("id=\"explanations-data\">").unwrap();
+    let data = &index[at + "id=\"explanations-data\">".len()..];
+    let data = &data[..data.find("</script>").unwrap()];
+    assert!(!data.contains('<'));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(data).unwrap();
+    assert_eq!(rows.len(), explanation_records().len());
+    assert!(rows
+        .iter()
+        .any(|r| r["text"] == HTML_TEXT && r["latent"] == 3));
+    assert!(index.contains("id=\"explain-search\""));
     // Nothing else beside the export, and a second export replaces the first.
     assert_eq!(names(tmp.path()), vec!["html".to_string()]);
     std::fs::write(out.join("stale.html"), "x").unwrap();

@@ -1,11 +1,13 @@
 //! The index of latents. Served live it is one page of a [`Listing`] (sorted,
-//! searched and paged by the server through plain links and a form); exported it is
-//! every latent in one table that the embedded script sorts and filters in the
-//! browser, since a folder opened from `file://` has no server to ask.
+//! searched and paged by the server through plain links and a form), with a second
+//! form that searches the explanations' text (`/explanations`); exported it is every
+//! latent in one table that the embedded script sorts and filters in the browser,
+//! since a folder opened from `file://` has no server to ask, and the explanations
+//! embedded for the script to search.
 
 use std::fmt::Write;
 
-use super::{esc, frame, num, percent, Links};
+use super::{esc, explanations, frame, num, percent, Links};
 use crate::listing::{Listing, Query, SortKey};
 use crate::site::{display_token, Site, Summary};
 
@@ -105,14 +107,17 @@ pub fn server_page(site: &Site, links: Links, l: &Listing) -> String {
     let mut b = String::with_capacity(64 * 1024);
     let _ = write!(
         b,
-        "<div class=\"head\"><h1>Latents</h1><form class=\"search\" method=\"get\" action=\"/\">\
-         <input type=\"hidden\" name=\"sort\" value=\"{}\"><input type=\"hidden\" name=\"order\" \
-         value=\"{}\"><input type=\"search\" name=\"q\" id=\"search\" placeholder=\"Search by \
-         token, e.g. the\" value=\"{}\"><button type=\"submit\">Search</button></form></div>",
+        "<div class=\"head\"><h1>Latents</h1><div class=\"searches\"><form class=\"search\" \
+         method=\"get\" action=\"/\"><input type=\"hidden\" name=\"sort\" value=\"{}\">\
+         <input type=\"hidden\" name=\"order\" value=\"{}\"><input type=\"search\" name=\"q\" \
+         id=\"search\" placeholder=\"Search by token, e.g. the\" value=\"{}\">\
+         <button type=\"submit\">Search</button></form>",
         q.sort.name(),
         if q.desc { "desc" } else { "asc" },
         esc(q.q.as_deref().unwrap_or("")),
     );
+    explanations::search_form(&mut b, links, "");
+    b.push_str("</div></div>");
     let _ =
         write!(
         b,
@@ -184,6 +189,7 @@ pub fn static_page(site: &Site) -> String {
          <input type=\"search\" id=\"search\" placeholder=\"Search by token, e.g. the\">\
          </form></div>",
     );
+    explanations::static_block(&mut b, site);
     let _ = write!(
         b,
         "<p class=\"note\" id=\"summary\" data-total=\"{}\">{} latents · click a column to \

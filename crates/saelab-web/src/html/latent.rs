@@ -1,5 +1,6 @@
-//! The feature page of one latent: its numbers, the histogram, the logit tables, the
-//! top contexts, the interval groups, its neighbours, and (served with the model) the
+//! The feature page of one latent: its numbers, its explanations (`saelab
+//! autointerp`'s, with their scores), the histogram, the logit tables, the top
+//! contexts, the interval groups, its neighbours, and (served with the model) the
 //! steering panel.
 
 use std::fmt::Write;
@@ -7,7 +8,7 @@ use std::fmt::Write;
 use saelab_features::LatentRecord;
 
 use super::parts::{context_row, cooccurrence_list, decoder_list, histogram_svg, logit_table};
-use super::{frame, num, percent, steer, Links};
+use super::{explanations, frame, num, percent, steer, Links};
 use crate::site::Site;
 
 /// The whole page of `r`.
@@ -61,6 +62,7 @@ pub fn page(site: &Site, links: Links, r: &LatentRecord) -> String {
         num(r.min as f64),
         num(r.decoder_norm as f64),
     );
+    explanations::section(&mut b, site.explanations_of(i));
 
     b.push_str(
         "<div class=\"grid\"><section class=\"card\"><h2>Activation histogram</h2>\

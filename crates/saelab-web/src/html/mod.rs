@@ -3,6 +3,7 @@
 //! the one difference between a page served live and the same page exported to a
 //! folder for `file://`.
 
+pub mod explanations;
 pub mod index;
 pub mod latent;
 pub mod parts;
@@ -48,6 +49,15 @@ impl Links {
         match self {
             Links::Server { .. } => format!("/assets/{name}"),
             Links::Static => name.into(),
+        }
+    }
+
+    /// The explanation search page, when served (the exported index searches in the
+    /// browser instead).
+    pub fn explanations(self) -> Option<String> {
+        match self {
+            Links::Server { .. } => Some("/explanations".into()),
+            Links::Static => None,
         }
     }
 
@@ -125,6 +135,9 @@ pub fn frame(site: &Site, links: Links, title: &str, body: &str) -> String {
         s.positions,
         links.index(),
     );
+    if let Some(e) = links.explanations() {
+        let _ = write!(h, "<a href=\"{e}\">Explanations</a>");
+    }
     if let Some(p) = links.prompt() {
         let _ = write!(h, "<a href=\"{p}\">Prompt explorer</a>");
     }
@@ -174,6 +187,11 @@ mod tests {
         assert_eq!(Links::Server { explorer: false }.prompt(), None);
         assert_eq!(Links::Server { explorer: false }.steer(), None);
         assert_eq!(Links::Static.steer(), None);
+        assert_eq!(Links::Static.explanations(), None);
+        assert_eq!(
+            Links::Server { explorer: false }.explanations().as_deref(),
+            Some("/explanations")
+        );
         assert_eq!(
             Links::Server { explorer: true }.steer().as_deref(),
             Some("/api/steer")
