@@ -25,7 +25,11 @@ Invariants (docs/neuronpedia.md, research notes section 2.4):
 - pos_str / neg_str: 10 distinct tokens, pos_values descending, neg_values ascending;
 - (B) maxActApprox = the max of maxValue over the latent's Activation rows;
 - (B) every line of each JSONL file has the same keys, every key a Prisma column of its
-  table; `index` a string; Activation ids unique; createdAt an ISO datetime.
+  table; `index` a string; Activation ids unique; createdAt an ISO datetime;
+- (B) explanations/batch-{n}.jsonl.gz (optional, table Explanation): one key set over
+  every file; ids unique; each row's `index` that of a Neuron row of the folder, with
+  that row's `modelId` and `layer`; `description` a non-empty string; `embedding` null
+  or 256 numbers; `authorId` a non-empty string.
 """
 
 import gzip
@@ -67,7 +71,13 @@ COLUMNS = {
     "SourceRelease": """name description descriptionShort creatorName creatorNameShort
         creatorId creatorEmail visibility isNewUi featured urls defaultSourceSetName
         defaultSourceId defaultUmapSourceIds createdAt""",
+    "Explanation": """id modelId layer index description authorId typeName
+        explanationModelName embedding notes triggeredByUserId createdAt updatedAt scoreV1
+        scoreV2 umap_x umap_y umap_cluster umap_log_feature_sparsity""",
 }
+# What an Explanation row cannot do without (the schema's required columns).
+EXPLANATION_REQUIRED = {"id", "modelId", "layer", "index", "description", "authorId"}
+EMBEDDING_DIM = 256
 COLUMNS = {t: set(c.split()) for t, c in COLUMNS.items()}
 META_FILES = {
     "release.jsonl": "SourceRelease",
@@ -81,7 +91,7 @@ ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{
 class Checker:
     def __init__(self):
         self.failures = 0
-        self.counts = {"latents": 0, "batches": 0, "examples": 0, "lines": 0}
+        self.counts = {"latents": 0, "batches": 0, "examples": 0, "lines": 0, "explanations": 0}
 
     def fail(self, where, what):
         self.failures += 1
@@ -313,10 +323,13 @@ def check_bulk(c, d, positions, d_vocab, dash_heights):
         c.expect(os.path.isdir(sd), d, f"no {sub}/")
     fdir, adir = os.path.join(d, "features"), os.path.join(d, "activations")
     names = sorted(f for f in os.listdir(fdir) if f.endswith(".jsonl.gz")) if os.path.isdir(fdir) else []
+    neuron_of = {}  # index -> (modelId, layer) of its Neuron row
     for name in names:
         fpath, apath = os.path.join(fdir, name), os.path.join(adir, name)
         neurons = read_jsonl(c, fpath)
         check_keys(c, fpath, neurons, "Neuron")
+        for r in neurons:
+            neuron_of[r.get("index")] = (r.get("modelId"), r.get("layer"))
         if not c.expect(os.path.isfile(apath), fpath, f"no activations/{name}"):
             continue
         acts = read_jsonl(c, apath)
@@ -360,6 +373,52 @@ def check_bulk(c, d, positions, d_vocab, dash_heights):
             c.expect(isinstance(ci, list) and isinstance(cv, list) and len(ci) == len(cv), w, "topkCosSim indices and values differ in length")
         for i in by_index:
             c.fail(apath, f"activation rows of latent {i}, which has no Neuron row in {fpath}")
+    check_explanations(c, d, neuron_of)
+
+
+def check_explanations(c, d, neuron_of):
+    """explanations/batch-{n}.jsonl.gz, if any: every row belongs to a Neuron row."""
+    edir = os.path.join(d, "explanations")
+    if not os.path.isdir(edir):
+        return
+    names = sorted(os.listdir(edir))
+    c.expect(names, edir, "an explanations/ folder without files")
+    keys, ids = None, set()
+    for name in names:
+        path = os.path.join(edir, name)
+        if not c.expect(re.fullmatch(r"batch-\d+\.jsonl\.gz", name), path, "not a batch-{n}.jsonl.gz file"):
+            continue
+        rows = read_jsonl(c, path)
+        check_keys(c, path, rows, "Explanation")
+        if not rows:
+            continue
+        c.counts["explanations"] += len(rows)
+        if keys is None:
+            keys = (path, set(rows[0]))
+            missing = EXPLANATION_REQUIRED - keys[1]
+            c.expect(not missing, path, f"Explanation rows without {sorted(missing)}")
+        elif set(rows[0]) != keys[1]:
+            c.fail(path, f"keys differ from {keys[0]}: {sorted(set(rows[0]) ^ keys[1])}")
+        for n, r in enumerate(rows, 1):
+            w = f"{path} line {n}"
+            rid, i = r.get("id"), r.get("index")
+            c.expect(isinstance(rid, str) and rid and rid not in ids, w, f"explanation id {rid!r} not a new string")
+            ids.add(rid)
+            if not c.expect(isinstance(i, str), w, f"index {i!r} not a string"):
+                continue
+            owner = neuron_of.get(i)
+            if c.expect(owner is not None, w, f"explanation of latent {i}, which has no Neuron row"):
+                c.expect((r.get("modelId"), r.get("layer")) == owner, w,
+                         f"modelId/layer {(r.get('modelId'), r.get('layer'))} != its Neuron row's {owner}")
+            desc = r.get("description")
+            c.expect(isinstance(desc, str) and desc.strip(), w, f"description {desc!r} empty or not a string")
+            author = r.get("authorId")
+            c.expect(isinstance(author, str) and author, w, f"authorId {author!r} not a non-empty string")
+            e = r.get("embedding")
+            c.expect(e is None or (isinstance(e, list) and len(e) == EMBEDDING_DIM and all(number(x) for x in e)),
+                     w, f"embedding neither null nor {EMBEDDING_DIM} numbers")
+            for k in ("notes", "typeName", "explanationModelName", "triggeredByUserId"):
+                c.expect(r.get(k) is None or isinstance(r[k], str), w, f"{k} {r.get(k)!r} neither null nor a string")
 
 
 def main(argv):
@@ -404,7 +463,7 @@ def main(argv):
         print(f"{c.failures} invariant(s) failed ({layouts})")
         return 1
     print(f"ok: {layouts}: {k['latents']} latents in {k['batches']} batches, "
-          f"{k['examples']} examples, {k['lines']} JSONL lines")
+          f"{k['examples']} examples, {k['explanations']} explanations, {k['lines']} JSONL lines")
     return 0
 
 

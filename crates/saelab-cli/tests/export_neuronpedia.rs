@@ -2,8 +2,10 @@
 //! `saelab_testkit::real_data`: skipped with a message without them, failing under CI):
 //! a small TopK SAE trained here, `saelab features` over a few thousand tokens, the
 //! export, and `scripts/check_neuronpedia.py` on it — passing on the export, failing on
-//! an export with one field corrupted; and the refusals (a folder of another SAE, an
-//! output folder that is something else), one line each.
+//! an export with one field corrupted; the Explanation rows of an `explanations.json`
+//! merged into the folder (as `saelab autointerp` leaves it), those of a dead latent or
+//! with no text left out, none and no folder without one; and the refusals (a folder
+//! of another SAE, an output folder that is something else), one line each.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ mod common;
 
 use common::{read_json, saelab_fails, saelab_ok};
 use saelab_core::format::{load_sae, save_sae};
+use saelab_features::explanations::{merge_explanations, ExplanationRecord, ExplanationScore};
 use saelab_features::Features;
 use saelab_testkit::cli::{p, stdout};
 use saelab_testkit::data::{data_required, workspace_root};
@@ -153,6 +156,61 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
         p(&feat),
     ]);
 
+    // The explanations autointerp would leave: two of the first live latent, one of
+    // the second; one of the dead latent and one without text, both left out.
+    let f = Features::open(&feat).unwrap();
+    let n = f.n_latents();
+    let live: Vec<usize> = (0..n).filter(|&i| f.latent(i).unwrap().count > 0).collect();
+    let rec = |latent: usize, explainer: &str, text: &str, scores| ExplanationRecord {
+        latent: latent as u32,
+        explainer: explainer.into(),
+        explanation: text.into(),
+        source: "runs/autointerp/test".into(),
+        scores,
+    };
+    let score = |scorer: &str, value, shuffled, failed| ExplanationScore {
+        scorer: scorer.into(),
+        metric: "auroc".into(),
+        value,
+        shuffled,
+        baseline: 0.5,
+        failed,
+    };
+    merge_explanations(
+        &feat,
+        vec![
+            rec(
+                live[0],
+                "token-set",
+                "\" whale\", \" sea\"",
+                vec![
+                    score("embedding", Some(0.6123), Some(0.48), 0),
+                    score("surprisal", None, Some(0.5), 2),
+                ],
+            ),
+            rec(
+                live[0],
+                "llm:local:explainer.gguf#0123abcd",
+                "Whales.",
+                Vec::new(),
+            ),
+            rec(
+                live[1],
+                "token-set",
+                "\" ship\"",
+                vec![score("embedding", Some(0.55), Some(0.5), 0)],
+            ),
+            rec(DEAD, "token-set", "\" never\"", Vec::new()),
+            rec(
+                live[2],
+                "llm:local:explainer.gguf#0123abcd",
+                "  ",
+                Vec::new(),
+            ),
+        ],
+    )
+    .unwrap();
+
     let out = t("np");
     let o = saelab_ok(&[
         "export-neuronpedia",
@@ -170,9 +228,6 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
     assert!(stdout(&o).contains("latents in"), "{}", stdout(&o));
 
     // What the export holds, against the features folder.
-    let f = Features::open(&feat).unwrap();
-    let n = f.n_latents();
-    let live: Vec<usize> = (0..n).filter(|&i| f.latent(i).unwrap().count > 0).collect();
     let settings = read_json(&out.join("run_settings.json"));
     assert_eq!(settings["latents_exported"], live.len());
     assert_eq!(settings["batches"], live.len().div_ceil(128));
@@ -215,6 +270,88 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
     assert_eq!(row["index"], live[0].to_string());
     assert_eq!(row["topkCosSimIndices"].as_array().unwrap().len(), 10);
 
+    // The Explanation rows: the three with a live latent and a text, by latent then
+    // explainer, every line with exactly the Explanation columns.
+    assert_eq!(settings["explanations"], 3);
+    assert_eq!(settings["explanations_left_out"], 2);
+    assert!(stdout(&o).contains("3 explanations"), "{}", stdout(&o));
+    let rows: Vec<serde_json::Value> = read_gz(&bulk.join("explanations/batch-0.jsonl.gz"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    let columns = [
+        "id",
+        "modelId",
+        "layer",
+        "index",
+        "description",
+        "authorId",
+        "typeName",
+        "explanationModelName",
+        "embedding",
+        "notes",
+        "triggeredByUserId",
+        "createdAt",
+    ];
+    for r in &rows {
+        let mut keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut want = columns;
+        want.sort_unstable();
+        assert_eq!(keys, want, "{r}");
+        assert_eq!(r["modelId"], MODEL_ID);
+        assert_eq!(r["layer"], "2-saelab-res-576");
+        assert_eq!(r["embedding"], serde_json::Value::Null);
+        assert_eq!(r["authorId"], row["creatorId"]);
+        assert_eq!(r["triggeredByUserId"], row["creatorId"]);
+        assert_eq!(r["createdAt"], row["createdAt"]);
+    }
+    let got: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_str().unwrap(),
+                r["typeName"].as_str().unwrap(),
+                r["explanationModelName"].as_str().unwrap(),
+                r["description"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let (l0, l1) = (live[0].to_string(), live[1].to_string());
+    assert_eq!(
+        got,
+        [
+            (
+                l0.as_str(),
+                "saelab_llm",
+                "local:explainer.gguf#0123abcd",
+                "Whales."
+            ),
+            (
+                l0.as_str(),
+                "saelab_token-set",
+                "saelab-token-set",
+                "\" whale\", \" sea\""
+            ),
+            (
+                l1.as_str(),
+                "saelab_token-set",
+                "saelab-token-set",
+                "\" ship\""
+            ),
+        ]
+    );
+    assert_eq!(rows[0]["notes"], serde_json::Value::Null);
+    assert_eq!(
+        rows[1]["notes"],
+        "embedding auroc 0.612 (shuffled 0.480, baseline 0.500); \
+         surprisal auroc — (shuffled 0.500, baseline 0.500, 2 failed)"
+    );
+    let ids: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+
     // The checker passes on the export.
     let Some(o) = checker(&out) else { return };
     let said = text(&o);
@@ -223,6 +360,7 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
         "the checker failed on the export:\n{said}"
     );
     assert!(said.starts_with("ok: "), "{said}");
+    assert!(said.contains(" 3 explanations"), "{said}");
     eprintln!("{said}");
 
     // One histogram height off by one in the batch JSON: caught.
@@ -256,6 +394,59 @@ fn export_passes_the_checker_and_corruptions_and_other_saes_are_caught() {
     assert!(!o.status.success(), "{said}");
     assert!(said.contains("maxValue"), "{said}");
     assert!(said.contains("keys differ from line 1"), "{said}");
+
+    // Explanation rows of a latent without a Neuron row, with an empty description,
+    // and with a key dropped: each caught.
+    let bad = t("np-explanations");
+    copy_dir(&out, &bad);
+    let path = bad
+        .join(MODEL_ID)
+        .join("2-saelab-res-576/explanations/batch-0.jsonl.gz");
+    let mut lines: Vec<serde_json::Value> = read_gz(&path)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines[0]["index"] = DEAD.to_string().into();
+    lines[1]["description"] = "".into();
+    lines[2].as_object_mut().unwrap().remove("notes");
+    let s: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    write_gz(&path, &s);
+    let o = checker(&bad).unwrap();
+    let said = text(&o);
+    assert!(!o.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "explanation of latent {DEAD}, which has no Neuron row"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("description '' empty"), "{said}");
+    assert!(said.contains("keys differ from line 1"), "{said}");
+
+    // Without explanations.json: no Explanation rows, no explanations/ folder.
+    std::fs::remove_file(feat.join("explanations.json")).unwrap();
+    let none = t("np-none");
+    saelab_ok(&[
+        "export-neuronpedia",
+        "--features",
+        p(&feat),
+        "--sae",
+        p(&sae_dir),
+        "--out",
+        p(&none),
+        "--model-id",
+        MODEL_ID,
+    ]);
+    assert!(!none
+        .join(MODEL_ID)
+        .join("2-saelab-res-576/explanations")
+        .exists());
+    assert_eq!(
+        read_json(&none.join("run_settings.json"))["explanations"],
+        0
+    );
+    let o = checker(&none).unwrap();
+    assert!(o.status.success(), "{}", text(&o));
 
     // A folder made from another SAE (the trained one, latent 5 not switched off):
     // refused, naming features.json; nothing is written.

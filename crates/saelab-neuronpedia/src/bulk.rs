@@ -4,6 +4,8 @@
 //! {out}/{model_id}/{source_id}/release.jsonl  model.jsonl  sourceset.jsonl  source.jsonl
 //!                              features/batch-{n}.jsonl.gz      one Neuron row per latent
 //!                              activations/batch-{n}.jsonl.gz   one Activation row per example
+//!                              explanations/batch-{n}.jsonl.gz  one Explanation row per
+//!                                                               explanation (if any)
 //! ```
 //!
 //! Neuronpedia's importer inserts each line with `jsonb_to_recordset`, taking the first
@@ -18,6 +20,16 @@
 //! `sl{hash}-{latent}-{k}`, the hash over the model id, source id and SAE fingerprint,
 //! so that they are unique across exports and the same on a re-export (the importer
 //! skips ids it already has).
+//!
+//! An Explanation row is one record of the features folder's `explanations.json`
+//! (`saelab autointerp`) of a latent that has a Neuron row: `description` the text,
+//! `typeName` `saelab_token-set` or `saelab_llm` (see [`type_name`]),
+//! `explanationModelName` the LLM's model id (`saelab-token-set` for token sets),
+//! `embedding` null, `notes` the scores in one line ([`notes`]), `authorId` and
+//! `triggeredByUserId` the export's creator id, `createdAt` the export's time, as on
+//! every other row. Its id is `{prefix}-{latent}-e{hash}`, the hash over the explainer
+//! and the text: a re-export of the same explanation has the same id (the importer
+//! skips it), a new text of the same explainer a new one.
 
 #![allow(non_snake_case)]
 
@@ -25,6 +37,7 @@ use std::io::Write;
 use std::path::Path;
 
 use saelab_core::{Error, Result};
+use saelab_features::explanations::{ExplanationRecord, ExplanationScore};
 use serde::Serialize;
 
 use crate::dashboard::{round5, Feature};
@@ -92,6 +105,104 @@ pub(crate) struct ActivationRow {
     pub binMax: f64,
     pub binContains: f64,
     pub qualifyingTokenIndex: u32,
+}
+
+/// An `Explanation` row. `embedding` is always null (Neuronpedia's is a 256-d
+/// OpenAI embedding, computed on its side).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct ExplanationRow {
+    pub id: String,
+    pub modelId: String,
+    pub layer: String,
+    pub index: String,
+    pub description: String,
+    pub authorId: String,
+    pub typeName: String,
+    pub explanationModelName: String,
+    pub embedding: Option<Vec<f64>>,
+    pub notes: Option<String>,
+    pub triggeredByUserId: String,
+    pub createdAt: String,
+}
+
+/// The `typeName` of an explainer: `saelab_token-set` for `token-set`, `saelab_llm` for
+/// every `llm:<model>` (the model goes in `explanationModelName`), `saelab_{name}` for
+/// another name, its characters outside letters, digits, `-` and `_` as `-`. Neuronpedia
+/// types are `{author}_{method}` (`oai_token-act-pair`, `np_max-act`).
+pub fn type_name(explainer: &str) -> String {
+    if explainer.starts_with("llm:") || explainer == "llm" {
+        return "saelab_llm".into();
+    }
+    let method: String = explainer
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("saelab_{method}")
+}
+
+/// The `explanationModelName` of an explainer: the model id of `llm:<model>`,
+/// `saelab-token-set` for `token-set`, `saelab-{name}` for another.
+pub fn explanation_model_name(explainer: &str) -> String {
+    match explainer.strip_prefix("llm:") {
+        Some(model) if !model.is_empty() => model.into(),
+        _ => format!("saelab-{explainer}"),
+    }
+}
+
+/// The `notes` of an explanation: its scores in one line, each
+/// `{scorer} {metric} {value} (shuffled {s}, baseline {b}[, {k} failed])`, values to
+/// three decimals and `—` for none, joined by `; `; none without scores.
+pub fn notes(scores: &[ExplanationScore]) -> Option<String> {
+    let f = |x: Option<f64>| x.map_or_else(|| "—".to_string(), |v| format!("{v:.3}"));
+    let parts: Vec<String> = scores
+        .iter()
+        .map(|s| {
+            let failed = if s.failed > 0 {
+                format!(", {} failed", s.failed)
+            } else {
+                String::new()
+            };
+            format!(
+                "{} {} {} (shuffled {}, baseline {:.3}{failed})",
+                s.scorer,
+                s.metric,
+                f(s.value),
+                f(s.shuffled),
+                s.baseline
+            )
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The Explanation row of `r`, or `None` when its text is empty (Neuronpedia needs a
+/// description).
+pub(crate) fn explanation_row(c: &Common<'_>, r: &ExplanationRecord) -> Option<ExplanationRow> {
+    let description = r.explanation.trim();
+    if description.is_empty() {
+        return None;
+    }
+    let hash = crate::fnv(&[&r.explainer, &r.explanation]);
+    Some(ExplanationRow {
+        id: format!("{}-{}-e{hash:016x}", c.id_prefix, r.latent),
+        modelId: c.model_id.into(),
+        layer: c.source_id.into(),
+        index: r.latent.to_string(),
+        description: description.into(),
+        authorId: c.creator_id.into(),
+        typeName: type_name(&r.explainer),
+        explanationModelName: explanation_model_name(&r.explainer),
+        embedding: None,
+        notes: notes(&r.scores),
+        triggeredByUserId: c.creator_id.into(),
+        createdAt: c.created_at.into(),
+    })
 }
 
 /// What every row of one export shares.
@@ -306,4 +417,113 @@ fn lines<T: Serialize>(w: &mut impl Write, rows: &[T]) -> std::io::Result<()> {
         w.write_all(b"\n")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(
+        scorer: &str,
+        value: Option<f64>,
+        shuffled: Option<f64>,
+        failed: usize,
+    ) -> ExplanationScore {
+        ExplanationScore {
+            scorer: scorer.into(),
+            metric: "auroc".into(),
+            value,
+            shuffled,
+            baseline: 0.5,
+            failed,
+        }
+    }
+
+    fn common() -> Common<'static> {
+        Common {
+            model_id: "m",
+            source_id: "2-saelab-res-576",
+            source_set: "saelab-res-576",
+            hook: "blocks.2.hook_resid_post",
+            creator_id: "user",
+            created_at: "2026-01-01T00:00:00.000Z",
+            id_prefix: "sl0123",
+        }
+    }
+
+    #[test]
+    fn names_and_notes() {
+        assert_eq!(type_name("token-set"), "saelab_token-set");
+        assert_eq!(type_name("llm:local:Qwen.gguf#ab12"), "saelab_llm");
+        assert_eq!(type_name("my explainer/2"), "saelab_my-explainer-2");
+        assert_eq!(explanation_model_name("llm:gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(explanation_model_name("token-set"), "saelab-token-set");
+        assert_eq!(notes(&[]), None);
+        assert_eq!(
+            notes(&[
+                score("embedding", Some(0.6123), Some(0.48), 0),
+                score("surprisal", None, Some(0.5), 3),
+            ])
+            .unwrap(),
+            "embedding auroc 0.612 (shuffled 0.480, baseline 0.500); \
+             surprisal auroc — (shuffled 0.500, baseline 0.500, 3 failed)"
+        );
+    }
+
+    #[test]
+    fn explanation_rows_have_every_column_and_stable_ids() {
+        let c = common();
+        let rec = |explainer: &str, text: &str| ExplanationRecord {
+            latent: 7,
+            explainer: explainer.into(),
+            explanation: text.into(),
+            source: "runs/ai".into(),
+            scores: vec![score("embedding", Some(0.7), Some(0.4), 0)],
+        };
+        let a = explanation_row(&c, &rec("token-set", " whales ")).unwrap();
+        let v = serde_json::to_value(&a).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = [
+            "id",
+            "modelId",
+            "layer",
+            "index",
+            "description",
+            "authorId",
+            "typeName",
+            "explanationModelName",
+            "embedding",
+            "notes",
+            "triggeredByUserId",
+            "createdAt",
+        ];
+        let mut got = keys.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(v["index"], "7");
+        assert_eq!(v["layer"], "2-saelab-res-576");
+        assert_eq!(v["description"], "whales");
+        assert_eq!(v["embedding"], serde_json::Value::Null);
+        assert_eq!(v["authorId"], "user");
+        assert_eq!(v["triggeredByUserId"], "user");
+        assert!(a.id.starts_with("sl0123-7-e"), "{}", a.id);
+        // The same record, the same id; another explainer or text, another.
+        assert_eq!(
+            explanation_row(&c, &rec("token-set", " whales "))
+                .unwrap()
+                .id,
+            a.id
+        );
+        assert_ne!(
+            explanation_row(&c, &rec("llm:m", " whales ")).unwrap().id,
+            a.id
+        );
+        assert_ne!(
+            explanation_row(&c, &rec("token-set", "ships")).unwrap().id,
+            a.id
+        );
+        // No row for an empty text.
+        assert!(explanation_row(&c, &rec("token-set", "  ")).is_none());
+    }
 }

@@ -7,7 +7,8 @@
 //!   `run_settings.json`, in `out/`;
 //! - (B) [`bulk`]: Neuronpedia's bulk-import layout (`release.jsonl`, `model.jsonl`,
 //!   `sourceset.jsonl`, `source.jsonl`, `features/batch-{n}.jsonl.gz`,
-//!   `activations/batch-{n}.jsonl.gz`) in `out/{model_id}/{source_id}/`.
+//!   `activations/batch-{n}.jsonl.gz`, and `explanations/batch-{n}.jsonl.gz` when the
+//!   folder has explanations from `saelab autointerp`) in `out/{model_id}/{source_id}/`.
 //!
 //! Both come from the same per-latent entries, so a Neuron row is its batch entry plus
 //! the columns only the database has. Batches hold the latents that fire, in index
@@ -28,19 +29,23 @@ use std::path::{Path, PathBuf};
 use saelab_core::io::write_dir_atomic;
 use saelab_core::rundir::write_json;
 use saelab_core::{Error, Result, Sae};
+use saelab_features::explanations::{self, read_explanations};
 use saelab_features::{Features, LatentRecord};
 use saelab_lm::contexts::tokenizer_for_model;
 use serde_json::json;
 
 use crate::bulk::{
-    rows, write_jsonl, ActivationRow, Common, ModelRow, NeuronRow, ReleaseRow, SourceRow,
-    SourceSetRow,
+    explanation_row, rows, write_jsonl, ActivationRow, Common, ExplanationRow, ModelRow, NeuronRow,
+    ReleaseRow, SourceRow, SourceSetRow,
 };
 use crate::dashboard::{Batch, Feature, Inputs};
 
 /// The `creatorId` SAEDashboard falls back to when it is given none (the user that
 /// Neuronpedia's own bulk imports are made under).
 pub const DEFAULT_CREATOR_ID: &str = "clkht01d40000jv08hvalcvly";
+
+/// Explanation rows per `explanations/batch-{n}.jsonl.gz` file.
+pub const EXPLANATIONS_PER_FILE: usize = 4096;
 
 /// The `exporter` field of `run_settings.json`: marks a folder this crate wrote, which
 /// a later export may replace.
@@ -102,6 +107,11 @@ pub struct ExportSummary {
     pub batches: usize,
     /// Example contexts (Activation rows).
     pub activations: usize,
+    /// Explanation rows (records of `explanations.json`).
+    pub explanations: usize,
+    /// Records of `explanations.json` left out: of a dead latent (which has no Neuron
+    /// row to belong to) or with an empty text.
+    pub explanations_left_out: usize,
     /// The source id (`{layer}-{source set}`).
     pub source_id: String,
     /// The bulk-import folder, `out/{model_id}/{source_id}`.
@@ -222,6 +232,16 @@ pub fn export(req: &ExportRequest, sae: &Sae) -> Result<ExportSummary> {
     let f = Features::open_for(&req.features, sae)?;
     let s = &f.manifest().settings;
     let n = f.n_latents();
+    let records = read_explanations(&req.features)?;
+    if let Some(r) = records.iter().find(|r| r.latent as usize >= n) {
+        return Err(Error::bad_file(
+            explanations::path(&req.features),
+            format!(
+                "an explanation of latent {}, outside the SAE's {n} latents",
+                r.latent
+            ),
+        ));
+    }
     let w_dec = &sae.param("W_dec")?.data;
     let d = sae.cfg.d_out;
     if w_dec.len() != n * d {
@@ -297,6 +317,8 @@ pub fn export(req: &ExportRequest, sae: &Sae) -> Result<ExportSummary> {
         skipped: 0,
         batches: 0,
         activations: 0,
+        explanations: 0,
+        explanations_left_out: 0,
         source_id: source_id.clone(),
         bulk_dir: req.out.join(&rel),
     };
@@ -367,6 +389,9 @@ pub fn export(req: &ExportRequest, sae: &Sae) -> Result<ExportSummary> {
             flush(&mut pending, &mut summary)?;
         }
         summary.skipped = skipped.len();
+        let (n_rows, left_out) = write_explanations(&bulk, &common, &records, &skipped)?;
+        summary.explanations = n_rows;
+        summary.explanations_left_out = left_out;
 
         write_json(
             &tmp.join("skipped_indexes.json"),
@@ -415,6 +440,8 @@ pub fn export(req: &ExportRequest, sae: &Sae) -> Result<ExportSummary> {
                 "batches": summary.batches,
                 "latents_exported": summary.latents,
                 "dead_latents": summary.skipped,
+                "explanations": summary.explanations,
+                "explanations_left_out": summary.explanations_left_out,
             }),
         )?;
         write_metadata(
@@ -430,6 +457,35 @@ pub fn export(req: &ExportRequest, sae: &Sae) -> Result<ExportSummary> {
         )
     })?;
     Ok(summary)
+}
+
+/// Writes the Explanation rows of `records` (those of live latents with a text, by
+/// latent then explainer, each id once) into `bulk/explanations/batch-{n}.jsonl.gz`,
+/// [`EXPLANATIONS_PER_FILE`] rows a file; nothing, not even the folder, when there is
+/// none. Returns the rows written and the records left out.
+fn write_explanations(
+    bulk: &Path,
+    common: &Common<'_>,
+    records: &[saelab_features::explanations::ExplanationRecord],
+    dead: &[usize],
+) -> Result<(usize, usize)> {
+    let mut sorted: Vec<_> = records.iter().collect();
+    sorted.sort_by(|a, b| (a.latent, &a.explainer).cmp(&(b.latent, &b.explainer)));
+    let mut seen = std::collections::HashSet::new();
+    let rows: Vec<ExplanationRow> = sorted
+        .into_iter()
+        .filter(|r| dead.binary_search(&(r.latent as usize)).is_err())
+        .filter_map(|r| explanation_row(common, r))
+        .filter(|row| seen.insert(row.id.clone()))
+        .collect();
+    if !rows.is_empty() {
+        let dir = bulk.join("explanations");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        for (k, chunk) in rows.chunks(EXPLANATIONS_PER_FILE).enumerate() {
+            write_jsonl(&dir.join(format!("batch-{k}.jsonl.gz")), chunk, true)?;
+        }
+    }
+    Ok((rows.len(), records.len() - rows.len()))
 }
 
 struct Meta<'a> {

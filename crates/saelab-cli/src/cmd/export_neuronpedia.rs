@@ -62,13 +62,21 @@ pub fn run(a: Args) -> Result<()> {
     req.batch_size = a.batch_size;
     let s = export(&req, &sae)?;
     println!(
-        "{}: {} latents in {} batches ({} example contexts), {} dead latents skipped",
+        "{}: {} latents in {} batches ({} example contexts, {} explanations), {} dead \
+         latents skipped",
         a.out.display(),
         s.latents,
         s.batches,
         s.activations,
+        s.explanations,
         s.skipped
     );
+    if s.explanations_left_out > 0 {
+        println!(
+            "{} explanations left out (of a dead latent, or without text)",
+            s.explanations_left_out
+        );
+    }
     println!("bulk-import folder: {}", s.bulk_dir.display());
     Ok(())
 }
