@@ -146,7 +146,7 @@ pub fn section(out: &mut String, records: &[ExplanationRecord]) {
 }
 
 /// The index's form that searches the explanations: to `/explanations` when served;
-/// exported, searched by the embedded script over [`static_data`].
+/// exported, searched by the embedded script over [`static_block`]'s data.
 pub fn search_form(out: &mut String, links: Links, value: &str) {
     let placeholder = "Search explanations, e.g. whale";
     match links.explanations() {
