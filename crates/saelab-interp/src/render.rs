@@ -4,6 +4,18 @@
 
 use crate::sample::Example;
 
+/// The vocabulary as excerpts show it: the BOS token, which the features pass puts
+/// at the start of every context and between packed documents, reads as a line break
+/// (a document boundary) instead of its special-token text (`<|im_start|>` for
+/// SmolLM2), which the explainer, the judges and the surprisal model would otherwise
+/// read as text.
+pub fn display_vocab(mut vocab: Vec<String>, bos: Option<u32>) -> Vec<String> {
+    if let Some(t) = bos.and_then(|b| vocab.get_mut(b as usize)) {
+        *t = "\n".to_string();
+    }
+    vocab
+}
+
 /// The text of an example's tokens.
 pub fn plain(e: &Example, vocab: &[String]) -> String {
     e.tokens.iter().map(|&t| token_text(vocab, t)).collect()
@@ -84,5 +96,29 @@ mod tests {
             (10, 1, 0)
         );
         assert_eq!(scaled(3.01, 10.0), 4);
+    }
+
+    #[test]
+    fn the_bos_token_reads_as_a_document_break() {
+        let vocab: Vec<String> = ["<|im_start|>", "Call", " me"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = Example {
+            context: 0,
+            start: 0,
+            tokens: vec![1, 0, 1, 2],
+            acts: vec![0.0; 4],
+            quantile: -1,
+        };
+        assert_eq!(
+            plain(&e, &display_vocab(vocab.clone(), Some(0))),
+            "Call\nCall me"
+        );
+        assert_eq!(
+            plain(&e, &display_vocab(vocab.clone(), None)),
+            "Call<|im_start|>Call me"
+        );
+        assert_eq!(display_vocab(vocab, Some(9)).len(), 3);
     }
 }

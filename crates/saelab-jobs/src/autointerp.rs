@@ -29,6 +29,7 @@ use saelab_features::Features;
 use saelab_interp::explain::{self, ExplainerConfig};
 use saelab_interp::metrics::{mean, sign_flip_p};
 use saelab_interp::output::Output;
+use saelab_interp::render::display_vocab;
 use saelab_interp::sample::{sample, Examples, SampleConfig, TokenMatrix};
 use saelab_interp::score::classify::{self, ClassifyConfig, Task};
 use saelab_interp::score::embedding::EmbeddingScorer;
@@ -276,7 +277,7 @@ pub fn autointerp(
         None
     };
     let tokens = features.tokens()?;
-    let vocab = features.vocab()?;
+    let vocab = display_vocab(features.vocab()?, settings.model.bos_token_id);
     let m = TokenMatrix {
         tokens: &tokens,
         ctx_len: settings.ctx_len,

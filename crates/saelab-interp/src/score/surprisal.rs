@@ -9,7 +9,9 @@
 //! The excerpts are re-tokenised from their text by the base model's tokenizer, so
 //! the base model need not be the SAE's. The control prefix does not depend on the
 //! explanation: [`SurprisalScorer::prepare`] computes its losses once per latent, and
-//! [`SurprisalScorer::score`] then costs one forward per explanation.
+//! [`SurprisalScorer::score`] then costs one forward per explanation. The prefix,
+//! shared by every excerpt of a forward, runs once into a KV cache that each excerpt
+//! continues (about 40 % of the tokens of a 32-token excerpt's sequence).
 
 use saelab_lm::model::{ForwardOptions, HookedModel};
 use saelab_lm::tokenizer::Tokenizer;
@@ -78,12 +80,23 @@ impl<'m> SurprisalScorer<'m> {
     }
 
     /// Mean next-token loss of each excerpt after BOS and `prefix` (NaN for an empty
-    /// excerpt).
-    fn losses(&self, prefix: &str, excerpts: &[Vec<u32>]) -> Result<Vec<f64>> {
+    /// excerpt). The prefix runs once into a KV cache, all but its last token; each
+    /// batch of excerpts continues copies of that cache from the prefix's last token,
+    /// whose prediction is the excerpt's first loss.
+    pub fn losses(&self, prefix: &str, excerpts: &[Vec<u32>]) -> Result<Vec<f64>> {
         let mut head = Vec::new();
         head.extend(self.tokenizer.bos_id().or(self.model.bos_token_id()));
         head.extend(self.tokenizer.encode(prefix)?);
-        let p = head.len();
+        let last = *head.last().expect("the prefix is not empty");
+        let mut shared = self.model.kv_cache(1);
+        if head.len() > 1 {
+            self.model.forward_cached(
+                &[&head[..head.len() - 1]],
+                &mut shared,
+                &[0],
+                &ForwardOptions::new(),
+            )?;
+        }
         let mut out = vec![f64::NAN; excerpts.len()];
         // Batches of similar lengths, padded at the end: the forward is causal, so the
         // padding changes no loss before it, and those after are not read.
@@ -96,21 +109,28 @@ impl<'m> SurprisalScorer<'m> {
             let batch: Vec<Vec<u32>> = chunk
                 .iter()
                 .map(|&i| {
-                    let mut seq = [head.as_slice(), &excerpts[i]].concat();
-                    seq.resize(p + longest, *seq.last().expect("not empty"));
+                    let mut seq = [&[last], excerpts[i].as_slice()].concat();
+                    seq.resize(1 + longest, *seq.last().expect("not empty"));
                     seq
                 })
                 .collect();
+            let mut cache = shared.replicate(0, chunk.len());
+            let streams: Vec<usize> = (0..chunk.len()).collect();
             let loss = self
                 .model
-                .forward(&batch, &ForwardOptions::new().loss(true))?
+                .forward_cached(
+                    &batch,
+                    &mut cache,
+                    &streams,
+                    &ForwardOptions::new().loss(true),
+                )?
                 .loss
                 .expect("asked for the loss");
-            // Column j predicts token j + 1: the excerpt's tokens p..p + len.
+            // Column j predicts new token j + 1: the excerpt's tokens are 1..=len.
             for (row, &i) in chunk.iter().enumerate() {
                 let len = excerpts[i].len();
                 let r = &loss.data[row * loss.cols..(row + 1) * loss.cols];
-                out[i] = r[p - 1..p - 1 + len].iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+                out[i] = r[..len].iter().map(|&v| v as f64).sum::<f64>() / len as f64;
             }
         }
         Ok(out)

@@ -84,6 +84,18 @@ impl KvCache {
         &self.lens
     }
 
+    /// A cache of `n` streams, each a copy of stream `s` of this one: a prefix shared
+    /// by many sequences is run once, and each copy is then continued by its own
+    /// suffix. Panics if `s` is out of range.
+    pub fn replicate(&self, s: usize, n: usize) -> KvCache {
+        KvCache {
+            width: self.width,
+            layers: self.layers.iter().map(|l| vec![l[s].clone(); n]).collect(),
+            windows: self.windows.clone(),
+            lens: vec![self.lens[s]; n],
+        }
+    }
+
     /// Blocks the cache was made for.
     pub(crate) fn n_layers(&self) -> usize {
         self.layers.len()
