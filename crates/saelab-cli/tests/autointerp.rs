@@ -111,6 +111,21 @@ fn token_set_and_llm_judged_runs_write_delphis_layout_and_resume() {
         .unwrap();
         assert_eq!(ctrl, theirs);
     }
+    // The features folder keeps each explanation with its scores, as the summary has
+    // them.
+    let store = saelab_features::explanations::read_explanations(&features).unwrap();
+    assert_eq!(store.len(), 2, "{store:?}");
+    for (s, scorer) in ["embedding", "surprisal"].iter().enumerate() {
+        for row in summary["scorers"][s]["per_latent"].as_array().unwrap() {
+            let l = row[0].as_u64().unwrap() as u32;
+            let rec = store.iter().find(|r| r.latent == l).unwrap();
+            assert_eq!(rec.explainer, "token-set");
+            let sc = rec.scores.iter().find(|x| x.scorer == *scorer).unwrap();
+            assert_eq!(sc.metric, "auroc");
+            assert_eq!(sc.value, row[1].as_f64());
+            assert_eq!(sc.shuffled, row[2].as_f64());
+        }
+    }
     // A rerun finds every file: nothing is recomputed, the summary is the same.
     let before =
         std::fs::read(out.join(format!("scores/surprisal/{HOOK}_latent{}.txt", latents[0])))
@@ -146,6 +161,28 @@ fn token_set_and_llm_judged_runs_write_delphis_layout_and_resume() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert_eq!(said.matches(" ok").count(), 4, "{said}");
+
+    // Hard negatives: with --neighbours, non-activating examples come from windows
+    // where the latent's nearest latents fire.
+    let hard = tmp.path().join("hard");
+    saelab_ok(&[
+        "autointerp",
+        "--features",
+        p(&features),
+        "--out",
+        p(&hard),
+        "--latents",
+        &latents[0].to_string(),
+        "--embedder",
+        p(&data.embedder),
+        "--scorers",
+        "embedding",
+        "--neighbours",
+        "5",
+    ]);
+    let na = &read_json(&hard.join("summary.json"))["non_activating"];
+    assert_eq!(na[0], 50, "{na}");
+    assert!(na[1].as_u64().unwrap() > 0, "{na}");
 
     // Detection judged by SmolLM2 behind `saelab serve --llm`: real completions, one
     // latent; SmolLM2-135M rarely writes a well-formed list, and whatever it writes is

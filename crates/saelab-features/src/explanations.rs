@@ -2,7 +2,8 @@
 //! for its latents, each with its scores beside the shuffled-explanation control and
 //! the constant-answer baseline, so that the dashboard can show and search them and the
 //! Neuronpedia export can carry them. One record per (latent, explainer): a later run of
-//! the same explainer replaces its records and leaves the others'.
+//! the same explainer replaces its records (adding to their scores when its explanation
+//! is the same) and leaves the others'.
 //!
 //! ```json
 //! {"version": 1, "records": [{"latent": 7, "explainer": "token-set",
@@ -78,8 +79,8 @@ pub fn read_explanations(dir: &Path) -> Result<Vec<ExplanationRecord>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(&p, e)),
     };
-    let body: FileBody = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::bad_file(&p, format!("corrupt: {e}")))?;
+    let body: FileBody =
+        serde_json::from_slice(&bytes).map_err(|e| Error::bad_file(&p, format!("corrupt: {e}")))?;
     if body.version != VERSION {
         return Err(Error::bad_file(
             &p,
@@ -90,14 +91,28 @@ pub fn read_explanations(dir: &Path) -> Result<Vec<ExplanationRecord>> {
 }
 
 /// Merges `records` into `dir`'s `explanations.json` (atomically): each replaces the
-/// record of the same latent and explainer, if any; the others stay.
+/// record of the same latent and explainer, if any, keeping that record's scores by
+/// scorers the new one lacks when the two explanations are the same text (a later run
+/// with other scorers adds to the scores); the other records stay.
 pub fn merge_explanations(dir: &Path, records: Vec<ExplanationRecord>) -> Result<()> {
     let mut all: BTreeMap<(u32, String), ExplanationRecord> = read_explanations(dir)?
         .into_iter()
         .map(|r| ((r.latent, r.explainer.clone()), r))
         .collect();
-    for r in records {
-        all.insert((r.latent, r.explainer.clone()), r);
+    for mut r in records {
+        let key = (r.latent, r.explainer.clone());
+        if let Some(old) = all.remove(&key) {
+            if old.explanation == r.explanation {
+                let kept: Vec<_> = old
+                    .scores
+                    .into_iter()
+                    .filter(|o| r.scores.iter().all(|n| n.scorer != o.scorer))
+                    .collect();
+                r.scores.extend(kept);
+                r.scores.sort_by(|a, b| a.scorer.cmp(&b.scorer));
+            }
+        }
+        all.insert(key, r);
     }
     let body = FileBody {
         version: VERSION,
@@ -112,13 +127,17 @@ mod tests {
     use super::*;
 
     fn record(latent: u32, explainer: &str, text: &str) -> ExplanationRecord {
+        scored(latent, explainer, text, "embedding")
+    }
+
+    fn scored(latent: u32, explainer: &str, text: &str, scorer: &str) -> ExplanationRecord {
         ExplanationRecord {
             latent,
             explainer: explainer.into(),
             explanation: text.into(),
             source: "runs/x".into(),
             scores: vec![ExplanationScore {
-                scorer: "embedding".into(),
+                scorer: scorer.into(),
                 metric: "auroc".into(),
                 value: Some(0.7),
                 shuffled: None,
@@ -158,11 +177,32 @@ mod tests {
     }
 
     #[test]
+    fn a_run_with_other_scorers_adds_to_the_same_explanation() {
+        let dir = tempfile::tempdir().unwrap();
+        let scorers = |dir: &Path| -> Vec<String> {
+            read_explanations(dir).unwrap()[0]
+                .scores
+                .iter()
+                .map(|s| s.scorer.clone())
+                .collect()
+        };
+        merge_explanations(dir.path(), vec![scored(1, "token-set", "a", "surprisal")]).unwrap();
+        merge_explanations(dir.path(), vec![scored(1, "token-set", "a", "embedding")]).unwrap();
+        assert_eq!(scorers(dir.path()), ["embedding", "surprisal"]);
+        // A new text starts afresh.
+        merge_explanations(dir.path(), vec![scored(1, "token-set", "b", "fuzz")]).unwrap();
+        assert_eq!(scorers(dir.path()), ["fuzz"]);
+    }
+
+    #[test]
     fn a_corrupt_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(path(dir.path()), b"{\"version\": 1, \"records\": [").unwrap();
         let e = read_explanations(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("explanations.json") && e.contains("corrupt"), "{e}");
+        assert!(
+            e.contains("explanations.json") && e.contains("corrupt"),
+            "{e}"
+        );
         std::fs::write(path(dir.path()), b"{\"version\": 9, \"records\": []}").unwrap();
         let e = read_explanations(dir.path()).unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");

@@ -183,6 +183,7 @@ mod tests {
             ],
             test: vec![],
             non_activating: vec![],
+            similar_non_activating: 0,
         };
         (ex, vocab)
     }

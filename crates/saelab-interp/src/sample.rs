@@ -30,6 +30,10 @@ pub struct SampleConfig {
     pub test_per_quantile: usize,
     /// Non-activating test examples.
     pub non_activating: usize,
+    /// Similar latents (nearest decoder directions) whose windows the non-activating
+    /// examples are drawn from first (0: random windows only, delphi's default).
+    #[serde(default)]
+    pub neighbours: usize,
     /// Fewest activating windows a latent needs; below it the latent is skipped. At
     /// least `quantiles · (train_per_quantile + test_per_quantile)`.
     pub min_examples: usize,
@@ -48,6 +52,7 @@ impl Default for SampleConfig {
             train_per_quantile: 4,
             test_per_quantile: 5,
             non_activating: 50,
+            neighbours: 0,
             min_examples: 90,
             seed: 0,
         }
@@ -114,6 +119,9 @@ pub struct Examples {
     pub test: Vec<Example>,
     /// Non-activating test examples.
     pub non_activating: Vec<Example>,
+    /// How many of them came from windows where a similar latent fires.
+    #[serde(default)]
+    pub similar_non_activating: usize,
 }
 
 /// Why a latent has no examples.
@@ -157,10 +165,15 @@ impl TokenMatrix<'_> {
 
 /// Samples latent `latent`'s examples from its active positions `entries`
 /// (`(context, position, value)`, as `Features::latent_entries` gives them) over the
-/// token matrix `m`.
+/// token matrix `m`. `near` holds the active positions of similar latents (delphi's
+/// "neighbours" source: the nearest decoder directions): the non-activating examples
+/// are drawn first from the windows where those fire and this latent does not — hard
+/// negatives, text like the latent's but without it — and made up with random quiet
+/// windows. With `near` empty, all are random.
 pub fn sample(
     latent: usize,
     entries: &[(u32, u32, f32)],
+    near: &[(u32, u32, f32)],
     m: TokenMatrix<'_>,
     cfg: &SampleConfig,
 ) -> Result<Examples, Skip> {
@@ -220,11 +233,24 @@ pub fn sample(
             }
         }
     }
-    // Non-activating: distinct random windows with no entry (rejection sampling; the
-    // latent is sparse, so almost every draw is accepted).
+    // Non-activating: first, with `near`, windows where a similar latent fires and
+    // this one does not, drawn without replacement; then distinct random windows with
+    // no entry (rejection sampling; the latent is sparse, so almost every draw is
+    // accepted).
     let quiet = n_windows - active.len();
     let want = cfg.non_activating.min(quiet);
     let mut chosen = std::collections::BTreeSet::new();
+    let mut similar: Vec<usize> = near
+        .iter()
+        .filter(|&&(c, p, v)| v != 0.0 && (p as usize) / w < per_ctx && (c as usize) < m.contexts())
+        .map(|&(c, p, _)| c as usize * per_ctx + p as usize / w)
+        .filter(|win| !active.contains_key(win))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    rng.shuffle(&mut similar);
+    chosen.extend(similar.into_iter().take(want));
+    let similar_count = chosen.len();
     while chosen.len() < want {
         let win = rng.below(n_windows as u64) as usize;
         if !active.contains_key(&win) {
@@ -243,6 +269,7 @@ pub fn sample(
         train,
         test,
         non_activating,
+        similar_non_activating: similar_count,
     })
 }
 
@@ -278,7 +305,7 @@ mod tests {
             tokens: &tokens,
             ctx_len: 64,
         };
-        let ex = sample(3, &entries, m, &small()).unwrap();
+        let ex = sample(3, &entries, &[], m, &small()).unwrap();
         assert_eq!((ex.train.len(), ex.test.len()), (10, 15));
         assert_eq!(ex.non_activating.len(), 10);
         assert_eq!((ex.max, ex.activating_windows), (60.0, 60));
@@ -303,8 +330,58 @@ mod tests {
             assert!(e.context * 2 + e.start / 32 >= 60);
         }
         // The same seed and latent: the same examples; another latent: others.
-        assert_eq!(sample(3, &entries, m, &small()).unwrap(), ex);
-        assert_ne!(sample(4, &entries, m, &small()).unwrap().train, ex.train);
+        assert_eq!(sample(3, &entries, &[], m, &small()).unwrap(), ex);
+        assert_ne!(
+            sample(4, &entries, &[], m, &small()).unwrap().train,
+            ex.train
+        );
+    }
+
+    #[test]
+    fn similar_latents_give_the_non_activating_examples_first() {
+        let (tokens, entries) = fixture();
+        let m = TokenMatrix {
+            tokens: &tokens,
+            ctx_len: 64,
+        };
+        // A neighbour fires in windows 50..75: 50..59 are the latent's own, 60..74 the
+        // 15 quiet ones hard negatives come from. Its zeros (windows 76..79) count
+        // for nothing.
+        let window = |win: u32, v: f32| (win / 2, (win % 2) * 32 + 3, v);
+        let mut near: Vec<_> = (50..75).map(|win| window(win, 1.0)).collect();
+        near.extend((76..80).map(|win| window(win, 0.0)));
+        let ex = sample(3, &entries, &near, m, &small()).unwrap();
+        assert_eq!(
+            (ex.non_activating.len(), ex.similar_non_activating),
+            (10, 10)
+        );
+        for e in &ex.non_activating {
+            let win = e.context * 2 + e.start / 32;
+            assert!((60..75).contains(&win) && !e.activating(), "window {win}");
+        }
+        // Only the latent's own windows, or zeros: all random.
+        for part in [&near[..10], &near[25..]] {
+            let ex = sample(3, &entries, part, m, &small()).unwrap();
+            assert_eq!(
+                (ex.non_activating.len(), ex.similar_non_activating),
+                (10, 0)
+            );
+        }
+        // Four quiet neighbour windows: four hard negatives, six random ones.
+        let ex = sample(3, &entries, &near[10..14], m, &small()).unwrap();
+        assert_eq!(
+            (ex.non_activating.len(), ex.similar_non_activating),
+            (10, 4)
+        );
+        let hard = ex
+            .non_activating
+            .iter()
+            .filter(|e| (60..64).contains(&(e.context * 2 + e.start / 32)))
+            .count();
+        assert_eq!(hard, 4);
+        // Train and test do not depend on the negatives' source.
+        let random = sample(3, &entries, &[], m, &small()).unwrap();
+        assert_eq!((ex.train, ex.test), (random.train, random.test));
     }
 
     #[test]
@@ -319,7 +396,7 @@ mod tests {
             ..small()
         };
         assert_eq!(
-            sample(0, &entries, m, &cfg),
+            sample(0, &entries, &[], m, &cfg),
             Err(Skip::TooFewExamples {
                 found: 60,
                 needed: 61

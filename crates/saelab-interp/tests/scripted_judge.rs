@@ -75,6 +75,7 @@ fn examples() -> (Examples, Vec<String>) {
         train: vec![],
         test: (0..6).map(|i| e(i, true)).collect(),
         non_activating: (10..19).map(|i| e(i, false)).collect(),
+        similar_non_activating: 0,
     };
     (ex, vocab)
 }

@@ -228,6 +228,10 @@ pub struct AutointerpSummary {
     pub skipped: Vec<(usize, String)>,
     /// Latents whose LLM explanation failed or could not be parsed.
     pub explanation_failures: usize,
+    /// Non-activating test examples over the explained latents, and how many of them
+    /// came from windows of similar latents (`--neighbours`).
+    #[serde(default)]
+    pub non_activating: (usize, usize),
     /// Per scorer.
     pub scorers: Vec<ScorerSummary>,
     /// Wall seconds of this session's explain and score phases.
@@ -313,7 +317,8 @@ pub fn autointerp(
         }
         check_stop(stop)?;
         let entries = features.latent_entries(latent)?;
-        match sample(latent, &entries, m, &req.sample) {
+        let near = near_entries(&features, latent, req.sample.neighbours)?;
+        match sample(latent, &entries, &near, m, &req.sample) {
             Err(skip) => summary.skipped.push((latent, skip.to_string())),
             Ok(ex) => match out.read_explanation(latent)? {
                 Some(text) => explained.push((ex, text)),
@@ -355,6 +360,9 @@ pub fn autointerp(
     on(Event::End);
     explained.sort_by_key(|(ex, _)| ex.latent);
     summary.explained = explained.len();
+    summary.non_activating = explained.iter().fold((0, 0), |(a, b), (ex, _)| {
+        (a + ex.non_activating.len(), b + ex.similar_non_activating)
+    });
 
     // The control: latent k is scored with the explanation of the latent `shift`
     // places after it in a seeded shuffle of the explained latents (no fixed point).
@@ -526,6 +534,19 @@ fn store_records(
         .collect()
 }
 
+/// The active positions of latent `latent`'s `n` nearest latents by decoder cosine
+/// (from its features record), together: where its hard negatives come from.
+fn near_entries(features: &Features, latent: usize, n: usize) -> Result<Vec<(u32, u32, f32)>> {
+    let mut near = Vec::new();
+    if n == 0 {
+        return Ok(near);
+    }
+    for nb in features.latent(latent)?.decoder_neighbours.iter().take(n) {
+        near.extend(features.latent_entries(nb.latent as usize)?);
+    }
+    Ok(near)
+}
+
 fn names(scorers: &[Scorer]) -> String {
     scorers
         .iter()
@@ -666,6 +687,12 @@ pub fn markdown(s: &AutointerpSummary) -> String {
         s.skipped.len(),
         s.explanation_failures
     );
+    if s.non_activating.1 > 0 {
+        md.push_str(&format!(
+            "Non-activating examples: {}, of which {} from windows where a similar latent fires.\n\n",
+            s.non_activating.0, s.non_activating.1
+        ));
+    }
     md.push_str("| scorer | metric | latents | real | shuffled | constant | real wins | shuffled wins | p (real > shuffled) | failed items |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for r in &s.scorers {
         let (real, shuffled, p) = if r.latents == 0 {

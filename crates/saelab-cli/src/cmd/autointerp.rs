@@ -51,6 +51,11 @@ pub struct Args {
     /// Fewest activating 32-token windows a latent needs.
     #[arg(long, default_value_t = 90)]
     min_examples: usize,
+    /// Draw the non-activating test examples first from windows where this many of the
+    /// latent's nearest latents (by decoder cosine, from the features folder) fire and
+    /// it does not: hard negatives. 0: random windows only.
+    #[arg(long, default_value_t = 0)]
+    neighbours: usize,
     /// Excerpts per prompt of the detection and fuzz scorers.
     #[arg(long, default_value_t = 5)]
     per_prompt: usize,
@@ -152,6 +157,7 @@ pub fn run(a: Args) -> Result<()> {
     req.base_model = a.base_model;
     req.embedder = Some(a.embedder);
     req.sample.min_examples = a.min_examples;
+    req.sample.neighbours = a.neighbours;
     req.sample.seed = a.seed;
     req.classify.seed = a.seed;
     req.classify.per_prompt = a.per_prompt;

@@ -201,6 +201,7 @@ mod tests {
             train: vec![],
             test: (0..8).map(|i| e(i, true, (i / 4) as i32)).collect(),
             non_activating: (10..13).map(|i| e(i, false, -1)).collect(),
+            similar_non_activating: 0,
         };
         let vocab: Vec<String> = ["a", " b", " c"].iter().map(|s| s.to_string()).collect();
         let ps = prompts("b", &ex, &vocab, &IntruderConfig::default());
