@@ -61,6 +61,14 @@ pub struct ExplainerConfig {
     pub show_activations: bool,
     /// Tokens the explainer may write.
     pub max_tokens: u32,
+    /// Worked examples before the latent's excerpts (at most 2). Small models tend to
+    /// repeat a worked example's answer; 0 leaves only the rules.
+    #[serde(default = "two")]
+    pub shots: usize,
+}
+
+fn two() -> usize {
+    2
 }
 
 impl Default for ExplainerConfig {
@@ -70,6 +78,7 @@ impl Default for ExplainerConfig {
             mark_fraction: 0.3,
             show_activations: true,
             max_tokens: 200,
+            shots: 2,
         }
     }
 }
@@ -139,7 +148,7 @@ pub fn excerpts(ex: &Examples, vocab: &[String], cfg: &ExplainerConfig) -> Strin
 /// The chat request that asks for an explanation of `ex`.
 pub fn llm_request(ex: &Examples, vocab: &[String], cfg: &ExplainerConfig) -> ChatRequest {
     let mut messages = vec![ChatMessage::system(SYSTEM)];
-    for (user, assistant) in SHOTS {
+    for &(user, assistant) in SHOTS.iter().take(cfg.shots) {
         messages.push(ChatMessage::user(user));
         messages.push(ChatMessage::assistant(assistant));
     }
@@ -219,6 +228,13 @@ mod tests {
             parse_explanation("[EXPLANATION]: a\n[EXPLANATION]:  b "),
             Some("b".into())
         );
+        let bare = ExplainerConfig {
+            shots: 0,
+            ..ExplainerConfig::default()
+        };
+        let req0 = llm_request(&ex, &vocab, &bare);
+        assert_eq!(req0.messages.len(), 2);
+        assert_eq!(req0.messages[1].content, *last);
         assert_eq!(parse_explanation("no line"), None);
         assert_eq!(parse_explanation("[EXPLANATION]:   \n"), None);
     }

@@ -36,6 +36,9 @@ pub struct Args {
     /// `token-set` (no LLM: the tokens with the most activation mass) or `llm`.
     #[arg(long, default_value = "token-set")]
     explainer: String,
+    /// Worked examples the LLM explainer sees before the latent's excerpts (0–2).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    explainer_shots: u8,
     /// Tokens a token-set explanation lists.
     #[arg(long, default_value_t = 5)]
     explanation_tokens: usize,
@@ -151,7 +154,10 @@ pub fn run(a: Args) -> Result<()> {
         "token-set" => Explainer::TokenSet {
             tokens: a.explanation_tokens,
         },
-        "llm" => Explainer::Llm(ExplainerConfig::default()),
+        "llm" => Explainer::Llm(ExplainerConfig {
+            shots: a.explainer_shots as usize,
+            ..ExplainerConfig::default()
+        }),
         other => bail!("unknown explainer {other:?} (expected token-set or llm)"),
     };
     req.base_model = a.base_model;
