@@ -8,7 +8,8 @@
 //!   rules, two worked examples, then the latent's examples with the tokens at or
 //!   above `mark_fraction` of each example's maximum wrapped in `<<…>>` and, with
 //!   `show_activations`, a line of the marked tokens and their activations on a 0–10
-//!   scale. The reply's last `[EXPLANATION]:` line is the explanation.
+//!   scale. The reply's last `[EXPLANATION]:` line is the explanation (or a reply of
+//!   one short line without it, marked untagged).
 
 use std::collections::BTreeMap;
 
@@ -94,6 +95,11 @@ Rules:\n\
 - If the feature responds to one word or a few words, say which.\n\
 - The last line of your answer must be \"[EXPLANATION]: \" followed by the description.";
 
+/// The end of every user message: the rules are far above the excerpts in a long
+/// prompt, and small models forget the answer's format without it.
+const REMINDER: &str =
+    "What does the feature respond to? End with one line \"[EXPLANATION]: \" and the description.";
+
 /// Two worked examples (user excerpts, assistant answer), written for saelab.
 const SHOTS: [(&str, &str); 2] = [
     (
@@ -149,20 +155,50 @@ pub fn excerpts(ex: &Examples, vocab: &[String], cfg: &ExplainerConfig) -> Strin
 pub fn llm_request(ex: &Examples, vocab: &[String], cfg: &ExplainerConfig) -> ChatRequest {
     let mut messages = vec![ChatMessage::system(SYSTEM)];
     for &(user, assistant) in SHOTS.iter().take(cfg.shots) {
-        messages.push(ChatMessage::user(user));
+        messages.push(ChatMessage::user(format!("{user}\n\n{REMINDER}")));
         messages.push(ChatMessage::assistant(assistant));
     }
-    messages.push(ChatMessage::user(excerpts(ex, vocab, cfg).trim_end()));
+    messages.push(ChatMessage::user(format!(
+        "{}\n\n{REMINDER}",
+        excerpts(ex, vocab, cfg).trim_end()
+    )));
     ChatRequest::greedy(messages, cfg.max_tokens)
 }
 
+/// Longest untagged reply taken as an explanation, in characters.
+pub const MAX_UNTAGGED: usize = 300;
+
+/// An explanation read from a reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// The explanation.
+    pub text: String,
+    /// Whether it came from an `[EXPLANATION]:` line (else the reply was one short
+    /// line without the tag).
+    pub tagged: bool,
+}
+
 /// The explanation in a reply: the text after the last `[EXPLANATION]:`, up to the end
-/// of its line, trimmed; `None` when there is none or it is empty.
-pub fn parse_explanation(reply: &str) -> Option<String> {
-    let at = reply.rfind("[EXPLANATION]:")?;
-    let rest = &reply[at + "[EXPLANATION]:".len()..];
-    let line = rest.lines().next().unwrap_or("").trim();
-    (!line.is_empty()).then(|| line.to_string())
+/// of its line, trimmed. A reply without the tag that is one non-empty line of at most
+/// [`MAX_UNTAGGED`] characters is taken whole, marked untagged: small models (the 0.5 B
+/// Qwen) answer the question in one sentence and drop the format line, and such a
+/// sentence is unambiguous. `None` for anything else (an empty tag, several lines
+/// without one).
+pub fn parse_explanation(reply: &str) -> Option<Parsed> {
+    if let Some(at) = reply.rfind("[EXPLANATION]:") {
+        let rest = &reply[at + "[EXPLANATION]:".len()..];
+        let line = rest.lines().next().unwrap_or("").trim();
+        return (!line.is_empty()).then(|| Parsed {
+            text: line.to_string(),
+            tagged: true,
+        });
+    }
+    let text = reply.trim();
+    let one_line = !text.is_empty() && !text.contains('\n');
+    (one_line && text.chars().count() <= MAX_UNTAGGED).then(|| Parsed {
+        text: text.to_string(),
+        tagged: false,
+    })
 }
 
 #[cfg(test)]
@@ -220,13 +256,23 @@ mod tests {
             "{last}"
         );
         assert!(last.contains("Excerpt 2:  the<< whale>>Ship\n"), "{last}");
+        assert!(
+            last.ends_with(&format!("(\" whale\", 10)\n\n{REMINDER}")),
+            "{last}"
+        );
+        let tagged = |t: &str| {
+            Some(Parsed {
+                text: t.into(),
+                tagged: true,
+            })
+        };
         assert_eq!(
             parse_explanation("Thinking.\n[EXPLANATION]: Whales.\nmore"),
-            Some("Whales.".into())
+            tagged("Whales.")
         );
         assert_eq!(
             parse_explanation("[EXPLANATION]: a\n[EXPLANATION]:  b "),
-            Some("b".into())
+            tagged("b")
         );
         let bare = ExplainerConfig {
             shots: 0,
@@ -235,7 +281,17 @@ mod tests {
         let req0 = llm_request(&ex, &vocab, &bare);
         assert_eq!(req0.messages.len(), 2);
         assert_eq!(req0.messages[1].content, *last);
-        assert_eq!(parse_explanation("no line"), None);
+        // One short line without the tag is taken, marked; several lines are not.
+        assert_eq!(
+            parse_explanation(" The feature responds to the word \"by\". "),
+            Some(Parsed {
+                text: "The feature responds to the word \"by\".".into(),
+                tagged: false
+            })
+        );
+        assert_eq!(parse_explanation("It is about ships.\nOr harbours."), None);
+        assert_eq!(parse_explanation(&"x".repeat(MAX_UNTAGGED + 1)), None);
+        assert_eq!(parse_explanation("  \n "), None);
         assert_eq!(parse_explanation("[EXPLANATION]:   \n"), None);
     }
 }

@@ -228,6 +228,10 @@ pub struct AutointerpSummary {
     pub skipped: Vec<(usize, String)>,
     /// Latents whose LLM explanation failed or could not be parsed.
     pub explanation_failures: usize,
+    /// LLM explanations of this session read from a one-line reply without the
+    /// `[EXPLANATION]:` tag.
+    #[serde(default)]
+    pub untagged_explanations: usize,
     /// Non-activating test examples over the explained latents, and how many of them
     /// came from windows of similar latents (`--neighbours`).
     #[serde(default)]
@@ -340,6 +344,7 @@ pub fn autointerp(
                                 &out,
                             )?;
                             summary.explanation_failures += done.1;
+                            summary.untagged_explanations += done.2;
                             fresh += done.0.len();
                             explained.extend(done.0);
                         }
@@ -354,6 +359,7 @@ pub fn autointerp(
     if let Explainer::Llm(cfg) = &req.explainer {
         let done = explain_batch(&mut pending, llm.expect("checked"), &vocab, cfg, &out)?;
         summary.explanation_failures += done.1;
+        summary.untagged_explanations += done.2;
         fresh += done.0.len();
         explained.extend(done.0);
     }
@@ -598,29 +604,31 @@ fn choose(
 }
 
 /// Explains the latents of `pending` with one batch of LLM requests; returns those
-/// explained (with their text, written) and how many replies failed or did not parse.
+/// explained (with their text, written), how many replies failed or did not parse,
+/// and how many were read untagged.
 fn explain_batch(
     pending: &mut Vec<Examples>,
     llm: &dyn ChatClient,
     vocab: &[String],
     cfg: &ExplainerConfig,
     out: &Output,
-) -> Result<(Vec<(Examples, String)>, usize)> {
+) -> Result<(Vec<(Examples, String)>, usize, usize)> {
     let reqs: Vec<_> = pending
         .iter()
         .map(|ex| explain::llm_request(ex, vocab, cfg))
         .collect();
     let replies = llm.complete_many(&reqs);
     let mut done = Vec::new();
-    let mut failed = 0;
+    let (mut failed, mut untagged) = (0, 0);
     for (ex, reply) in pending.drain(..).zip(replies) {
         match reply
             .ok()
             .and_then(|r| explain::parse_explanation(&r.content))
         {
-            Some(text) => {
-                out.write_explanation(ex.latent, &text)?;
-                done.push((ex, text));
+            Some(parsed) => {
+                untagged += usize::from(!parsed.tagged);
+                out.write_explanation(ex.latent, &parsed.text)?;
+                done.push((ex, parsed.text));
             }
             None => {
                 tracing::warn!(
@@ -631,7 +639,7 @@ fn explain_batch(
             }
         }
     }
-    Ok((done, failed))
+    Ok((done, failed, untagged))
 }
 
 /// The scorers whose results are per-item lists ([`ItemScore`]).
@@ -678,14 +686,15 @@ fn summarise(scorer: Scorer, rows: &[Row], seed: u64) -> ScorerSummary {
 /// The summary as Markdown.
 pub fn markdown(s: &AutointerpSummary) -> String {
     let mut md = format!(
-        "# Auto-interpretation of {}\n\nExplainer: {}{}. {} latents asked for, {} explained, {} skipped (too few examples), {} explanations failed.\n\n",
+        "# Auto-interpretation of {}\n\nExplainer: {}{}. {} latents asked for, {} explained, {} skipped (too few examples), {} explanations failed, {} read from an untagged one-line reply.\n\n",
         s.features,
         s.explainer,
         s.llm.as_ref().map(|l| format!(" ({l})")).unwrap_or_default(),
         s.chosen,
         s.explained,
         s.skipped.len(),
-        s.explanation_failures
+        s.explanation_failures,
+        s.untagged_explanations
     );
     if s.non_activating.1 > 0 {
         md.push_str(&format!(
