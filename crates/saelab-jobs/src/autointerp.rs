@@ -343,10 +343,10 @@ pub fn autointerp(
                                 cfg,
                                 &out,
                             )?;
-                            summary.explanation_failures += done.1;
-                            summary.untagged_explanations += done.2;
-                            fresh += done.0.len();
-                            explained.extend(done.0);
+                            summary.explanation_failures += done.failed;
+                            summary.untagged_explanations += done.untagged;
+                            fresh += done.done.len();
+                            explained.extend(done.done);
                         }
                     }
                 },
@@ -358,10 +358,10 @@ pub fn autointerp(
     }
     if let Explainer::Llm(cfg) = &req.explainer {
         let done = explain_batch(&mut pending, llm.expect("checked"), &vocab, cfg, &out)?;
-        summary.explanation_failures += done.1;
-        summary.untagged_explanations += done.2;
-        fresh += done.0.len();
-        explained.extend(done.0);
+        summary.explanation_failures += done.failed;
+        summary.untagged_explanations += done.untagged;
+        fresh += done.done.len();
+        explained.extend(done.done);
     }
     on(Event::End);
     explained.sort_by_key(|(ex, _)| ex.latent);
@@ -603,16 +603,24 @@ fn choose(
     }
 }
 
-/// Explains the latents of `pending` with one batch of LLM requests; returns those
-/// explained (with their text, written), how many replies failed or did not parse,
-/// and how many were read untagged.
+/// What one batch of LLM explanations gave.
+struct Batch {
+    /// The latents explained, with their text (written).
+    done: Vec<(Examples, String)>,
+    /// Replies that failed or did not parse.
+    failed: usize,
+    /// Explanations read from an untagged one-line reply.
+    untagged: usize,
+}
+
+/// Explains the latents of `pending` with one batch of LLM requests.
 fn explain_batch(
     pending: &mut Vec<Examples>,
     llm: &dyn ChatClient,
     vocab: &[String],
     cfg: &ExplainerConfig,
     out: &Output,
-) -> Result<(Vec<(Examples, String)>, usize, usize)> {
+) -> Result<Batch> {
     let reqs: Vec<_> = pending
         .iter()
         .map(|ex| explain::llm_request(ex, vocab, cfg))
@@ -639,7 +647,11 @@ fn explain_batch(
             }
         }
     }
-    Ok((done, failed, untagged))
+    Ok(Batch {
+        done,
+        failed,
+        untagged,
+    })
 }
 
 /// The scorers whose results are per-item lists ([`ItemScore`]).
