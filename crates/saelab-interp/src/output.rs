@@ -72,26 +72,16 @@ impl Output {
 
     /// Writes `scorer`'s items for `latent`.
     pub fn write_scores(&self, scorer: &str, latent: usize, items: &[ItemScore]) -> Result<()> {
-        let json = serde_json::to_string(items).expect("scores serialise");
-        write(&self.score_file(scorer, latent), json.as_bytes())
+        self.write_json(scorer, latent, &items)
     }
 
     /// `scorer`'s items for `latent`, if written.
     pub fn read_scores(&self, scorer: &str, latent: usize) -> Result<Option<Vec<ItemScore>>> {
-        let p = self.score_file(scorer, latent);
-        if !p.is_file() {
-            return Ok(None);
-        }
-        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::bad_file(&p, format!("not a list of scored items: {e}")))
+        self.read_json(scorer, latent)
     }
-}
 
-impl Output {
-    /// Writes `value` as `scorer`'s file for `latent` (scorers whose results are not
-    /// per-item lists, e.g. the intruder scorer's counts).
+    /// Writes `value` as `scorer`'s file for `latent` (a per-item list, or what a scorer
+    /// whose results are not one writes, e.g. the intruder scorer's counts).
     pub fn write_json<T: serde::Serialize>(
         &self,
         scorer: &str,
@@ -102,7 +92,8 @@ impl Output {
         write(&self.score_file(scorer, latent), json.as_bytes())
     }
 
-    /// `scorer`'s file for `latent` as a `T`, if written.
+    /// `scorer`'s file for `latent` as a `T`, if written; a file that is not one is an
+    /// error naming it.
     pub fn read_json<T: serde::de::DeserializeOwned>(
         &self,
         scorer: &str,
