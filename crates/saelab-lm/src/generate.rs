@@ -3,7 +3,10 @@
 //! as a forward applied at every step (the seam for interventions).
 //!
 //! [`HookedModel::generate`] runs each prompt once through the model
-//! ([`HookedModel::forward_cached`], prompts of equal length together), then one new
+//! ([`HookedModel::forward_cached`], prompts of equal length together; without
+//! patches, a prefix of at least 16 tokens that every prompt of the batch shares runs
+//! once, its keys and values copied to every stream — a judge's instructions asked
+//! about many excerpts, computed once), then one new
 //! token per step for every stream still going, all streams in one batch whatever
 //! their lengths. Stream `i` is prompt `i` throughout, so a patch sees, for each row,
 //! the prompt it belongs to ([`crate::model::Activation::stream`]) and its absolute
@@ -215,6 +218,41 @@ fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
+/// Shortest shared prefix worth running once: below it, the copies of the cache cost
+/// about what they save.
+const MIN_SHARED_PREFIX: usize = 16;
+
+/// Length of the prefix that a batch of prompts shares and runs once: that of
+/// [`common_prefix_len`] for two or more prompts, when it is at least
+/// [`MIN_SHARED_PREFIX`]; else 0.
+fn shared_prefix<S: AsRef<[u32]>>(prompts: &[S]) -> usize {
+    let n = common_prefix_len(prompts);
+    if prompts.len() >= 2 && n >= MIN_SHARED_PREFIX {
+        n
+    } else {
+        0
+    }
+}
+
+/// Length of the prefix all of `seqs` share, leaving each at least one token of its
+/// own (the position whose logits predict what follows it); 0 for no sequences.
+pub fn common_prefix_len<S: AsRef<[u32]>>(seqs: &[S]) -> usize {
+    let Some((first, rest)) = seqs.split_first() else {
+        return 0;
+    };
+    let first = first.as_ref();
+    let mut n = seqs
+        .iter()
+        .map(|s| s.as_ref().len().saturating_sub(1))
+        .min()
+        .unwrap_or(0);
+    for s in rest {
+        let s = s.as_ref();
+        n = n.min(first.iter().zip(s).take_while(|(a, b)| a == b).count());
+    }
+    n
+}
+
 /// One stream of a generation as it runs.
 struct Stream {
     rng: Rng,
@@ -323,7 +361,22 @@ impl HookedModel {
         for (hook, f) in &opts.patches {
             step = step.patch(hook.clone(), move |a| f(a));
         }
-        let mut cache = self.kv_cache(prompts.len());
+        // A prefix every prompt shares runs once, into one stream that every stream then
+        // copies; each prompt's own tokens follow. Patches may tell streams apart, so
+        // with patches every prompt runs whole.
+        let shared = if opts.patches.is_empty() && gen.max_new_tokens > 0 {
+            shared_prefix(prompts)
+        } else {
+            0
+        };
+        let mut cache = if shared > 0 {
+            let mut one = self.kv_cache(1);
+            let head = &prompts[0].as_ref()[..shared];
+            self.forward_cached(&[head], &mut one, &[0], &ForwardOptions::new())?;
+            one.replicate(0, prompts.len())
+        } else {
+            self.kv_cache(prompts.len())
+        };
         let mut by_len = std::collections::BTreeMap::<usize, Vec<usize>>::new();
         for (i, p) in prompts.iter().enumerate() {
             if streams[i].finish.is_none() {
@@ -331,7 +384,10 @@ impl HookedModel {
             }
         }
         for ids in by_len.values() {
-            let batch: Vec<&[u32]> = ids.iter().map(|&i| prompts[i].as_ref()).collect();
+            let batch: Vec<&[u32]> = ids
+                .iter()
+                .map(|&i| &prompts[i].as_ref()[shared..])
+                .collect();
             self.step(
                 &batch,
                 &mut cache,

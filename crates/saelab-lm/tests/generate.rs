@@ -335,6 +335,47 @@ fn seeded_sampling_is_reproducible_whatever_the_batch() {
 }
 
 #[test]
+fn a_shared_prefix_runs_once_and_changes_no_score() {
+    let Some((model, tok, _guard)) = smollm() else {
+        return;
+    };
+    // A judge's prompts: the same long instructions, each with its own excerpt.
+    let chat = ChatTemplate::from_tokenizer(tok).unwrap();
+    let system = "You are given the description of a feature of a language model and \
+                  numbered text excerpts. For each excerpt, answer 1 if the feature is \
+                  active in it and 0 if it is not, as a Python list.";
+    let prompts: Vec<Vec<u32>> = [
+        "Excerpt 1: the whale rose from the sea",
+        "Excerpt 1: fn main() { println!(\"hi\"); }",
+        "Excerpt 1: Paris is the capital of France, and its river is the Seine",
+    ]
+    .iter()
+    .map(|u| {
+        chat.encode(tok, &[Message::system(system), Message::user(*u)], true)
+            .unwrap()
+    })
+    .collect();
+    let shared = prompts[0]
+        .iter()
+        .zip(&prompts[1])
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(shared > 40, "the prompts share {shared} tokens");
+    let gen = greedy(12);
+    let none = ForwardOptions::new();
+    let batch = model.generate_scored(&prompts, &gen, &none, 5).unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = model.generate_scored(&[p], &gen, &none, 5).unwrap();
+        assert_eq!(alone[0].0, batch[i].0, "prompt {i}: the same tokens");
+        assert_eq!(
+            alone[0].1, batch[i].1,
+            "prompt {i}: the same scores, bit for bit"
+        );
+    }
+    eprintln!("3 prompts sharing {shared} tokens: batch = alone, tokens and scores bit for bit");
+}
+
+#[test]
 fn generation_stops_at_eos_by_default() {
     let Some((model, tok, _guard)) = smollm() else {
         return;
