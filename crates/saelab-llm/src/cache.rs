@@ -106,14 +106,28 @@ impl<C: ChatClient> CachedClient<C> {
 
     /// The file holding the reply to `req` (whether or not it exists yet).
     pub fn path_of(&self, req: &ChatRequest) -> PathBuf {
-        self.dir.join(format!("{}.json", self.key(req)))
+        self.path_in(Mode::Complete, req)
+    }
+
+    /// The model id an entry of `mode` is stored under: a teacher-forced score is
+    /// another answer to the same request, so it has keys of its own.
+    fn id_of(&self, mode: Mode) -> String {
+        match mode {
+            Mode::Complete => self.model_id.clone(),
+            Mode::Score => format!("{}#teacher-forced", self.model_id),
+        }
+    }
+
+    fn path_in(&self, mode: Mode, req: &ChatRequest) -> PathBuf {
+        let key = cache_key(&self.id_of(mode), req);
+        self.dir.join(format!("{key}.json"))
     }
 
     /// The cached reply of `req`, if a valid one is stored.
-    fn lookup(&self, req: &ChatRequest, path: &Path) -> Option<ChatReply> {
+    fn lookup(&self, mode: Mode, req: &ChatRequest, path: &Path) -> Option<ChatReply> {
         let bytes = std::fs::read(path).ok()?;
         match serde_json::from_slice::<Entry>(&bytes) {
-            Ok(e) if e.model_id == self.model_id && &e.request == req => Some(e.reply),
+            Ok(e) if e.model_id == self.id_of(mode) && &e.request == req => Some(e.reply),
             _ => {
                 tracing::warn!(file = %path.display(), "unreadable cache entry; asking again");
                 None
@@ -123,9 +137,9 @@ impl<C: ChatClient> CachedClient<C> {
 
     /// Stores `reply`; a failure is counted and logged, not returned (the reply is
     /// good).
-    fn store(&self, req: &ChatRequest, path: &Path, reply: &ChatReply) {
+    fn store(&self, mode: Mode, req: &ChatRequest, path: &Path, reply: &ChatReply) {
         let entry = Entry {
-            model_id: self.model_id.clone(),
+            model_id: self.id_of(mode),
             request: req.clone(),
             reply: reply.clone(),
         };
@@ -144,49 +158,35 @@ impl<C: ChatClient> CachedClient<C> {
     }
 
     /// Counts and stores what the inner client answered.
-    fn record(&self, req: &ChatRequest, path: &Path, r: &Result<ChatReply>) {
+    fn record(&self, mode: Mode, req: &ChatRequest, path: &Path, r: &Result<ChatReply>) {
         match r {
-            Ok(reply) => self.store(req, path, reply),
+            Ok(reply) => self.store(mode, req, path, reply),
             Err(_) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
-}
 
-impl<C: ChatClient> ChatClient for CachedClient<C> {
-    /// The inner client's.
-    fn model_id(&self) -> String {
-        self.model_id.clone()
-    }
-
-    fn complete(&self, req: &ChatRequest) -> Result<ChatReply> {
-        let path = self.path_of(req);
-        if let Some(reply) = self.lookup(req, &path) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(reply);
-        }
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let r = self.inner.complete(req);
-        self.record(req, &path, &r);
-        r
-    }
-
-    /// Hits from the directory; the distinct misses in one inner `complete_many`.
-    fn complete_many(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
+    /// Hits from the directory; the distinct misses in one call of `ask`.
+    fn answer_many(
+        &self,
+        mode: Mode,
+        reqs: &[ChatRequest],
+        ask: impl FnOnce(&[ChatRequest]) -> Vec<Result<ChatReply>>,
+    ) -> Vec<Result<ChatReply>> {
         let mut out: Vec<Option<Result<ChatReply>>> = Vec::with_capacity(reqs.len());
         // Per distinct miss: its key's path, and every index asking it.
         let mut misses: Vec<(PathBuf, Vec<usize>)> = Vec::new();
         let mut seen = std::collections::HashMap::<PathBuf, usize>::new();
         for (i, req) in reqs.iter().enumerate() {
-            let path = self.path_of(req);
+            let path = self.path_in(mode, req);
             if let Some(&m) = seen.get(&path) {
                 misses[m].1.push(i);
                 out.push(None);
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            match self.lookup(req, &path) {
+            match self.lookup(mode, req, &path) {
                 Some(reply) => {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     out.push(Some(Ok(reply)));
@@ -202,14 +202,14 @@ impl<C: ChatClient> ChatClient for CachedClient<C> {
             let asked: Vec<ChatRequest> = misses.iter().map(|m| reqs[m.1[0]].clone()).collect();
             self.requests
                 .fetch_add(asked.len() as u64, Ordering::Relaxed);
-            let mut answers = self.inner.complete_many(&asked);
+            let mut answers = ask(&asked);
             answers.resize_with(asked.len(), || {
                 Err(LlmError::Other(
                     "the inner client returned fewer replies than requests".into(),
                 ))
             });
             for ((path, idx), r) in misses.iter().zip(answers) {
-                self.record(&reqs[idx[0]], path, &r);
+                self.record(mode, &reqs[idx[0]], path, &r);
                 for &i in &idx[1..] {
                     out[i] = Some(clone_result(&r));
                 }
@@ -219,6 +219,40 @@ impl<C: ChatClient> ChatClient for CachedClient<C> {
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Err(LlmError::Other("no reply".into()))))
             .collect()
+    }
+}
+
+/// What a cache entry answers: a completion, or a teacher-forced score.
+#[derive(Clone, Copy)]
+enum Mode {
+    Complete,
+    Score,
+}
+
+impl<C: ChatClient> ChatClient for CachedClient<C> {
+    /// The inner client's.
+    fn model_id(&self) -> String {
+        self.model_id.clone()
+    }
+
+    fn complete(&self, req: &ChatRequest) -> Result<ChatReply> {
+        self.complete_many(std::slice::from_ref(req))
+            .pop()
+            .unwrap_or_else(|| Err(LlmError::Other("no reply".into())))
+    }
+
+    /// Hits from the directory; the distinct misses in one inner `complete_many`.
+    fn complete_many(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
+        self.answer_many(Mode::Complete, reqs, |r| self.inner.complete_many(r))
+    }
+
+    fn can_score_replies(&self) -> bool {
+        self.inner.can_score_replies()
+    }
+
+    /// Cached as completions are, under keys of their own.
+    fn score_replies(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
+        self.answer_many(Mode::Score, reqs, |r| self.inner.score_replies(r))
     }
 }
 

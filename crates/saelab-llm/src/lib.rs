@@ -174,6 +174,10 @@ pub enum LlmError {
     /// The local model failed, or the response cache could not be read or written.
     #[error("{0}")]
     Other(String),
+    /// The client cannot do what was asked (an OpenAI-compatible chat endpoint cannot
+    /// score a given reply).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Result alias for `saelab-llm`.
@@ -195,6 +199,31 @@ pub trait ChatClient: Send + Sync {
     fn complete_many(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
         reqs.iter().map(|r| self.complete(r)).collect()
     }
+
+    /// Whether [`ChatClient::score_replies`] works.
+    fn can_score_replies(&self) -> bool {
+        false
+    }
+
+    /// Teacher forcing: each request's last message is an assistant's reply given in
+    /// full; the answer is that reply as the model reads it after the conversation
+    /// before it. A [`ChatReply`] with the given text as `content`, one
+    /// [`TokenLogprobs`] per token of it (its log-probability, and the request's
+    /// `top_logprobs` most likely tokens at its position) and `finish_reason`
+    /// `"teacher_forced"`. Nothing is generated (`max_tokens` and `temperature` are not
+    /// read). The simulation scorer needs it: the model's distribution at chosen
+    /// places of a given text. The default refuses, as an OpenAI-compatible chat
+    /// endpoint must (it gives log-probabilities of generated tokens only).
+    fn score_replies(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
+        reqs.iter()
+            .map(|_| {
+                Err(LlmError::Unsupported(format!(
+                    "{}: cannot score a given reply (teacher forcing needs a local model)",
+                    self.model_id()
+                )))
+            })
+            .collect()
+    }
 }
 
 /// A boxed client is a client (so a [`CachedClient`] can wrap what [`client_from`]
@@ -210,5 +239,13 @@ impl ChatClient for Box<dyn ChatClient> {
 
     fn complete_many(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
         (**self).complete_many(reqs)
+    }
+
+    fn can_score_replies(&self) -> bool {
+        (**self).can_score_replies()
+    }
+
+    fn score_replies(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
+        (**self).score_replies(reqs)
     }
 }

@@ -13,7 +13,9 @@
 //! [`ChatClient::complete_many`] runs a batch as one batched generation per group of
 //! requests sharing a temperature and a `max_tokens` (at most `max_batch` prompts a
 //! generation): on a CPU, one batched step costs little more than one prompt's, which
-//! is what makes a 2-core machine usable. A prompt that does not fit the context with
+//! is what makes a 2-core machine usable. The prompts of a group are taken in token
+//! order, so that those sharing a prefix run together and the prefix runs once
+//! ([`HookedModel::generate`]). A prompt that does not fit the context with
 //! its `max_tokens` is [`LlmError::Invalid`] for that request alone.
 //!
 //! The model id is `local:<file name>#<the first 16 hex digits of the sha256 of the
@@ -25,7 +27,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use saelab_lm::chat::{ChatTemplate, Message};
-use saelab_lm::generate::{Finish, GenerateOptions, Generation, TokenScores};
+use saelab_lm::generate::{common_prefix_len, Finish, GenerateOptions, Generation, TokenScores};
 use saelab_lm::model::{ForwardOptions, HookedModel};
 use saelab_lm::tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
@@ -189,7 +191,10 @@ impl LocalClient {
                 Err(e) => out[index] = Some(Err(e)),
             }
         }
-        for ((temp_bits, max_tokens), prompts) in groups {
+        for ((temp_bits, max_tokens), mut prompts) in groups {
+            // In token order, prompts that share a prefix (a judge's instructions and
+            // description) fall in the same generation, which runs that prefix once.
+            prompts.sort_by(|a, b| a.ids.cmp(&b.ids));
             for chunk in prompts.chunks(self.cfg.max_batch) {
                 let gen = GenerateOptions {
                     max_new_tokens: max_tokens as usize,
@@ -220,6 +225,140 @@ impl LocalClient {
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Err(LlmError::Other("no reply".into()))))
             .collect()
+    }
+
+    /// The teacher-forced scores of `reqs` ([`ChatClient::score_replies`]), in order.
+    /// Within a group of at most `max_batch` requests (in token order), the prefix
+    /// their conversations share runs once; each request then runs its own tokens up
+    /// to the reply, and the reply with logits at every position.
+    pub fn score_detailed(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
+        let mut out: Vec<Option<Result<ChatReply>>> = reqs.iter().map(|_| None).collect();
+        let mut ready: Vec<(usize, Vec<u32>, usize)> = Vec::new();
+        for (index, req) in reqs.iter().enumerate() {
+            match self.forced_ids(req) {
+                Ok((ids, head)) => ready.push((index, ids, head)),
+                Err(e) => out[index] = Some(Err(e)),
+            }
+        }
+        ready.sort_by(|a, b| a.1.cmp(&b.1));
+        for chunk in ready.chunks(self.cfg.max_batch) {
+            let heads: Vec<&[u32]> = chunk.iter().map(|(_, ids, h)| &ids[..*h]).collect();
+            let shared = common_prefix_len(&heads);
+            match self.score_chunk(chunk, shared, reqs) {
+                Ok(replies) => {
+                    for ((index, _, _), r) in chunk.iter().zip(replies) {
+                        out[*index] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    for (index, _, _) in chunk {
+                        out[*index] = Some(Err(LlmError::Other(e.clone())));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(LlmError::Other("no reply".into()))))
+            .collect()
+    }
+
+    /// The tokens of a teacher-forced request (the conversation before its last
+    /// message, the assistant's turn opened, then that message's text) and where the
+    /// reply starts. Errors: no assistant message last, an empty reply, too long.
+    fn forced_ids(&self, req: &ChatRequest) -> Result<(Vec<u32>, usize)> {
+        let Some((last, before)) = req.messages.split_last() else {
+            return Err(LlmError::Invalid("the request has no messages".into()));
+        };
+        if last.role != Role::Assistant || before.is_empty() {
+            return Err(LlmError::Invalid(
+                "a reply to score must be the last message, an assistant's, after the \
+                 conversation it answers"
+                    .into(),
+            ));
+        }
+        let head = self.prompt_ids(&ChatRequest {
+            messages: before.to_vec(),
+            max_tokens: 0,
+            ..req.clone()
+        })?;
+        let reply = self.tokenizer.encode(&last.content).map_err(other)?;
+        if reply.is_empty() {
+            return Err(LlmError::Invalid("the reply to score is empty".into()));
+        }
+        let ctx = self.context_length();
+        if head.len() + reply.len() > ctx {
+            return Err(LlmError::Invalid(format!(
+                "the conversation and reply are {} tokens, beyond the {ctx}-token context \
+                 of {}",
+                head.len() + reply.len(),
+                self.name
+            )));
+        }
+        let start = head.len();
+        Ok(([head, reply].concat(), start))
+    }
+
+    /// One group of teacher-forced requests: `(index, ids, reply start)` each, the
+    /// first `shared` tokens common to all.
+    fn score_chunk(
+        &self,
+        chunk: &[(usize, Vec<u32>, usize)],
+        shared: usize,
+        reqs: &[ChatRequest],
+    ) -> std::result::Result<Vec<Result<ChatReply>>, String> {
+        let fail = |e: &dyn std::fmt::Display| {
+            format!("{}: {}", self.name, e.to_string().replace('\n', " "))
+        };
+        let none = ForwardOptions::new();
+        let mut base = self.model.kv_cache(1);
+        if shared > 0 {
+            self.model
+                .forward_cached(&[&chunk[0].1[..shared]], &mut base, &[0], &none)
+                .map_err(|e| fail(&e))?;
+        }
+        let all = ForwardOptions::new().logits(saelab_lm::model::Logits::All);
+        let mut replies = Vec::with_capacity(chunk.len());
+        for (index, ids, start) in chunk {
+            let mut cache = base.replicate(0, 1);
+            // Up to the reply's predicting position without logits, then from there
+            // with the logits of every position: row k predicts reply token k.
+            if start - 1 > shared {
+                self.model
+                    .forward_cached(&[&ids[shared..start - 1]], &mut cache, &[0], &none)
+                    .map_err(|e| fail(&e))?;
+            }
+            let logits = self
+                .model
+                .forward_cached(&[&ids[start - 1..ids.len() - 1]], &mut cache, &[0], &all)
+                .map_err(|e| fail(&e))?
+                .take_logits()
+                .map_err(|e| fail(&e))?;
+            let n = reqs[*index].top_logprobs.unwrap_or(0) as usize;
+            let text = |id: u32| self.tokenizer.token_str(id).unwrap_or_default();
+            let logprobs = ids[*start..]
+                .iter()
+                .enumerate()
+                .map(|(k, &token)| {
+                    let s = TokenScores::from_logits(logits.at(0, k), token, n);
+                    TokenLogprobs {
+                        token: text(token),
+                        logprob: s.logprob,
+                        top: s.top.iter().map(|&(id, lp)| (text(id), lp)).collect(),
+                    }
+                })
+                .collect();
+            let content = reqs[*index]
+                .messages
+                .last()
+                .map(|m| m.content.clone())
+                .unwrap_or_default();
+            replies.push(Ok(ChatReply {
+                content,
+                logprobs: Some(logprobs),
+                finish_reason: "teacher_forced".into(),
+            }));
+        }
+        Ok(replies)
     }
 
     /// One batched generation, scored when some request asks for log-probabilities.
@@ -300,6 +439,15 @@ impl ChatClient for LocalClient {
             .into_iter()
             .map(|r| r.map(|l| l.reply))
             .collect()
+    }
+
+    fn can_score_replies(&self) -> bool {
+        true
+    }
+
+    /// See [`LocalClient::score_detailed`].
+    fn score_replies(&self, reqs: &[ChatRequest]) -> Vec<Result<ChatReply>> {
+        self.score_detailed(reqs)
     }
 }
 

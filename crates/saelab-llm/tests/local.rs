@@ -112,3 +112,81 @@ fn a_prompt_too_long_for_the_context_fails_alone() {
     let twice = c.complete_many(&[hot.clone(), hot]);
     assert_eq!(twice[0].as_ref().unwrap(), twice[1].as_ref().unwrap());
 }
+
+#[test]
+fn a_teacher_forced_reply_scores_as_the_generation_that_wrote_it() {
+    let Some(c) = client() else { return };
+    let _guard = serial();
+    assert!(c.can_score_replies());
+    // Two requests sharing their instructions (the shared prefix runs once).
+    let system = ChatMessage::system(
+        "You are a helpful assistant. Answer every question in one short sentence, \
+         without lists and without code.",
+    );
+    let reqs: Vec<ChatRequest> = ["What is the capital of France?", "Why is the sea salty?"]
+        .iter()
+        .map(|q| ChatRequest {
+            top_logprobs: Some(5),
+            ..ChatRequest::greedy(vec![system.clone(), ChatMessage::user(*q)], 16)
+        })
+        .collect();
+    let generated = c.complete_many(&reqs);
+    let forced: Vec<ChatRequest> = reqs
+        .iter()
+        .zip(&generated)
+        .map(|(r, g)| {
+            let mut r = r.clone();
+            r.messages
+                .push(ChatMessage::assistant(g.as_ref().unwrap().content.clone()));
+            r
+        })
+        .collect();
+    let scored = c.score_replies(&forced);
+    let mut worst = 0f32;
+    for (g, s) in generated.iter().zip(&scored) {
+        let (g, s) = (g.as_ref().unwrap(), s.as_ref().unwrap());
+        assert_eq!(s.finish_reason, "teacher_forced");
+        assert_eq!(s.content, g.content);
+        let (gl, sl) = (g.logprobs.as_ref().unwrap(), s.logprobs.as_ref().unwrap());
+        let tokens =
+            |l: &[saelab_llm::TokenLogprobs]| l.iter().map(|t| t.token.clone()).collect::<Vec<_>>();
+        assert_eq!(tokens(gl), tokens(sl), "the reply re-encodes to its tokens");
+        for (a, b) in gl.iter().zip(sl) {
+            worst = worst.max((a.logprob - b.logprob).abs());
+            let names = |t: &saelab_llm::TokenLogprobs| {
+                t.top.iter().map(|x| x.0.clone()).collect::<Vec<_>>()
+            };
+            assert_eq!(
+                names(a),
+                names(b),
+                "the same top alternatives at {:?}",
+                a.token
+            );
+            for (x, y) in a.top.iter().zip(&b.top) {
+                worst = worst.max((x.1 - y.1).abs());
+            }
+        }
+    }
+    assert!(
+        worst < 1e-3,
+        "teacher forcing vs generation: max |Δ logprob| = {worst}"
+    );
+    eprintln!("teacher-forced scores of 2 generated replies: max |Δ logprob| = {worst:.2e}");
+    // Refusals, each alone.
+    let bad = [
+        reqs[0].clone(),
+        ChatRequest {
+            messages: vec![ChatMessage::user("hi"), ChatMessage::assistant("")],
+            ..reqs[0].clone()
+        },
+    ];
+    let r = c.score_replies(&bad);
+    let err = |i: usize| {
+        r[i].as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err(0).contains("must be the last message"), "{}", err(0));
+    assert!(err(1).contains("empty"), "{}", err(1));
+}
