@@ -227,6 +227,61 @@ fn token_set_and_llm_judged_runs_write_delphis_layout_and_resume() {
     assert!(cached >= 2, "{cached} replies cached");
     drop(server);
 
+    // Simulation by the local SmolLM2 (teacher forcing, no server): every excerpt's
+    // reply tokenises to one placeholder per token, so none fails; the correlation is
+    // a number (SmolLM2 predicts little).
+    let simulated = tmp.path().join("simulated");
+    saelab_ok(&[
+        "autointerp",
+        "--features",
+        p(&features),
+        "--out",
+        p(&simulated),
+        "--latents",
+        &latents[0].to_string(),
+        "--scorers",
+        "simulation",
+        "--explainer-model",
+        p(&data.model),
+        "--test-per-quantile",
+        "1",
+        "--non-activating",
+        "5",
+    ]);
+    let sim =
+        read_json(&simulated.join(format!("scores/simulation/{HOOK}_latent{}.txt", latents[0])));
+    assert_eq!(
+        sim["items"].as_array().unwrap().len(),
+        15,
+        "10 activating + 5 not"
+    );
+    assert_eq!(sim["failed"], 0, "{}", sim["no_digit"]);
+    let row = &read_json(&simulated.join("summary.json"))["scorers"][0];
+    assert_eq!(
+        (row["metric"].as_str(), row["latents"].as_u64()),
+        (Some("correlation"), Some(1))
+    );
+    // An endpoint cannot score a given reply: refused before any work.
+    saelab_fails(
+        &[
+            "autointerp",
+            "--features",
+            p(&features),
+            "--out",
+            p(&tmp.path().join("x")),
+            "--random",
+            "1",
+            "--scorers",
+            "simulation",
+            "--llm-base-url",
+            "http://127.0.0.1:9/v1",
+            "--llm-model",
+            "m",
+            "--llm-key-optional",
+        ],
+        &["simulation scorer", "local model"],
+    );
+
     // Refusals before any work: an LLM scorer without an LLM, an unknown scorer, an
     // unreachable endpoint counted (the run goes on).
     saelab_fails(

@@ -142,6 +142,23 @@ pub fn sign_flip_p(d: &[f64], draws: u64, seed: u64) -> f64 {
     at_least as f64 / (draws + 1) as f64
 }
 
+/// Pearson's correlation of `x` and `y` (equal lengths); `None` for fewer than two
+/// pairs or when either side is constant.
+pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
+    assert_eq!(x.len(), y.len());
+    if x.len() < 2 {
+        return None;
+    }
+    let (mx, my) = (mean(x), mean(y));
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (&a, &b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}
+
 /// Mean of `v` (0 for none).
 pub fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
@@ -154,6 +171,16 @@ pub fn mean(v: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pearson_equals_the_hand_computed_value() {
+        // x = 1 2 3 4, y = 2 1 4 3: means 2.5; Σdxdy = 2.25−0.75−0.75+2.25 = 3,
+        // Σdx² = Σdy² = 5: r = 0.6.
+        let r = pearson(&[1.0, 2.0, 3.0, 4.0], &[2.0, 1.0, 4.0, 3.0]).unwrap();
+        assert!((r - 0.6).abs() < 1e-12, "{r}");
+        assert_eq!(pearson(&[1.0, 2.0], &[3.0, 3.0]), None);
+        assert_eq!(pearson(&[1.0], &[1.0]), None);
+    }
 
     #[test]
     fn confusion_metrics_equal_hand_computed_values() {

@@ -11,7 +11,8 @@
 //!    on the latent's own test examples.
 //!
 //! The summary gives each scorer's mean over latents for the real and the shuffled
-//! explanations, the constant-answer baseline (0.5 for balanced accuracy and AUROC),
+//! explanations, the constant-answer baseline (0.5 for balanced accuracy and AUROC, 1/5
+//! for the intruder, 0 for the simulation correlation),
 //! the one-sided paired sign-flip p-value of real over shuffled, the failures (LLM
 //! replies that failed or could not be parsed) and the throughput. Each explained
 //! latent's text and scores are also merged into the features folder's
@@ -34,6 +35,7 @@ use saelab_interp::sample::{sample, Examples, SampleConfig, TokenMatrix};
 use saelab_interp::score::classify::{self, ClassifyConfig, Task};
 use saelab_interp::score::embedding::EmbeddingScorer;
 use saelab_interp::score::intruder::{self, IntruderConfig, IntruderScore};
+use saelab_interp::score::simulation::{self, SimulationConfig, SimulationScore};
 use saelab_interp::score::surprisal::SurprisalScorer;
 use saelab_interp::score::{ItemScore, ScoreSummary};
 use saelab_llm::ChatClient;
@@ -85,6 +87,9 @@ pub enum Scorer {
     Surprisal,
     /// Sentence-embedding similarity.
     Embedding,
+    /// The activations the explanation predicts at every token, from the LLM's
+    /// log-probabilities (a client that can score a given reply: a local model).
+    Simulation,
 }
 
 impl Scorer {
@@ -96,12 +101,16 @@ impl Scorer {
             Scorer::Intruder => "intruder",
             Scorer::Surprisal => "surprisal",
             Scorer::Embedding => "embedding",
+            Scorer::Simulation => "simulation",
         }
     }
 
     /// Whether it asks an LLM.
     pub fn needs_llm(self) -> bool {
-        matches!(self, Scorer::Detection | Scorer::Fuzz | Scorer::Intruder)
+        matches!(
+            self,
+            Scorer::Detection | Scorer::Fuzz | Scorer::Intruder | Scorer::Simulation
+        )
     }
 
     /// Whether its items are yes/no predictions (else a ranking score).
@@ -115,10 +124,12 @@ impl Scorer {
             Scorer::Detection | Scorer::Fuzz => "balanced_accuracy",
             Scorer::Intruder => "accuracy",
             Scorer::Surprisal | Scorer::Embedding => "auroc",
+            Scorer::Simulation => "correlation",
         }
     }
 
-    /// Parses `detection`, `fuzz` (or `fuzzing`), `intruder`, `surprisal`, `embedding`.
+    /// Parses `detection`, `fuzz` (or `fuzzing`), `intruder`, `surprisal`, `embedding`,
+    /// `simulation`.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "detection" => Scorer::Detection,
@@ -126,6 +137,7 @@ impl Scorer {
             "intruder" => Scorer::Intruder,
             "surprisal" => Scorer::Surprisal,
             "embedding" => Scorer::Embedding,
+            "simulation" => Scorer::Simulation,
             _ => return None,
         })
     }
@@ -150,6 +162,8 @@ pub struct AutointerpRequest {
     pub classify: ClassifyConfig,
     /// How the intruder prompts are built.
     pub intruder: IntruderConfig,
+    /// How the simulation prompts are built.
+    pub simulation: SimulationConfig,
     /// The surprisal scorer's base model (default: the features folder's model).
     pub base_model: Option<PathBuf>,
     /// The embedding scorer's sentence encoder folder.
@@ -175,6 +189,7 @@ impl AutointerpRequest {
             sample: SampleConfig::default(),
             classify: ClassifyConfig::default(),
             intruder: IntruderConfig::default(),
+            simulation: SimulationConfig::default(),
             base_model: None,
             embedder: None,
             llm_batch: 8,
@@ -262,6 +277,16 @@ pub fn autointerp(
             "the LLM explainer and the detection and fuzz scorers need an LLM: give \
              --explainer-model or --llm-base-url",
         ));
+    }
+    if let Some(c) = llm.filter(|_| req.scorers.contains(&Scorer::Simulation)) {
+        if !c.can_score_replies() {
+            return Err(Error::invalid(format!(
+                "the simulation scorer reads the LLM's log-probabilities at given places of \
+                 a given reply, which {} cannot give (an OpenAI-compatible chat endpoint \
+                 scores generated tokens only): use a local model (--explainer-model)",
+                c.model_id()
+            )));
+        }
     }
     let features = Features::open(&req.features)?;
     let settings = &features.manifest().settings;
@@ -425,6 +450,36 @@ pub fn autointerp(
                         shuffled: b.accuracy,
                         failed: a.failed + b.failed,
                         baseline: a.chance,
+                    });
+                    continue;
+                }
+                Scorer::Simulation => {
+                    let (a, b) = match (
+                        out.read_json::<SimulationScore>(name, ex.latent)?,
+                        control.read_json::<SimulationScore>(name, ex.latent)?,
+                    ) {
+                        (Some(a), Some(b)) => (a, b),
+                        _ => {
+                            let cfg = &req.simulation;
+                            let ra = simulation::requests(text, ex, &vocab, cfg);
+                            let rb = simulation::requests(shuffled, ex, &vocab, cfg);
+                            let na = ra.len();
+                            let reqs: Vec<_> = ra.into_iter().chain(rb).collect();
+                            let replies = llm.expect("checked").score_replies(&reqs);
+                            let a = simulation::score(ex, &vocab, &replies[..na]);
+                            let b = simulation::score(ex, &vocab, &replies[na..]);
+                            out.write_json(name, ex.latent, &a)?;
+                            control.write_json(name, ex.latent, &b)?;
+                            control.write_explanation(ex.latent, shuffled)?;
+                            (a, b)
+                        }
+                    };
+                    results[s].push(Row {
+                        latent: ex.latent,
+                        real: a.correlation,
+                        shuffled: b.correlation,
+                        failed: a.failed + b.failed,
+                        baseline: 0.0,
                     });
                     continue;
                 }

@@ -42,7 +42,8 @@ pub struct Args {
     /// Tokens a token-set explanation lists.
     #[arg(long, default_value_t = 5)]
     explanation_tokens: usize,
-    /// Scorers: embedding, surprisal, detection, fuzz, intruder (comma-separated).
+    /// Scorers: embedding, surprisal, detection, fuzz, intruder, simulation
+    /// (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "embedding,surprisal")]
     scorers: Vec<String>,
     /// Base model of the surprisal scorer [default: the features folder's model].
@@ -54,6 +55,12 @@ pub struct Args {
     /// Fewest activating 32-token windows a latent needs.
     #[arg(long, default_value_t = 90)]
     min_examples: usize,
+    /// Activating test examples drawn from each of the 10 quantiles (delphi: 5).
+    #[arg(long, default_value_t = 5)]
+    test_per_quantile: usize,
+    /// Non-activating test examples (delphi: 50).
+    #[arg(long, default_value_t = 50)]
+    non_activating: usize,
     /// Draw the non-activating test examples first from windows where this many of the
     /// latent's nearest latents (by decoder cosine, from the features folder) fire and
     /// it does not: hard negatives. 0: random windows only.
@@ -144,7 +151,7 @@ pub fn run(a: Args) -> Result<()> {
         .map(|s| {
             Scorer::parse(s).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "unknown scorer {s:?} (expected embedding, surprisal, detection, fuzz or intruder)"
+                    "unknown scorer {s:?} (expected embedding, surprisal, detection, fuzz, intruder or simulation)"
                 )
             })
         })
@@ -164,6 +171,8 @@ pub fn run(a: Args) -> Result<()> {
     req.embedder = Some(a.embedder);
     req.sample.min_examples = a.min_examples;
     req.sample.neighbours = a.neighbours;
+    req.sample.test_per_quantile = a.test_per_quantile;
+    req.sample.non_activating = a.non_activating;
     req.sample.seed = a.seed;
     req.classify.seed = a.seed;
     req.classify.per_prompt = a.per_prompt;

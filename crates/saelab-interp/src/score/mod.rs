@@ -9,7 +9,10 @@
 //!   model's loss on an excerpt, compared with an unrelated prefix; AUROC of that gain,
 //!   activating against non-activating;
 //! - [`embedding`]: no LLM. Cosine similarity of the explanation's and the excerpt's
-//!   sentence embeddings; AUROC.
+//!   sentence embeddings; AUROC;
+//! - [`intruder`]: LLM-judged, which excerpt does not fit; accuracy;
+//! - [`simulation`]: LLM log-probabilities, the activation the explanation predicts
+//!   at every token; Pearson correlation with the true activations.
 //!
 //! Each gives per-item [`ItemScore`]s in delphi's score-file fields and a
 //! [`ScoreSummary`].
@@ -17,6 +20,7 @@
 pub mod classify;
 pub mod embedding;
 pub mod intruder;
+pub mod simulation;
 pub mod surprisal;
 
 use serde::{Deserialize, Serialize};
