@@ -97,6 +97,8 @@ echo "== setup: model and corpus"
 
 echo
 echo "== build"
-cargo build --release -p saelab-cli
+# The whole workspace, as the test suite builds it: the same features, so neither
+# build redoes the other's dependencies.
+cargo build --release --workspace
 
 exec "$SAELAB" run configs/main.toml "${args[@]}"
