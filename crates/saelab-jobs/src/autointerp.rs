@@ -424,26 +424,17 @@ pub fn autointerp(
                 Scorer::Surprisal => ItemKind::Surprisal,
                 Scorer::Embedding => ItemKind::Embedding,
                 Scorer::Intruder => {
-                    let (a, b) = match (
-                        out.read_json::<IntruderScore>(name, ex.latent)?,
-                        control.read_json::<IntruderScore>(name, ex.latent)?,
-                    ) {
-                        (Some(a), Some(b)) => (a, b),
-                        _ => {
-                            let cfg = &req.intruder;
-                            let pa = intruder::prompts(text, ex, &vocab, cfg);
-                            let pb = intruder::prompts(shuffled, ex, &vocab, cfg);
-                            let reqs: Vec<_> =
-                                pa.iter().chain(&pb).map(|p| p.request.clone()).collect();
-                            let replies = llm.expect("checked").complete_many(&reqs);
-                            let a = intruder::score(&pa, &replies[..pa.len()], cfg.shown);
-                            let b = intruder::score(&pb, &replies[pa.len()..], cfg.shown);
-                            out.write_json(name, ex.latent, &a)?;
-                            control.write_json(name, ex.latent, &b)?;
-                            control.write_explanation(ex.latent, shuffled)?;
-                            (a, b)
-                        }
-                    };
+                    let (a, b) = stored_or(&out, &control, name, ex.latent, shuffled, || {
+                        let cfg = &req.intruder;
+                        let pa = intruder::prompts(text, ex, &vocab, cfg);
+                        let pb = intruder::prompts(shuffled, ex, &vocab, cfg);
+                        let reqs: Vec<_> =
+                            pa.iter().chain(&pb).map(|p| p.request.clone()).collect();
+                        let replies = llm.expect("checked").complete_many(&reqs);
+                        let a: IntruderScore =
+                            intruder::score(&pa, &replies[..pa.len()], cfg.shown);
+                        (a, intruder::score(&pb, &replies[pa.len()..], cfg.shown))
+                    })?;
                     results[s].push(Row {
                         latent: ex.latent,
                         real: a.accuracy,
@@ -454,26 +445,16 @@ pub fn autointerp(
                     continue;
                 }
                 Scorer::Simulation => {
-                    let (a, b) = match (
-                        out.read_json::<SimulationScore>(name, ex.latent)?,
-                        control.read_json::<SimulationScore>(name, ex.latent)?,
-                    ) {
-                        (Some(a), Some(b)) => (a, b),
-                        _ => {
-                            let cfg = &req.simulation;
-                            let ra = simulation::requests(text, ex, &vocab, cfg);
-                            let rb = simulation::requests(shuffled, ex, &vocab, cfg);
-                            let na = ra.len();
-                            let reqs: Vec<_> = ra.into_iter().chain(rb).collect();
-                            let replies = llm.expect("checked").score_replies(&reqs);
-                            let a = simulation::score(ex, &vocab, &replies[..na]);
-                            let b = simulation::score(ex, &vocab, &replies[na..]);
-                            out.write_json(name, ex.latent, &a)?;
-                            control.write_json(name, ex.latent, &b)?;
-                            control.write_explanation(ex.latent, shuffled)?;
-                            (a, b)
-                        }
-                    };
+                    let (a, b) = stored_or(&out, &control, name, ex.latent, shuffled, || {
+                        let cfg = &req.simulation;
+                        let ra = simulation::requests(text, ex, &vocab, cfg);
+                        let rb = simulation::requests(shuffled, ex, &vocab, cfg);
+                        let na = ra.len();
+                        let reqs: Vec<_> = ra.into_iter().chain(rb).collect();
+                        let replies = llm.expect("checked").score_replies(&reqs);
+                        let a: SimulationScore = simulation::score(ex, &vocab, &replies[..na]);
+                        (a, simulation::score(ex, &vocab, &replies[na..]))
+                    })?;
                     results[s].push(Row {
                         latent: ex.latent,
                         real: a.correlation,
@@ -593,6 +574,30 @@ fn store_records(
                 .collect(),
         })
         .collect()
+}
+
+/// A scorer's result files for one latent, real and shuffled: read when both exist
+/// (a resumed run), else computed by `score` and written, with the shuffled
+/// explanation beside the control's.
+fn stored_or<T: Serialize + serde::de::DeserializeOwned>(
+    out: &Output,
+    control: &Output,
+    name: &str,
+    latent: usize,
+    shuffled: &str,
+    score: impl FnOnce() -> (T, T),
+) -> Result<(T, T)> {
+    if let (Some(a), Some(b)) = (
+        out.read_json::<T>(name, latent)?,
+        control.read_json::<T>(name, latent)?,
+    ) {
+        return Ok((a, b));
+    }
+    let (a, b) = score();
+    out.write_json(name, latent, &a)?;
+    control.write_json(name, latent, &b)?;
+    control.write_explanation(latent, shuffled)?;
+    Ok((a, b))
 }
 
 /// The active positions of latent `latent`'s `n` nearest latents by decoder cosine

@@ -236,9 +236,7 @@ impl<C: ChatClient> ChatClient for CachedClient<C> {
     }
 
     fn complete(&self, req: &ChatRequest) -> Result<ChatReply> {
-        self.complete_many(std::slice::from_ref(req))
-            .pop()
-            .unwrap_or_else(|| Err(LlmError::Other("no reply".into())))
+        crate::only_reply(self.complete_many(std::slice::from_ref(req)))
     }
 
     /// Hits from the directory; the distinct misses in one inner `complete_many`.

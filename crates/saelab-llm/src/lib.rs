@@ -226,6 +226,13 @@ pub trait ChatClient: Send + Sync {
     }
 }
 
+/// The one reply of a batch of one (`complete` through `complete_many`).
+pub(crate) fn only_reply(mut replies: Vec<Result<ChatReply>>) -> Result<ChatReply> {
+    replies
+        .pop()
+        .unwrap_or_else(|| Err(LlmError::Other("no reply".into())))
+}
+
 /// A boxed client is a client (so a [`CachedClient`] can wrap what [`client_from`]
 /// builds).
 impl ChatClient for Box<dyn ChatClient> {

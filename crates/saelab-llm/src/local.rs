@@ -428,9 +428,7 @@ impl ChatClient for LocalClient {
     }
 
     fn complete(&self, req: &ChatRequest) -> Result<ChatReply> {
-        self.complete_many(std::slice::from_ref(req))
-            .pop()
-            .unwrap_or_else(|| Err(LlmError::Other("no reply".into())))
+        crate::only_reply(self.complete_many(std::slice::from_ref(req)))
     }
 
     /// One batched generation per group (see [`LocalClient::complete_detailed`]).
