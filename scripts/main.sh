@@ -23,6 +23,7 @@
 #   FEATURES_TOKENS [262144]    training tokens of the features pass (features.tokens)
 #   EVAL_EVERY      [50]        steps between validation evaluations (train.eval_every)
 #   RUN_DIR         [runs/main] where caches, the SAE and the summary go (out)
+#   SAELAB_PREBUILT  set: use the saelab binary already built (scripts/test.sh)
 #   MODEL           [smollm2]   the model: smollm2, or a model scripts/setup.sh fetches on
 #                               request (qwen2.5-0.5b: Qwen2.5-Coder-0.5B-Instruct, with
 #                               HOOK blocks.12.hook_resid_post and RUN_DIR
@@ -97,8 +98,13 @@ echo "== setup: model and corpus"
 
 echo
 echo "== build"
-# The whole workspace, as the test suite builds it: the same features, so neither
-# build redoes the other's dependencies.
-cargo build --release --workspace
+if [ -n "${SAELAB_PREBUILT:-}" ]; then
+  # The test suite's build already made the binary; a `cargo build` would build the
+  # dependencies again, without the dev-dependencies' features.
+  [ -x "$SAELAB" ] || { echo "main.sh: SAELAB_PREBUILT is set but $SAELAB is missing" >&2; exit 1; }
+  echo "using $SAELAB"
+else
+  cargo build --release -p saelab-cli
+fi
 
 exec "$SAELAB" run configs/main.toml "${args[@]}"

@@ -62,12 +62,13 @@ step portable_kernels portable_core_tests
 step core_dev_profile cargo test -p saelab-core --lib
 
 # The main job, small (real model: setup, extract, train, evaluate, in-model evaluation,
-# features pass), in a fresh folder; CHECK fails it unless its figures are those of a
-# working pipeline (finite, held-out FVU < 1, 0 < CE loss score <= 1, finite KL).
+# features pass), in a fresh folder, with the binary the tests built; CHECK fails it
+# unless its figures are those of a working pipeline (finite, held-out FVU < 1,
+# 0 < CE loss score <= 1, finite KL).
 rm -rf target/ci-main
 EXTRACT_TOKENS=20000 HELDOUT_TOKENS=4096 TRAIN_TOKENS=40960 EVAL_EVERY=0 INMODEL_TOKENS=2048 \
   FEATURES_TOKENS=8192 \
-  RUN_DIR=target/ci-main CHECK=1 step main_job ./scripts/main.sh
+  RUN_DIR=target/ci-main CHECK=1 SAELAB_PREBUILT=1 step main_job ./scripts/main.sh
 
 # Its SAE's features folder exported for Neuronpedia, and every invariant of the two
 # layouts checked (docs/neuronpedia.md).
