@@ -334,17 +334,12 @@ impl LocalClient {
                 .take_logits()
                 .map_err(|e| fail(&e))?;
             let n = reqs[*index].top_logprobs.unwrap_or(0) as usize;
-            let text = |id: u32| self.tokenizer.token_str(id).unwrap_or_default();
             let logprobs = ids[*start..]
                 .iter()
                 .enumerate()
                 .map(|(k, &token)| {
                     let s = TokenScores::from_logits(logits.at(0, k), token, n);
-                    TokenLogprobs {
-                        token: text(token),
-                        logprob: s.logprob,
-                        top: s.top.iter().map(|&(id, lp)| (text(id), lp)).collect(),
-                    }
+                    self.token_logprobs(&s, n)
                 })
                 .collect();
             let content = reqs[*index]
@@ -359,6 +354,21 @@ impl LocalClient {
             }));
         }
         Ok(replies)
+    }
+
+    /// A token's scores as text: the token and its `n` most likely alternatives.
+    fn token_logprobs(&self, s: &TokenScores, n: usize) -> TokenLogprobs {
+        let text = |id: u32| self.tokenizer.token_str(id).unwrap_or_default();
+        TokenLogprobs {
+            token: text(s.token),
+            logprob: s.logprob,
+            top: s
+                .top
+                .iter()
+                .take(n)
+                .map(|&(id, lp)| (text(id), lp))
+                .collect(),
+        }
     }
 
     /// One batched generation, scored when some request asks for log-probabilities.
@@ -389,20 +399,10 @@ impl LocalClient {
         want: Option<u8>,
     ) -> Result<LocalReply> {
         let content = self.tokenizer.decode(&g.tokens).map_err(other)?;
-        let text = |id: u32| self.tokenizer.token_str(id).unwrap_or_default();
         let logprobs = want.map(|n| {
             scores
                 .iter()
-                .map(|s| TokenLogprobs {
-                    token: text(s.token),
-                    logprob: s.logprob,
-                    top: s
-                        .top
-                        .iter()
-                        .take(n as usize)
-                        .map(|&(id, lp)| (text(id), lp))
-                        .collect(),
-                })
+                .map(|s| self.token_logprobs(s, n as usize))
                 .collect()
         });
         let finish_reason = match g.finish {
